@@ -1,0 +1,42 @@
+"""`smtpy config …`: the effective settings."""
+
+from __future__ import annotations
+
+import typer
+
+from smtpy.cli.context import state
+from smtpy.cli.output import JsonOption, done, print_json, print_table
+
+app = typer.Typer(help="Show and check the settings.", no_args_is_help=True)
+
+
+@app.command("show")
+def show(ctx: typer.Context, json: JsonOption = False) -> None:
+    """Print every setting, its value (secrets masked) and where it came from."""
+    loaded = state(ctx).loaded
+    settings = loaded.settings
+    rows = [
+        {"name": name, "env": f"SMTPY_{name.upper()}", "value": settings.display(name),
+         "source": loaded.sources[name]}
+        for name in type(settings).model_fields
+    ]
+    if json:
+        print_json(rows)
+        return
+    print_table(None, ["setting", "value", "source"], [(r["env"], r["value"], r["source"]) for r in rows])
+
+
+@app.command("check")
+def check(ctx: typer.Context) -> None:
+    """Validate the settings and the files they name; exit 1 with the reason if one is wrong."""
+    from smtpy.config_check import check_settings
+    from smtpy.errors import CheckFailed, SmtpyError
+
+    try:
+        settings = state(ctx).settings
+    except SmtpyError as exc:
+        raise CheckFailed(str(exc)) from None
+    problems = check_settings(settings)
+    if problems:
+        raise CheckFailed("; ".join(problems))
+    done("configuration OK")

@@ -1,0 +1,14 @@
+"""`smtpy serve`: the MX and delivery daemon."""
+
+from __future__ import annotations
+
+import typer
+
+from smtpy.cli.context import state
+
+
+def serve(ctx: typer.Context) -> None:
+    """Receive mail for the served domains and forward it (runs until SIGTERM)."""
+    from smtpy.daemon import run
+
+    raise typer.Exit(run(state(ctx).settings))

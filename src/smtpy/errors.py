@@ -1,0 +1,71 @@
+"""The errors smtpy's core raises, and what each edge makes of them.
+
+Every error a user can cause or meet in normal operation is a subclass of
+`SmtpyError` and carries a one-line message that says what went wrong and,
+where it helps, what to do next. The shells translate them once:
+
+    SmtpyError
+    ├── InvalidInput          bad address, domain, pattern, option   CLI exit 2, HTTP 422
+    │   ├── NotFound          unknown domain, alias, key, queue id    CLI exit 2, HTTP 404
+    │   └── Conflict          duplicate domain, alias, selector       CLI exit 2, HTTP 409
+    ├── ConfigError           a setting is invalid                    CLI exit 2
+    ├── StoreError            the database failed or is unreachable   CLI exit 1, SMTP 451
+    │   └── SchemaOutdated    the schema needs `smtpy db upgrade`     CLI exit 2
+    └── CheckFailed           a check ran and found problems          CLI exit 1
+
+Anything that is not an `SmtpyError` is a bug: the daemon treats it as a
+temporary failure (4xx, never a bounce) and logs it without local variables.
+"""
+
+from __future__ import annotations
+
+
+class SmtpyError(Exception):
+    """Base class of every error smtpy reports to a user."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidInput(SmtpyError):
+    """The input is malformed or not allowed; nothing was changed."""
+
+    exit_code = 2
+
+
+class NotFound(InvalidInput):
+    """The named domain, alias, key or queue entry does not exist."""
+
+
+class Conflict(InvalidInput):
+    """The object already exists or the change contradicts the store."""
+
+
+class ConfigError(SmtpyError):
+    """A setting is invalid."""
+
+    exit_code = 2
+
+
+class StoreError(SmtpyError):
+    """The store could not be read or written."""
+
+    exit_code = 1
+
+
+class SchemaOutdated(StoreError):
+    """The database schema is older than this version of smtpy."""
+
+    exit_code = 2
+
+
+class CheckFailed(SmtpyError):
+    """A check ran and found problems (for example missing DNS records)."""
+
+    exit_code = 1

@@ -1,0 +1,1 @@
+"""The store: SQLite by default, PostgreSQL for several nodes sharing one queue."""

@@ -1,0 +1,221 @@
+"""One database connection, the same on SQLite and PostgreSQL.
+
+Queries are plain SQL with `:name` parameters; this module adapts them to the
+driver (sqlite3 takes them as they are, psycopg wants `%(name)s`). Rows come
+back as dicts. SQLite runs in WAL mode with `synchronous=FULL`, so a commit
+that returned is on disk: the queue answers 250 only after one.
+
+A `Database` is not shared between threads: the daemon gives its writer thread
+and each worker thread their own.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from smtpy.errors import SchemaOutdated, StoreError
+
+# The newest migration. A test checks it against the migration scripts, so the
+# start-up check needs no Alembic import.
+SCHEMA_REVISION = "0001"
+
+Row = dict[str, Any]
+Params = Mapping[str, Any]
+
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+class _Cursor(Protocol):
+    rowcount: int
+
+    def execute(self, sql: Any, params: Any = ...) -> Any: ...
+    def executemany(self, sql: Any, params: Any) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def fetchone(self) -> Any: ...
+
+
+def _sqlite_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
+    return {column[0]: value for column, value in zip(cursor.description, row, strict=True)}
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a `sqlite:///PATH` URL."""
+    return Path(url.removeprefix("sqlite:///"))
+
+
+class Database:
+    """A connection to the store with small helpers for plain SQL."""
+
+    def __init__(self, url: str, *, check_schema: bool = True) -> None:
+        self.url = url
+        self.dialect = "sqlite" if url.startswith("sqlite:") else "postgresql"
+        self._sql_cache: dict[str, str] = {}
+        self._conn: Any = self._open()
+        if check_schema:
+            self.ensure_schema()
+
+    # -- connection -------------------------------------------------------
+
+    def _open(self) -> Any:
+        if self.dialect == "sqlite":
+            path = sqlite_path(self.url)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+                conn.row_factory = _sqlite_row
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                conn.execute("PRAGMA busy_timeout=30000")
+            except (OSError, sqlite3.Error) as exc:
+                raise StoreError(f"cannot open the SQLite store {path}: {exc}") from None
+            return conn
+        try:
+            import psycopg
+            from psycopg.rows import dict_row
+        except ImportError:
+            raise StoreError(
+                "PostgreSQL support is not installed: pip install 'smtpy[postgres]'"
+            ) from None
+        dsn = re.sub(r"^postgres(?:ql)?(?:\+psycopg)?://", "postgresql://", self.url)
+        try:
+            return psycopg.connect(dsn, autocommit=True, row_factory=dict_row, connect_timeout=10)
+        except psycopg.Error as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(f"cannot connect to PostgreSQL: {reason}") from None
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except Exception:  # noqa: S110 - closing a broken connection must not mask the first error
+            pass
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- SQL --------------------------------------------------------------
+
+    def _sql(self, sql: str) -> str:
+        if self.dialect == "sqlite":
+            return sql
+        cached = self._sql_cache.get(sql)
+        if cached is None:
+            cached = _NAMED.sub(r"%(\1)s", sql.replace("%", "%%"))
+            self._sql_cache[sql] = cached
+        return cached
+
+    def _run(self, sql: str, params: Params | None) -> _Cursor:
+        try:
+            cursor: _Cursor = self._conn.cursor()
+            cursor.execute(self._sql(sql), dict(params or {}))
+        except Exception as exc:
+            raise self._translate(exc) from None
+        return cursor
+
+    def _translate(self, exc: Exception) -> Exception:
+        if isinstance(exc, sqlite3.Error) or type(exc).__module__.startswith("psycopg"):
+            if self.is_unique_violation(exc):
+                return exc
+            return StoreError(f"store error: {str(exc).strip().splitlines()[0] if str(exc) else exc!r}")
+        return exc
+
+    @staticmethod
+    def is_unique_violation(exc: BaseException) -> bool:
+        if isinstance(exc, sqlite3.IntegrityError):
+            return "UNIQUE" in str(exc)
+        return getattr(exc, "sqlstate", None) == "23505"
+
+    def all(self, sql: str, params: Params | None = None) -> list[Row]:
+        rows: list[Row] = self._run(sql, params).fetchall()
+        return rows
+
+    def one(self, sql: str, params: Params | None = None) -> Row | None:
+        row: Row | None = self._run(sql, params).fetchone()
+        return row
+
+    def scalar(self, sql: str, params: Params | None = None) -> Any:
+        row = self.one(sql, params)
+        return None if row is None else next(iter(row.values()))
+
+    def execute(self, sql: str, params: Params | None = None) -> int:
+        """Run a statement; return the number of rows it touched."""
+        return self._run(sql, params).rowcount
+
+    def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        if not rows:
+            return
+        try:
+            self._conn.cursor().executemany(self._sql(sql), [dict(row) for row in rows])
+        except Exception as exc:
+            raise self._translate(exc) from None
+
+    def insert(self, sql: str, params: Params | None = None) -> int:
+        """Run an INSERT … RETURNING id and return the id."""
+        row = self.one(sql, params)
+        if row is None:
+            raise StoreError("insert returned no id")
+        return int(row["id"])
+
+    @contextmanager
+    def transaction(self) -> Iterator[Database]:
+        """Commit on success, roll back on error; SQLite takes the write lock at once."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
+        except Exception as exc:
+            raise self._translate(exc) from None
+        try:
+            yield self
+        except BaseException:
+            try:
+                self._conn.execute("ROLLBACK")
+            except Exception:  # noqa: S110 - the original error matters more
+                pass
+            raise
+        try:
+            self._conn.execute("COMMIT")
+        except Exception as exc:
+            raise self._translate(exc) from None
+
+    # -- schema -----------------------------------------------------------
+
+    def schema_revision(self) -> str | None:
+        try:
+            if self.dialect == "sqlite":
+                exists = self.scalar(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+                )
+            else:
+                exists = self.scalar("SELECT to_regclass('alembic_version') IS NOT NULL")
+            if not exists:
+                return None
+            value = self.scalar("SELECT version_num FROM alembic_version")
+        except StoreError:
+            return None
+        return None if value is None else str(value)
+
+    def ensure_schema(self) -> None:
+        """Create or upgrade a SQLite store; refuse an outdated PostgreSQL schema."""
+        revision = self.schema_revision()
+        if revision == SCHEMA_REVISION:
+            return
+        if self.dialect == "sqlite":
+            from smtpy.store.migrate import upgrade
+
+            upgrade(self.url)
+            return
+        if revision is None:
+            raise SchemaOutdated(
+                "the PostgreSQL database has no smtpy schema yet: run `smtpy db upgrade` first"
+            )
+        raise SchemaOutdated(
+            f"the PostgreSQL schema is at revision {revision}, this smtpy needs "
+            f"{SCHEMA_REVISION}: run `smtpy db upgrade`"
+        )

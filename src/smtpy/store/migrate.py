@@ -1,0 +1,47 @@
+"""Run the migrations shipped in the package (Alembic, imported only when needed)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from smtpy.errors import StoreError
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The SQLAlchemy form of a store URL (PostgreSQL through psycopg 3)."""
+    return re.sub(r"^postgres(?:ql)?(?:\+psycopg)?://", "postgresql+psycopg://", url)
+
+
+def alembic_config(url: str) -> object:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
+    return config
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(MIGRATIONS))
+    head = script.get_current_head()
+    if head is None:
+        raise StoreError("no migrations found in the package")
+    return head
+
+
+def upgrade(url: str) -> None:
+    """Bring the schema at `url` to the newest revision."""
+    from alembic import command
+
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        command.upgrade(alembic_config(url), "head")  # type: ignore[arg-type]
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(f"migrating the store failed: {reason}") from None

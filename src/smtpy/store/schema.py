@@ -1,0 +1,136 @@
+"""The tables, as SQLModel classes: the schema of record.
+
+The migrations in `smtpy/store/migrations` create exactly these tables (a test
+compares them); the store's queries in `smtpy/store/*.py` are plain SQL over
+them so that the CLI starts fast and the queue's hot path stays lean. The HTTP
+API builds its public models on these classes.
+
+Times are Unix timestamps (float seconds, UTC) throughout: they compare fast in
+the queue's indexes and mean the same on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class Organization(SQLModel, table=True):
+    __tablename__ = "organizations"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200, unique=True)
+    created_at: float
+
+
+class Domain(SQLModel, table=True):
+    __tablename__ = "domains"
+
+    id: int | None = Field(default=None, primary_key=True)
+    organization_id: int = Field(foreign_key="organizations.id", index=True)
+    name: str = Field(max_length=253, unique=True)  # IDNA A-label, lower case
+    verification_token: str = Field(max_length=64)
+    verified_at: float | None = None
+    created_at: float
+
+
+class Alias(SQLModel, table=True):
+    __tablename__ = "aliases"
+    __table_args__ = (UniqueConstraint("domain_id", "kind", "local_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    domain_id: int = Field(foreign_key="domains.id", index=True)
+    kind: str = Field(max_length=16)  # exact | regex | catchall
+    local_part: str = Field(max_length=500)  # as given; the pattern for regex; "*" for catch-all
+    local_key: str = Field(max_length=500)  # case-folded local part / pattern
+    destinations: str  # JSON list of addresses
+    mode: str = Field(default="forward", max_length=16)  # forward | reject | discard
+    reject_message: str | None = Field(default=None, max_length=500)
+    enabled: bool = True
+    created_at: float
+
+
+class DkimKey(SQLModel, table=True):
+    __tablename__ = "dkim_keys"
+    __table_args__ = (UniqueConstraint("domain_id", "selector"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    domain_id: int = Field(foreign_key="domains.id", index=True)
+    selector: str = Field(max_length=63)
+    algorithm: str = Field(max_length=16)  # rsa | ed25519
+    bits: int | None = None
+    private_key: str  # PEM; never logged or listed
+    public_record: str  # the TXT value to publish
+    active: bool = True  # signs new mail; inactive keys stay published until removed
+    created_at: float
+
+
+class Secret(SQLModel, table=True):
+    """Generated secrets the nodes share (the SRS secret when SMTPY_SRS_SECRET is unset)."""
+
+    __tablename__ = "secrets"
+
+    name: str = Field(primary_key=True, max_length=64)
+    value: str
+    created_at: float
+
+
+class Message(SQLModel, table=True):
+    """One accepted message, stored once whatever the number of recipients."""
+
+    __tablename__ = "messages"
+
+    id: int | None = Field(default=None, primary_key=True)
+    queue_id: str = Field(max_length=32, unique=True)
+    sender: str = Field(max_length=600)  # the original envelope sender ("" for bounces)
+    client_ip: str | None = Field(default=None, max_length=64)
+    client_helo: str | None = Field(default=None, max_length=255)
+    smtputf8: bool = False
+    size: int
+    received_at: float
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # headers and body, CRLF
+
+
+class Delivery(SQLModel, table=True):
+    """One destination of a message, with its queue state.
+
+    status: queued (waiting or due), held (by an admin), delivered, failed
+    (bounced or given up), discarded. A row is in flight while `lease_until` is
+    in the future; the lease expires if its node dies.
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_deliveries_lease", "lease_owner"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: int = Field(foreign_key="messages.id", index=True)
+    original_recipient: str = Field(max_length=600)  # the address the sender used
+    recipient: str = Field(max_length=600)  # where it goes
+    domain: str = Field(max_length=253)  # recipient's domain, A-label
+    envelope_sender: str = Field(max_length=600)  # SRS-rewritten sender for this delivery
+    status: str = Field(default="queued", max_length=16)
+    attempts: int = 0
+    next_attempt_at: float
+    lease_owner: str | None = Field(default=None, max_length=100)
+    lease_until: float | None = None
+    last_code: int | None = None
+    last_error: str | None = Field(default=None, max_length=1000)
+    created_at: float
+    updated_at: float
+
+
+class Attempt(SQLModel, table=True):
+    """One delivery attempt and the remote's exact reply."""
+
+    __tablename__ = "attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: int = Field(foreign_key="deliveries.id", index=True)
+    at: float
+    remote_host: str | None = Field(default=None, max_length=300)
+    code: int | None = None
+    reply: str = Field(max_length=1000)
+    result: str = Field(max_length=16)  # delivered | deferred | failed
