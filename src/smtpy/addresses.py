@@ -50,7 +50,9 @@ def normalize_domain(text: str) -> str:
             try:
                 idna.decode(label)
             except idna.IDNAError:
-                raise InvalidInput(f"{text!r} is not a valid domain name: bad IDNA label {label!r}") from None
+                raise InvalidInput(
+                    f"{text!r} is not a valid domain name: bad IDNA label {label!r}"
+                ) from None
     if labels[-1].isdigit():
         raise InvalidInput(f"{text!r} is not a domain name (it looks like an IP address)")
     return name

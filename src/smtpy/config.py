@@ -69,7 +69,9 @@ def default_state_dir(environ: Mapping[str, str]) -> Path:
     """`/var/lib/smtpy` when it is writable, else the XDG data directory."""
     if SYSTEM_STATE_DIR.is_dir() and os.access(SYSTEM_STATE_DIR, os.W_OK):
         return SYSTEM_STATE_DIR
-    xdg = environ.get("XDG_DATA_HOME") or str(Path(environ.get("HOME", "~")).expanduser() / ".local/share")
+    xdg = environ.get("XDG_DATA_HOME") or str(
+        Path(environ.get("HOME", "~")).expanduser() / ".local/share"
+    )
     return Path(xdg) / "smtpy"
 
 
@@ -92,11 +94,13 @@ class Settings(BaseModel):
         description="Inbound SMTP addresses, host:port, comma-separated ([::]:25 for IPv6).",
     )
     dns_nameservers: list[HostPort] | None = Field(
-        default=None, description="Resolvers as ip or ip:port, comma-separated (default: the system's)."
+        default=None,
+        description="Resolvers as ip or ip:port, comma-separated (default: the system's).",
     )
     dns_timeout: float = Field(default=5.0, gt=0, description="Seconds to wait for a DNS answer.")
     srs_secret: SecretStr | None = Field(
-        default=None, description="SRS secret; generated and kept in the store on first use if unset."
+        default=None,
+        description="SRS secret; generated and kept in the store on first use if unset.",
     )
     retry_schedule: list[int] = Field(
         default=[60, 300, 900, 1800, 3600],
@@ -108,7 +112,9 @@ class Settings(BaseModel):
     max_message_size: int = Field(
         default=35 * 1024 * 1024, gt=0, description="Bytes; advertised with SIZE and enforced."
     )
-    max_recipients: int = Field(default=100, gt=0, description="Recipients per message (RFC 5321: 100).")
+    max_recipients: int = Field(
+        default=100, gt=0, description="Recipients per message (RFC 5321: 100)."
+    )
     plus_separator: str = Field(
         default="+", description="Separator of plus-addressing tags; empty turns tags off."
     )
@@ -127,12 +133,22 @@ class Settings(BaseModel):
     destination_concurrency: int = Field(
         default=10, gt=0, description="Connections at once to one destination domain."
     )
-    tls_cert: Path | None = Field(default=None, description="Certificate (PEM) for inbound STARTTLS.")
-    tls_key: Path | None = Field(default=None, description="Private key (PEM) for inbound STARTTLS.")
+    tls_cert: Path | None = Field(
+        default=None, description="Certificate (PEM) for inbound STARTTLS."
+    )
+    tls_key: Path | None = Field(
+        default=None, description="Private key (PEM) for inbound STARTTLS."
+    )
     metrics_listen: HostPort | None = Field(
         default=None, description="Optional host:port for the Prometheus /metrics endpoint."
     )
     log_level: str = Field(default="info", description="debug, info, warning or error.")
+    node_name: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        max_length=100,
+        description="Name of this node in the shared queue's leases (default: the host name).",
+    )
 
     @field_validator("listen", mode="before")
     @classmethod
@@ -170,7 +186,9 @@ class Settings(BaseModel):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
-        if not value.startswith(("sqlite:///", "postgresql://", "postgres://", "postgresql+psycopg://")):
+        if not value.startswith(
+            ("sqlite:///", "postgresql://", "postgres://", "postgresql+psycopg://")
+        ):
             raise ValueError("expected sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB")
         return value
 
@@ -231,13 +249,17 @@ def mask_url(url: str) -> str:
 class LoadedSettings:
     """Settings plus where each value came from: 'default', 'file PATH' or 'env NAME'."""
 
-    def __init__(self, settings: Settings, sources: dict[str, str], config_file: Path | None) -> None:
+    def __init__(
+        self, settings: Settings, sources: dict[str, str], config_file: Path | None
+    ) -> None:
         self.settings = settings
         self.sources = sources
         self.config_file = config_file
 
 
-def load(config_path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> LoadedSettings:
+def load(
+    config_path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> LoadedSettings:
     """Read defaults, the TOML file and the environment; raise ConfigError on bad values."""
     env = os.environ if environ is None else environ
     names = set(Settings.model_fields)

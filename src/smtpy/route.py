@@ -83,7 +83,9 @@ def compile_pattern(pattern: str) -> Any:
     try:
         return re2.compile(pattern, options)
     except re2.error as exc:
-        raise InvalidInput(f"the regex pattern {pattern!r} is not valid RE2 syntax: {exc}") from None
+        raise InvalidInput(
+            f"the regex pattern {pattern!r} is not valid RE2 syntax: {exc}"
+        ) from None
 
 
 @dataclass(frozen=True)

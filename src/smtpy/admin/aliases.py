@@ -8,10 +8,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from smtpy.addresses import display_domain, local_key, normalize_domain, parse_address, validate_local_part
+from smtpy.addresses import (
+    display_domain,
+    local_key,
+    normalize_domain,
+    parse_address,
+    validate_local_part,
+)
 from smtpy.admin.domains import domain_id
 from smtpy.errors import Conflict, InvalidInput, NotFound
-from smtpy.route import CATCHALL, AliasRule, DomainRules, Kind, Mode, compile_pattern, parse_alias_address
+from smtpy.route import (
+    CATCHALL,
+    AliasRule,
+    DomainRules,
+    Kind,
+    Mode,
+    compile_pattern,
+    parse_alias_address,
+)
 from smtpy.store.db import Database
 
 MODES: tuple[Mode, ...] = ("forward", "reject", "discard")
@@ -107,7 +121,9 @@ def add_alias(
         if mode != "reject":
             raise InvalidInput("--message only applies to reject aliases")
         if not reject_message.isprintable() or len(reject_message) > 200:
-            raise InvalidInput("the reject message must be one printable line of at most 200 characters")
+            raise InvalidInput(
+                "the reject message must be one printable line of at most 200 characters"
+            )
     try:
         with db.transaction():
             new_id = db.insert(
@@ -128,7 +144,9 @@ def add_alias(
             )
     except Exception as exc:
         if Database.is_unique_violation(exc):
-            raise Conflict(f"the alias {address} already exists; remove it first to change it") from None
+            raise Conflict(
+                f"the alias {address} already exists; remove it first to change it"
+            ) from None
         raise
     return _get(db, new_id)
 

@@ -151,7 +151,12 @@ class Verification:
 
 
 def verify_domain(
-    db: Database, name: str, *, hostname: str, nameservers: list[tuple[str, int]] | None, timeout: float
+    db: Database,
+    name: str,
+    *,
+    hostname: str,
+    nameservers: list[tuple[str, int]] | None,
+    timeout: float,
 ) -> Verification:
     """Look every record up; mark the domain verified when ownership and MX are in place."""
     from smtpy.dns import lookup, make_sync_resolver

@@ -96,7 +96,8 @@ def create_key(
     else:
         selector = validate_selector(selector)
         if db.one(
-            "SELECT id FROM dkim_keys WHERE domain_id = :d AND selector = :s", {"d": did, "s": selector}
+            "SELECT id FROM dkim_keys WHERE domain_id = :d AND selector = :s",
+            {"d": did, "s": selector},
         ):
             raise Conflict(f"{domain} already has a key with selector {selector}")
     key = generate_key(algorithm, bits)  # type: ignore[arg-type]
@@ -120,7 +121,12 @@ def create_key(
 
 
 def generate(
-    db: Database, domain: str, *, selector: str | None = None, algorithm: str = "rsa", bits: int = 2048
+    db: Database,
+    domain: str,
+    *,
+    selector: str | None = None,
+    algorithm: str = "rsa",
+    bits: int = 2048,
 ) -> KeyInfo:
     """Add an active key to a domain (other keys keep signing)."""
     did, alabel = domain_id(db, domain)
@@ -137,7 +143,12 @@ def list_keys(db: Database, *, domain: str | None = None) -> list[KeyInfo]:
 
 
 def rotate(
-    db: Database, domain: str, *, selector: str | None = None, algorithm: str | None = None, bits: int = 2048
+    db: Database,
+    domain: str,
+    *,
+    selector: str | None = None,
+    algorithm: str | None = None,
+    bits: int = 2048,
 ) -> tuple[KeyInfo, list[KeyInfo]]:
     """A new key signs from now on; the active keys of that algorithm stop signing but stay
     published until removed. Returns (new key, retired keys)."""
@@ -148,15 +159,21 @@ def rotate(
     with db.transaction():
         new = create_key(db, did, alabel, selector=selector, algorithm=algo, bits=bits)
         for key in retired:
-            db.execute("UPDATE dkim_keys SET active = :f WHERE id = :id", {"f": False, "id": key.id})
+            db.execute(
+                "UPDATE dkim_keys SET active = :f WHERE id = :id", {"f": False, "id": key.id}
+            )
     return new, retired
 
 
 def remove(db: Database, domain: str, selector: str) -> KeyInfo:
     did, alabel = domain_id(db, domain)
-    row = db.one(_SELECT + " WHERE k.domain_id = :d AND k.selector = :s", {"d": did, "s": selector.lower()})
+    row = db.one(
+        _SELECT + " WHERE k.domain_id = :d AND k.selector = :s", {"d": did, "s": selector.lower()}
+    )
     if row is None:
-        raise NotFound(f"{display_domain(alabel)} has no key with selector {selector}; see `smtpy key list`")
+        raise NotFound(
+            f"{display_domain(alabel)} has no key with selector {selector}; see `smtpy key list`"
+        )
     db.execute("DELETE FROM dkim_keys WHERE id = :id", {"id": row["id"]})
     return _info(row)
 

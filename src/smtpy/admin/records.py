@@ -46,7 +46,9 @@ def required_records(
         for key in keys
     ]
     records += [
-        DnsRecord("TXT", f"_dmarc.{domain}", f"v=DMARC1; p=none; rua=mailto:postmaster@{domain}", "dmarc"),
+        DnsRecord(
+            "TXT", f"_dmarc.{domain}", f"v=DMARC1; p=none; rua=mailto:postmaster@{domain}", "dmarc"
+        ),
         DnsRecord("TXT", f"{OWNERSHIP_LABEL}.{domain}", f"{OWNERSHIP_PREFIX}{token}", "ownership"),
         # Forwarded mail leaves with an SRS sender @hostname: SPF is checked there.
         DnsRecord("TXT", hostname, "v=spf1 a mx -all", "hostname-spf"),
@@ -90,11 +92,18 @@ def judge(record: DnsRecord, lookup_status: str, found: Sequence[str], detail: s
     values = tuple(found)
     where = f"{record.type} {record.name}"
     if lookup_status in ("timeout", "servfail", "error"):
-        reason = {"timeout": "timed out", "servfail": "answered SERVFAIL"}.get(lookup_status, "failed")
+        reason = {"timeout": "timed out", "servfail": "answered SERVFAIL"}.get(
+            lookup_status, "failed"
+        )
         status: Status = lookup_status  # type: ignore[assignment]
-        return Finding(record, values, status, f"the DNS lookup {reason} {detail}".strip()
-                       + "; check the domain's name servers and try again")
-    publish = f"publish {where} \"{record.value}\""
+        return Finding(
+            record,
+            values,
+            status,
+            f"the DNS lookup {reason} {detail}".strip()
+            + "; check the domain's name servers and try again",
+        )
+    publish = f'publish {where} "{record.value}"'
     if record.purpose == "mx":
         hosts = [v.split()[-1].rstrip(".").lower() for v in values if v.split()]
         expected = record.value.split()[-1].rstrip(".").lower()
@@ -112,8 +121,12 @@ def judge(record: DnsRecord, lookup_status: str, found: Sequence[str], detail: s
         if record.value in spf:
             return Finding(record, values, "ok", "")
         if spf:
-            return Finding(record, values, "wrong",
-                           f"an SPF record exists; make sure it allows this forwarder, e.g. {publish}")
+            return Finding(
+                record,
+                values,
+                "wrong",
+                f"an SPF record exists; make sure it allows this forwarder, e.g. {publish}",
+            )
     elif record.purpose == "dmarc":
         if any(v.lower().startswith("v=dmarc1") for v in values):
             return Finding(record, values, "ok", "")

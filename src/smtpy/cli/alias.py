@@ -12,7 +12,10 @@ from smtpy.cli.output import JsonOption, done, print_json, print_table
 app = typer.Typer(help="Add, list, remove, enable and disable aliases.", no_args_is_help=True)
 
 AddressArg = Annotated[
-    str, typer.Argument(help="alice@example.org, *@example.org or /PATTERN/@example.org.", show_default=False)
+    str,
+    typer.Argument(
+        help="alice@example.org, *@example.org or /PATTERN/@example.org.", show_default=False
+    ),
 ]
 
 
@@ -21,10 +24,14 @@ def add(
     ctx: typer.Context,
     address: AddressArg,
     destinations: Annotated[
-        list[str] | None, typer.Argument(help="Where the mail goes (one or more addresses).", show_default=False)
+        list[str] | None,
+        typer.Argument(help="Where the mail goes (one or more addresses).", show_default=False),
     ] = None,
     mode: Annotated[
-        str, typer.Option("--mode", help="forward (default), reject (550 at RCPT) or discard (accept, drop).")
+        str,
+        typer.Option(
+            "--mode", help="forward (default), reject (550 at RCPT) or discard (accept, drop)."
+        ),
     ] = "forward",
     message: Annotated[
         str | None, typer.Option("--message", help="Text of the 550 reply of a reject alias.")
@@ -65,9 +72,13 @@ def list_(
         None,
         ["alias", "kind", "destinations", "mode", "enabled"],
         [
-            (a.display_address, a.rule.kind, "\n".join(a.rule.destinations) or "-",
-             a.rule.mode + (f": {a.rule.reject_message}" if a.rule.reject_message else ""),
-             "yes" if a.rule.enabled else "no")
+            (
+                a.display_address,
+                a.rule.kind,
+                "\n".join(a.rule.destinations) or "-",
+                a.rule.mode + (f": {a.rule.reject_message}" if a.rule.reject_message else ""),
+                "yes" if a.rule.enabled else "no",
+            )
             for a in aliases
         ],
     )

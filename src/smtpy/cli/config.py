@@ -16,14 +16,20 @@ def show(ctx: typer.Context, json: JsonOption = False) -> None:
     loaded = state(ctx).loaded
     settings = loaded.settings
     rows = [
-        {"name": name, "env": f"SMTPY_{name.upper()}", "value": settings.display(name),
-         "source": loaded.sources[name]}
+        {
+            "name": name,
+            "env": f"SMTPY_{name.upper()}",
+            "value": settings.display(name),
+            "source": loaded.sources[name],
+        }
         for name in type(settings).model_fields
     ]
     if json:
         print_json(rows)
         return
-    print_table(None, ["setting", "value", "source"], [(r["env"], r["value"], r["source"]) for r in rows])
+    print_table(
+        None, ["setting", "value", "source"], [(r["env"], r["value"], r["source"]) for r in rows]
+    )
 
 
 @app.command("check")

@@ -9,9 +9,13 @@ import typer
 from smtpy.cli.context import state
 from smtpy.cli.output import JsonOption, YesOption, confirm, done, print_json, print_table, when
 
-app = typer.Typer(help="Add, inspect and verify the domains smtpy receives mail for.", no_args_is_help=True)
+app = typer.Typer(
+    help="Add, inspect and verify the domains smtpy receives mail for.", no_args_is_help=True
+)
 
-DomainArg = Annotated[str, typer.Argument(help="Domain name (Unicode or IDNA form).", show_default=False)]
+DomainArg = Annotated[
+    str, typer.Argument(help="Domain name (Unicode or IDNA form).", show_default=False)
+]
 
 
 @app.command("add")
@@ -19,7 +23,8 @@ def add(
     ctx: typer.Context,
     name: DomainArg,
     key_algorithm: Annotated[
-        str, typer.Option("--key-algorithm", help="Algorithm of the first DKIM key: rsa or ed25519.")
+        str,
+        typer.Option("--key-algorithm", help="Algorithm of the first DKIM key: rsa or ed25519."),
     ] = "rsa",
 ) -> None:
     """Serve a domain: creates its ownership token and a first DKIM key. Mail is accepted at once."""
@@ -27,7 +32,9 @@ def add(
 
     with state(ctx).database() as db:
         info = add_domain(db, name, key_algorithm=key_algorithm)
-    done(f"added {info.display_name}; publish its records: smtpy domain records {info.display_name}")
+    done(
+        f"added {info.display_name}; publish its records: smtpy domain records {info.display_name}"
+    )
 
 
 @app.command("list")
@@ -44,7 +51,13 @@ def list_(ctx: typer.Context, json: JsonOption = False) -> None:
         None,
         ["domain", "verified", "aliases", "keys", "added"],
         [
-            (d.display_name, "yes" if d.verified_at else "no", d.aliases, d.keys, when(d.created_at))
+            (
+                d.display_name,
+                "yes" if d.verified_at else "no",
+                d.aliases,
+                d.keys,
+                when(d.created_at),
+            )
             for d in domains
         ],
     )
@@ -89,7 +102,11 @@ def records(ctx: typer.Context, name: DomainArg, json: JsonOption = False) -> No
     if json:
         print_json([r.public() for r in recs])
         return
-    print_table(None, ["type", "name", "value", "purpose"], [(r.type, r.name, r.value, r.purpose) for r in recs])
+    print_table(
+        None,
+        ["type", "name", "value", "purpose"],
+        [(r.type, r.name, r.value, r.purpose) for r in recs],
+    )
 
 
 @app.command("verify")
@@ -109,19 +126,31 @@ def verify(ctx: typer.Context, name: DomainArg, json: JsonOption = False) -> Non
         )
     if json:
         print_json(
-            {"domain": report.domain, "verified": report.verified,
-             "records": [f.public() for f in report.findings]}
+            {
+                "domain": report.domain,
+                "verified": report.verified,
+                "records": [f.public() for f in report.findings],
+            }
         )
     else:
         print_table(
             None,
             ["record", "expected", "found", "status", "fix"],
             [
-                (f"{f.record.type} {f.record.name}", f.record.value, "\n".join(f.found) or "-",
-                 f.status + ("" if f.required else " (advice)") if f.status != "ok" else "ok", f.fix)
+                (
+                    f"{f.record.type} {f.record.name}",
+                    f.record.value,
+                    "\n".join(f.found) or "-",
+                    f.status + ("" if f.required else " (advice)") if f.status != "ok" else "ok",
+                    f.fix,
+                )
                 for f in report.findings
             ],
         )
-        done("verified" if report.verified else "not verified: publish the missing records and run this again")
+        done(
+            "verified"
+            if report.verified
+            else "not verified: publish the missing records and run this again"
+        )
     if not report.verified:
         raise typer.Exit(1)

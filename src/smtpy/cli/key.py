@@ -13,7 +13,8 @@ app = typer.Typer(help="Generate, list, rotate and remove DKIM keys.", no_args_i
 
 DomainArg = Annotated[str, typer.Argument(help="Domain name.", show_default=False)]
 SelectorOpt = Annotated[
-    str | None, typer.Option("--selector", "-s", help="Selector (default: smtpyYYYYMM).", show_default=False)
+    str | None,
+    typer.Option("--selector", "-s", help="Selector (default: smtpyYYYYMM).", show_default=False),
 ]
 AlgorithmOpt = Annotated[str, typer.Option("--algorithm", "-a", help="rsa or ed25519.")]
 BitsOpt = Annotated[int, typer.Option("--bits", help="RSA key size (1024 to 4096).")]
@@ -21,21 +22,28 @@ BitsOpt = Annotated[int, typer.Option("--bits", help="RSA key size (1024 to 4096
 
 @app.command("generate")
 def generate(
-    ctx: typer.Context, domain: DomainArg, selector: SelectorOpt = None,
-    algorithm: AlgorithmOpt = "rsa", bits: BitsOpt = 2048,
+    ctx: typer.Context,
+    domain: DomainArg,
+    selector: SelectorOpt = None,
+    algorithm: AlgorithmOpt = "rsa",
+    bits: BitsOpt = 2048,
 ) -> None:
     """Generate a new active key; it signs alongside the domain's other active keys."""
     from smtpy.admin.keys import generate as generate_key
 
     with state(ctx).database() as db:
         info = generate_key(db, domain, selector=selector, algorithm=algorithm, bits=bits)
-    done(f"generated {info.algorithm} key {info.selector}; publish TXT {info.dns_name} \"{info.public_record}\"")
+    done(
+        f'generated {info.algorithm} key {info.selector}; publish TXT {info.dns_name} "{info.public_record}"'
+    )
 
 
 @app.command("list")
 def list_(
     ctx: typer.Context,
-    domain: Annotated[str | None, typer.Argument(help="Only this domain.", show_default=False)] = None,
+    domain: Annotated[
+        str | None, typer.Argument(help="Only this domain.", show_default=False)
+    ] = None,
     json: JsonOption = False,
 ) -> None:
     """List keys (public parts only)."""
@@ -49,15 +57,28 @@ def list_(
     print_table(
         None,
         ["domain", "selector", "algorithm", "active", "created"],
-        [(k.public()["domain"], k.selector, f"{k.algorithm}{'-' + str(k.bits) if k.bits else ''}",
-          "yes" if k.active else "no (still published)", when(k.created_at)) for k in keys],
+        [
+            (
+                k.public()["domain"],
+                k.selector,
+                f"{k.algorithm}{'-' + str(k.bits) if k.bits else ''}",
+                "yes" if k.active else "no (still published)",
+                when(k.created_at),
+            )
+            for k in keys
+        ],
     )
 
 
 @app.command("rotate")
 def rotate(
-    ctx: typer.Context, domain: DomainArg, selector: SelectorOpt = None,
-    algorithm: Annotated[str | None, typer.Option("--algorithm", "-a", help="rsa or ed25519 (default: the active key's).")] = None,
+    ctx: typer.Context,
+    domain: DomainArg,
+    selector: SelectorOpt = None,
+    algorithm: Annotated[
+        str | None,
+        typer.Option("--algorithm", "-a", help="rsa or ed25519 (default: the active key's)."),
+    ] = None,
     bits: BitsOpt = 2048,
 ) -> None:
     """Make a new key the active one; the old one stays published until you remove it."""
@@ -66,12 +87,15 @@ def rotate(
     with state(ctx).database() as db:
         new, retired = rotate_key(db, domain, selector=selector, algorithm=algorithm, bits=bits)
     old = ", ".join(k.selector for k in retired) or "none"
-    done(f"{new.selector} now signs (retired: {old}); publish TXT {new.dns_name} \"{new.public_record}\"")
+    done(
+        f'{new.selector} now signs (retired: {old}); publish TXT {new.dns_name} "{new.public_record}"'
+    )
 
 
 @app.command("remove")
 def remove(
-    ctx: typer.Context, domain: DomainArg,
+    ctx: typer.Context,
+    domain: DomainArg,
     selector: Annotated[str, typer.Argument(help="Selector of the key.", show_default=False)],
 ) -> None:
     """Delete a key; unpublish its TXT record afterwards."""

@@ -9,6 +9,8 @@ from smtpy.cli.context import state
 
 def serve(ctx: typer.Context) -> None:
     """Receive mail for the served domains and forward it (runs until SIGTERM)."""
+    from smtpy.config import load
     from smtpy.daemon import run
 
-    raise typer.Exit(run(state(ctx).settings))
+    st = state(ctx)
+    raise typer.Exit(run(st.settings, reload=lambda: load(st.config_file).settings))

@@ -11,6 +11,7 @@ and each worker thread their own.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -66,7 +67,9 @@ class Database:
             path = sqlite_path(self.url)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+                conn = sqlite3.connect(
+                    path, isolation_level=None, check_same_thread=False, timeout=30
+                )
                 conn.row_factory = _sqlite_row
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
@@ -90,10 +93,9 @@ class Database:
             raise StoreError(f"cannot connect to PostgreSQL: {reason}") from None
 
     def close(self) -> None:
-        try:
+        # Closing a broken connection must not mask the first error.
+        with contextlib.suppress(Exception):
             self._conn.close()
-        except Exception:  # noqa: S110 - closing a broken connection must not mask the first error
-            pass
 
     def __enter__(self) -> Database:
         return self
@@ -124,7 +126,9 @@ class Database:
         if isinstance(exc, sqlite3.Error) or type(exc).__module__.startswith("psycopg"):
             if self.is_unique_violation(exc):
                 return exc
-            return StoreError(f"store error: {str(exc).strip().splitlines()[0] if str(exc) else exc!r}")
+            return StoreError(
+                f"store error: {str(exc).strip().splitlines()[0] if str(exc) else exc!r}"
+            )
         return exc
 
     @staticmethod
@@ -174,10 +178,8 @@ class Database:
         try:
             yield self
         except BaseException:
-            try:
+            with contextlib.suppress(Exception):  # the original error matters more
                 self._conn.execute("ROLLBACK")
-            except Exception:  # noqa: S110 - the original error matters more
-                pass
             raise
         try:
             self._conn.execute("COMMIT")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
 from sqlalchemy import engine_from_config, pool
+from sqlmodel import SQLModel
 
-from smtpy.store import schema
+from smtpy.store import schema  # noqa: F401 - registers the tables
 
-target_metadata = schema.SQLModel.metadata
+target_metadata = SQLModel.metadata
 
 
 def run() -> None:
@@ -25,7 +28,7 @@ def run() -> None:
         _migrate(connectable)
 
 
-def _migrate(connection: object) -> None:
+def _migrate(connection: Any) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

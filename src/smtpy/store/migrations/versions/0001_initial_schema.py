@@ -8,9 +8,7 @@ Create Date: 2026-11-26
 from __future__ import annotations
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
-
 
 revision = "0001"
 down_revision = None
@@ -23,10 +21,10 @@ def upgrade() -> None:
     op.create_table(
         "messages",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("queue_id", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("sender", sqlmodel.sql.sqltypes.AutoString(length=600), nullable=False),
-        sa.Column("client_ip", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
-        sa.Column("client_helo", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True),
+        sa.Column("queue_id", sa.String(length=32), nullable=False),
+        sa.Column("sender", sa.String(length=600), nullable=False),
+        sa.Column("client_ip", sa.String(length=64), nullable=True),
+        sa.Column("client_helo", sa.String(length=255), nullable=True),
         sa.Column("smtputf8", sa.Boolean(), nullable=False),
         sa.Column("size", sa.Integer(), nullable=False),
         sa.Column("received_at", sa.Float(), nullable=False),
@@ -37,15 +35,15 @@ def upgrade() -> None:
     op.create_table(
         "organizations",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
     )
     op.create_table(
         "secrets",
-        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("value", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.String(), nullable=False),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("name"),
     )
@@ -53,19 +51,17 @@ def upgrade() -> None:
         "deliveries",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("message_id", sa.Integer(), nullable=False),
-        sa.Column(
-            "original_recipient", sqlmodel.sql.sqltypes.AutoString(length=600), nullable=False
-        ),
-        sa.Column("recipient", sqlmodel.sql.sqltypes.AutoString(length=600), nullable=False),
-        sa.Column("domain", sqlmodel.sql.sqltypes.AutoString(length=253), nullable=False),
-        sa.Column("envelope_sender", sqlmodel.sql.sqltypes.AutoString(length=600), nullable=False),
-        sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("original_recipient", sa.String(length=600), nullable=False),
+        sa.Column("recipient", sa.String(length=600), nullable=False),
+        sa.Column("domain", sa.String(length=253), nullable=False),
+        sa.Column("envelope_sender", sa.String(length=600), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("next_attempt_at", sa.Float(), nullable=False),
-        sa.Column("lease_owner", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=True),
+        sa.Column("lease_owner", sa.String(length=100), nullable=True),
         sa.Column("lease_until", sa.Float(), nullable=True),
         sa.Column("last_code", sa.Integer(), nullable=True),
-        sa.Column("last_error", sqlmodel.sql.sqltypes.AutoString(length=1000), nullable=True),
+        sa.Column("last_error", sa.String(length=1000), nullable=True),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.Column("updated_at", sa.Float(), nullable=False),
         sa.ForeignKeyConstraint(
@@ -83,10 +79,8 @@ def upgrade() -> None:
         "domains",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("organization_id", sa.Integer(), nullable=False),
-        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=253), nullable=False),
-        sa.Column(
-            "verification_token", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False
-        ),
+        sa.Column("name", sa.String(length=253), nullable=False),
+        sa.Column("verification_token", sa.String(length=64), nullable=False),
         sa.Column("verified_at", sa.Float(), nullable=True),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.ForeignKeyConstraint(
@@ -105,12 +99,12 @@ def upgrade() -> None:
         "aliases",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("domain_id", sa.Integer(), nullable=False),
-        sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-        sa.Column("local_part", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
-        sa.Column("local_key", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
-        sa.Column("destinations", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("mode", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-        sa.Column("reject_message", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("local_part", sa.String(length=500), nullable=False),
+        sa.Column("local_key", sa.String(length=500), nullable=False),
+        sa.Column("destinations", sa.String(), nullable=False),
+        sa.Column("mode", sa.String(length=16), nullable=False),
+        sa.Column("reject_message", sa.String(length=500), nullable=True),
         sa.Column("enabled", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.ForeignKeyConstraint(
@@ -128,10 +122,10 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("delivery_id", sa.Integer(), nullable=False),
         sa.Column("at", sa.Float(), nullable=False),
-        sa.Column("remote_host", sqlmodel.sql.sqltypes.AutoString(length=300), nullable=True),
+        sa.Column("remote_host", sa.String(length=300), nullable=True),
         sa.Column("code", sa.Integer(), nullable=True),
-        sa.Column("reply", sqlmodel.sql.sqltypes.AutoString(length=1000), nullable=False),
-        sa.Column("result", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("reply", sa.String(length=1000), nullable=False),
+        sa.Column("result", sa.String(length=16), nullable=False),
         sa.ForeignKeyConstraint(
             ["delivery_id"],
             ["deliveries.id"],
@@ -145,11 +139,11 @@ def upgrade() -> None:
         "dkim_keys",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("domain_id", sa.Integer(), nullable=False),
-        sa.Column("selector", sqlmodel.sql.sqltypes.AutoString(length=63), nullable=False),
-        sa.Column("algorithm", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("selector", sa.String(length=63), nullable=False),
+        sa.Column("algorithm", sa.String(length=16), nullable=False),
         sa.Column("bits", sa.Integer(), nullable=True),
-        sa.Column("private_key", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("public_record", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("private_key", sa.String(), nullable=False),
+        sa.Column("public_record", sa.String(), nullable=False),
         sa.Column("active", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.ForeignKeyConstraint(

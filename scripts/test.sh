@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Set up everything the test suite needs on a fresh Debian machine, then run it
+# on SQLite and PostgreSQL: Debian packages (PostgreSQL, the reference SRS and
+# DKIM implementations the interop tests compare against), a virtualenv with
+# smtpy and its test extras, a PostgreSQL cluster started here.
+# Usage: scripts/test.sh [PYTEST ARGS...]     (run as root or with sudo)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+packages=(postgresql libmail-srs-perl libmail-dkim-perl swaks)
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "==> installing Debian packages: ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+echo "==> virtualenv .venv with smtpy[postgres,test]"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[postgres,test]'
+
+echo "==> PostgreSQL"
+version=$(ls /usr/lib/postgresql | sort -V | tail -1)
+pg_lsclusters -h | awk '{print $1, $2}' | grep -q "^$version main$" || $SUDO pg_createcluster "$version" main >/dev/null
+pg_ctlcluster "$version" main status >/dev/null 2>&1 || $SUDO pg_ctlcluster "$version" main start
+$SUDO su postgres -c "psql -v ON_ERROR_STOP=1 -q" <<'SQL'
+DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='smtpy') THEN CREATE ROLE smtpy LOGIN CREATEDB PASSWORD 'smtpy'; END IF; END$$;
+SELECT 'CREATE DATABASE smtpy OWNER smtpy' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname='smtpy')\gexec
+SQL
+export SMTPY_TEST_POSTGRES_URL="postgresql://smtpy:smtpy@127.0.0.1:5432/smtpy"
+
+echo "==> ruff and mypy"
+.venv/bin/ruff check src tests bench
+.venv/bin/mypy
+
+echo "==> pytest (SQLite and PostgreSQL)"
+exec .venv/bin/pytest -n 2 -p no:cacheprovider "$@"

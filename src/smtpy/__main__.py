@@ -1,0 +1,5 @@
+"""Run smtpy as `python -m smtpy`."""
+
+from smtpy.cli import main
+
+main()

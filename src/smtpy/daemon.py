@@ -1,0 +1,237 @@
+"""`smtpy serve`: inbound SMTP and delivery workers on one asyncio loop.
+
+Start-up: open the store (a SQLite store is created or migrated, an outdated
+PostgreSQL schema refused), return this node's interrupted deliveries to the
+queue, listen on every SMTPY_LISTEN address, start the workers, then tell
+systemd we are ready. SIGTERM/SIGINT: stop accepting, let sessions and
+deliveries finish for a few seconds, return what is still in flight to the
+queue, exit 0. SIGHUP: reload DKIM keys, alias rules and the TLS certificate
+without dropping sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from smtpy import log
+from smtpy.config import Settings
+from smtpy.errors import ConfigError, SmtpyError
+from smtpy.route import DomainRules
+from smtpy.srs import SRS
+from smtpy.storethread import StoreThread
+
+logger = log.get("smtpy.daemon")
+
+RULES_TTL = 2.0  # seconds an alias change may take to reach a running daemon
+STOP_GRACE = 10.0
+
+
+class RuleCache:
+    """Alias rules per domain, read through the reader thread and kept for `RULES_TTL`."""
+
+    def __init__(self, store: StoreThread, *, ttl: float = RULES_TTL) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, DomainRules | None]] = {}
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    async def get(self, domain: str) -> DomainRules | None:
+        now = time.monotonic()
+        hit = self._cache.get(domain)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        from smtpy.admin.aliases import domain_rules
+
+        rules = await self._store.call(lambda db: domain_rules(db, domain))
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[domain] = (now, rules)
+        return rules
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The inbound STARTTLS context (TLS 1.2 and newer), or None without a certificate."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load SMTPY_TLS_CERT/SMTPY_TLS_KEY: {exc}") from None
+    return context
+
+
+def notify_systemd(state: str) -> None:
+    """sd_notify(3) without a dependency: a datagram to $NOTIFY_SOCKET."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(state.encode(), address)
+
+
+class Daemon:
+    def __init__(self, settings: Settings, *, reload: Callable[[], Settings] | None = None) -> None:
+        self.settings = settings
+        self._reload = reload
+        self._stop = asyncio.Event()
+        self._servers: list[asyncio.Server] = []
+        self._tls: ssl.SSLContext | None = None
+
+    async def serve(self) -> int:
+        from smtpy.admin.srs_secret import stored_srs_secret
+        from smtpy.deliver import Deliverer
+        from smtpy.dns import Lookups, make_resolver
+        from smtpy.queue import release_leases
+        from smtpy.receive import Handler, Policy
+        from smtpy.worker import DeliveryWorker, SignerCache, WorkerSettings
+
+        settings = self.settings
+        writer = StoreThread(settings.database_url, name="writer")
+        reader = StoreThread(settings.database_url, name="reader")
+        writer.start()
+        reader.start()
+        try:
+            secret = (
+                settings.srs_secret.get_secret_value()
+                if settings.srs_secret is not None
+                else await writer.call(stored_srs_secret)
+            )
+            srs = SRS(secrets=(secret.encode(),), domain=settings.hostname)
+            released = await writer.call(lambda db: release_leases(db, node=settings.node_name))
+            if released:
+                logger.info("resumed", deliveries=released, node=settings.node_name)
+
+            lookups = Lookups(make_resolver(settings.dns_nameservers, timeout=settings.dns_timeout))
+            relay_password = (
+                settings.relay_password.get_secret_value() if settings.relay_password else None
+            )
+            deliverer = Deliverer(
+                hostname=settings.hostname,
+                lookups=lookups,
+                port=settings.delivery_port,
+                relay=settings.relay_host,
+                relay_username=settings.relay_username,
+                relay_password=relay_password,
+                relay_tls=settings.relay_tls,
+                per_domain_limit=settings.destination_concurrency,
+            )
+            signers = SignerCache(reader)
+            worker = DeliveryWorker(
+                settings=WorkerSettings(
+                    node=settings.node_name,
+                    hostname=settings.hostname,
+                    concurrency=settings.delivery_concurrency,
+                    retry_schedule=tuple(settings.retry_schedule),
+                    queue_lifetime=settings.queue_lifetime,
+                ),
+                store=writer,
+                deliverer=deliverer,
+                signers=signers,
+            )
+            rules = RuleCache(reader)
+            handler = Handler(
+                policy=Policy(
+                    hostname=settings.hostname,
+                    max_recipients=settings.max_recipients,
+                    max_message_size=settings.max_message_size,
+                    plus_separator=settings.plus_separator,
+                ),
+                store=writer,
+                rules_for=rules.get,
+                srs=srs,
+                on_queued=worker.wake,
+            )
+            self._tls = tls_context(settings)
+            await self._listen(handler)
+
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+            loop.add_signal_handler(signal.SIGINT, self._stop.set)
+            loop.add_signal_handler(signal.SIGHUP, lambda: self._hup(rules, signers))
+
+            worker_task = asyncio.create_task(worker.run())
+            addresses = ", ".join(f"{h}:{p}" for h, p in settings.listen)
+            logger.info(
+                "started", listen=addresses, hostname=settings.hostname, node=settings.node_name
+            )
+            notify_systemd(f"READY=1\nSTATUS=listening on {addresses}")
+
+            await self._stop.wait()
+
+            notify_systemd("STOPPING=1")
+            logger.info("stopping")
+            for server in self._servers:
+                server.close()
+            await worker.stop(STOP_GRACE)
+            worker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker_task
+            for server in self._servers:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(server.wait_closed(), STOP_GRACE)
+            logger.info("stopped")
+            return 0
+        finally:
+            writer.stop()
+            reader.stop()
+
+    async def _listen(self, handler: Any) -> None:
+        from smtpy.receive import server_factory
+
+        loop = asyncio.get_running_loop()
+        factory = server_factory(
+            handler,
+            hostname=self.settings.hostname,
+            max_message_size=self.settings.max_message_size,
+            tls_context=lambda: self._tls,
+        )
+        for host, port in self.settings.listen:
+            try:
+                server = await loop.create_server(factory, host, port, reuse_address=True)
+            except PermissionError:
+                raise ConfigError(
+                    f"cannot listen on {host}:{port}: permission denied; run under systemd with "
+                    "CAP_NET_BIND_SERVICE, as root, or set SMTPY_LISTEN to a port above 1023"
+                ) from None
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+                ) from None
+            self._servers.append(server)
+
+    def _hup(self, rules: RuleCache, signers: Any) -> None:
+        rules.clear()
+        signers.clear()
+        if self._reload is not None:
+            try:
+                self._tls = tls_context(self._reload())
+            except SmtpyError as exc:
+                logger.error(
+                    "reload_failed", error=str(exc), keeping="the previous TLS certificate"
+                )
+        logger.info("reloaded", what="alias rules, DKIM keys and the TLS certificate")
+
+
+def run(settings: Settings, *, reload: Callable[[], Settings] | None = None) -> int:
+    """Run the daemon until SIGTERM; return the exit code."""
+    log.configure(settings.log_level)
+    try:
+        return asyncio.run(Daemon(settings, reload=reload).serve())
+    except SmtpyError:
+        raise
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,156 @@
+"""The store seen from the event loop: one thread, one connection, group commit.
+
+Blocking database calls never run on the event loop. `StoreThread.call(fn)`
+runs `fn(db)` on the thread and awaits the result. `StoreThread.enqueue(msg)`
+is the receive path's commit: every message handed in while the previous
+commit was running is written in ONE transaction, so many concurrent sessions
+share each fsync (group commit) and durability does not cap throughput. Each
+caller learns only after that commit returned; if a batch fails, its messages
+are retried one by one so a single bad message cannot fail the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from smtpy import log
+from smtpy.queue import NewMessage, enqueue
+from smtpy.store.db import Database
+
+T = TypeVar("T")
+logger = log.get("smtpy.store")
+
+_STOP = object()
+
+
+@dataclass(slots=True)
+class _Job:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    fn: Callable[[Database], Any] | None = None
+    message: NewMessage | None = None
+
+
+class StoreThread:
+    """A dedicated thread owning a `Database` connection."""
+
+    def __init__(self, url: str, *, name: str = "store", max_batch: int = 256) -> None:
+        self.url = url
+        self.max_batch = max_batch
+        self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name=f"smtpy-{name}", daemon=True)
+
+    def start(self) -> None:
+        """Open the connection on the thread; raise here if that fails."""
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        self._jobs.put(_STOP)
+        self._thread.join(timeout=30)
+
+    async def call(self, fn: Callable[[Database], T]) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Job(loop, future, fn=fn))
+        return await future
+
+    async def enqueue(self, message: NewMessage) -> None:
+        """Return once `message` is durably committed; raise if it could not be."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._jobs.put(_Job(loop, future, message=message))
+        await future
+
+    # -- the thread -------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            db = Database(self.url)
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is _STOP:
+                    return
+                assert isinstance(job, _Job)
+                if job.message is None:
+                    self._run(db, job)
+                    continue
+                batch = [job]
+                stop_after = False
+                while len(batch) < self.max_batch:
+                    try:
+                        more = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is _STOP:
+                        stop_after = True
+                        break
+                    assert isinstance(more, _Job)
+                    if more.message is None:
+                        self._run(db, more)
+                    else:
+                        batch.append(more)
+                self._commit(db, batch)
+                if stop_after:
+                    return
+        finally:
+            db.close()
+
+    @staticmethod
+    def _resolve(job: _Job, result: Any = None, error: BaseException | None = None) -> None:
+        def settle() -> None:
+            if job.future.done():
+                return
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(result)
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            job.loop.call_soon_threadsafe(settle)
+
+    def _run(self, db: Database, job: _Job) -> None:
+        assert job.fn is not None
+        try:
+            result = job.fn(db)
+        except BaseException as exc:
+            self._resolve(job, error=exc)
+        else:
+            self._resolve(job, result)
+
+    def _commit(self, db: Database, batch: list[_Job]) -> None:
+        try:
+            with db.transaction():
+                for job in batch:
+                    assert job.message is not None
+                    enqueue(db, job.message)
+        except Exception as exc:
+            if len(batch) == 1:
+                logger.error(
+                    "enqueue_failed",
+                    queue_id=batch[0].message.queue_id if batch[0].message else None,
+                    error=str(exc),
+                )
+                self._resolve(batch[0], error=exc)
+                return
+            for job in batch:
+                self._commit(db, [job])
+            return
+        for job in batch:
+            self._resolve(job)

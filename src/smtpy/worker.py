@@ -1,0 +1,298 @@
+"""Delivery workers: claim due deliveries, sign, send, record, bounce.
+
+One scheduler per node claims due deliveries in batches (up to the free
+concurrency), groups those of one message with the same destination domain
+into one SMTP transaction, and runs the transactions as tasks. Results and
+any bounce they cause are written in one transaction. A heartbeat renews the
+leases of what is in flight; stopping returns it to the queue at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+
+from smtpy import log
+from smtpy.addresses import split_address
+from smtpy.deliver import Deliverer, Outcome
+from smtpy.queue import (
+    AttemptResult,
+    Claimed,
+    NewDelivery,
+    NewMessage,
+    claim_due,
+    enqueue,
+    message_data,
+    new_queue_id,
+    record_results,
+    release_leases,
+    renew_leases,
+)
+from smtpy.sign import Signer, SigningKey
+from smtpy.store.db import Database
+from smtpy.storethread import StoreThread
+
+logger = log.get("smtpy.deliver")
+
+POLL_SECONDS = 1.0
+HEARTBEAT_SECONDS = 30.0
+SIGNER_TTL = 30.0
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    node: str
+    hostname: str
+    concurrency: int
+    retry_schedule: tuple[int, ...]
+    queue_lifetime: float
+
+
+class SignerCache:
+    """The active DKIM keys of each domain, reloaded every `SIGNER_TTL` seconds or on demand."""
+
+    def __init__(self, store: StoreThread) -> None:
+        self._store = store
+        self._cache: dict[str, tuple[float, Signer]] = {}
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    async def get(self, domain: str) -> Signer:
+        now = time.monotonic()
+        hit = self._cache.get(domain)
+        if hit is not None and now - hit[0] < SIGNER_TTL:
+            return hit[1]
+        from smtpy.admin.keys import signing_keys
+
+        rows = await self._store.call(lambda db: signing_keys(db, domain))
+        signer = Signer(
+            [SigningKey(domain, r["selector"], r["algorithm"], r["private_key"]) for r in rows]
+        )
+        self._cache[domain] = (now, signer)
+        return signer
+
+
+def group_claims(claims: Sequence[Claimed]) -> list[list[Claimed]]:
+    """Deliveries that can share one SMTP transaction: same message, domain, sender, signer."""
+    groups: dict[tuple[int, str, str, str], list[Claimed]] = defaultdict(list)
+    for claim in claims:
+        sign_domain = split_address(claim.original_recipient)[1]
+        groups[(claim.message_id, claim.domain, claim.envelope_sender, sign_domain)].append(claim)
+    return list(groups.values())
+
+
+def bounce_message(
+    *, hostname: str, failed: Sequence[AttemptResult], original: bytes, now: float
+) -> NewMessage | None:
+    """The DSN for deliveries of one message that failed, or None for a bounce (null sender)."""
+    from smtpy.bounce import FailedRecipient, build_dsn
+
+    first = failed[0].delivery
+    if not first.sender:
+        return None
+    recipients = [
+        FailedRecipient(
+            original_recipient=r.delivery.original_recipient,
+            final_recipient=r.delivery.recipient,
+            action="failed",
+            status=r.enhanced if r.enhanced[:1] in "45" else "5.0.0",
+            diagnostic=f"smtp; {r.code} {r.reply}" if r.code else f"x-smtpy; {r.reply}",
+            remote_mta=r.remote_host,
+        )
+        for r in failed
+    ]
+    dsn = build_dsn(
+        reporting_mta=hostname,
+        sender=first.sender,
+        recipients=recipients,
+        original=original,
+        arrival=datetime.fromtimestamp(first.received_at, UTC),
+        now=datetime.fromtimestamp(now, UTC),
+        queue_id=first.queue_id,
+    )
+    return NewMessage(
+        queue_id=new_queue_id(now),
+        sender="",
+        data=dsn,
+        deliveries=[NewDelivery(first.sender, first.sender, split_address(first.sender)[1], "")],
+        received_at=now,
+        smtputf8=not first.sender.isascii(),
+    )
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        *,
+        settings: WorkerSettings,
+        store: StoreThread,
+        deliverer: Deliverer,
+        signers: SignerCache,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.deliverer = deliverer
+        self.signers = signers
+        self._wake = asyncio.Event()
+        self._inflight: dict[int, Claimed] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    def wake(self) -> None:
+        """New mail was queued here: look for due work now instead of at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                free = self.settings.concurrency - len(self._inflight)
+                claimed: list[Claimed] = []
+                if free > 0:
+                    try:
+                        claimed = await self.store.call(
+                            partial(claim_due, node=self.settings.node, limit=free)
+                        )
+                    except Exception as exc:
+                        logger.error("claim_failed", error=str(exc))
+                for group in group_claims(claimed):
+                    for claim in group:
+                        self._inflight[claim.id] = claim
+                    task = asyncio.create_task(self._deliver(group))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                if claimed and len(claimed) == free:
+                    await asyncio.sleep(0)  # more may be due: go round again at once
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+        finally:
+            heartbeat.cancel()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Let in-flight transactions finish for `grace` seconds, then return the rest to the queue."""
+        self._stopping = True
+        self._wake.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        ids = list(self._inflight)
+        if ids:
+            await self.store.call(lambda db: release_leases(db, node=self.settings.node, ids=ids))
+            logger.info("returned_to_queue", deliveries=len(ids))
+        self._inflight.clear()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            ids = list(self._inflight)
+            if ids:
+                try:
+                    await self.store.call(partial(renew_leases, node=self.settings.node, ids=ids))
+                except Exception as exc:
+                    logger.error("lease_renewal_failed", error=str(exc))
+
+    async def _deliver(self, group: list[Claimed]) -> None:
+        first = group[0]
+        try:
+            data = await self.store.call(lambda db: message_data(db, first.message_id))
+            if data is None:
+                return  # deleted by an admin meanwhile
+            sign_domain = split_address(first.original_recipient)[1]
+            signer = await self.signers.get(sign_domain)
+            wire = signer.sign(data) + data
+            started = time.monotonic()
+            outcomes = await self.deliverer.deliver(
+                sender=first.envelope_sender,
+                recipients=[c.recipient for c in group],
+                message=wire,
+                smtputf8=first.smtputf8,
+            )
+            elapsed = time.monotonic() - started
+            results = [
+                self._result(claim, outcome) for claim, outcome in zip(group, outcomes, strict=True)
+            ]
+            for r in results:
+                logger.info(
+                    r.result,
+                    queue_id=first.queue_id,
+                    recipient=r.delivery.recipient,
+                    original_recipient=r.delivery.original_recipient,
+                    remote=r.remote_host,
+                    code=r.code,
+                    reply=r.reply[:300],
+                    attempt=r.delivery.attempts + 1,
+                    ms=round(elapsed * 1000, 1),
+                )
+            if await self.store.call(lambda db: self._settle(db, results, data)):
+                self.wake()  # a bounce was queued
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Unknown failures are temporary: the lease runs out and the delivery is retried.
+            logger.error(
+                "delivery_error",
+                queue_id=first.queue_id,
+                error_type=type(exc).__name__,
+                error=str(exc)[:300],
+            )
+        finally:
+            if not self._stopping:
+                for claim in group:
+                    self._inflight.pop(claim.id, None)
+
+    @staticmethod
+    def _result(claim: Claimed, outcome: Outcome) -> AttemptResult:
+        return AttemptResult(
+            delivery=claim,
+            result=outcome.status,
+            code=outcome.code,
+            reply=outcome.reply,
+            remote_host=outcome.remote_host,
+            enhanced=outcome.enhanced,
+        )
+
+    def _settle(self, db: Database, results: list[AttemptResult], original: bytes) -> bool:
+        """Record results and queue the bounce they need; True if a bounce was queued."""
+        now = time.time()
+        with db.transaction():
+            settled = record_results(
+                db,
+                results,
+                node=self.settings.node,
+                schedule=self.settings.retry_schedule,
+                lifetime=self.settings.queue_lifetime,
+                now=now,
+            )
+            if not settled.failed:
+                return False
+            bounce = bounce_message(
+                hostname=self.settings.hostname, failed=settled.failed, original=original, now=now
+            )
+            first = settled.failed[0].delivery
+            if bounce is None:
+                logger.warning(
+                    "bounce_dropped",
+                    queue_id=first.queue_id,
+                    reason="the failed message is itself a bounce (null sender)",
+                )
+                return False
+            enqueue(db, bounce)
+            logger.info(
+                "bounced",
+                queue_id=first.queue_id,
+                dsn_queue_id=bounce.queue_id,
+                to=first.sender,
+                recipients=[r.delivery.original_recipient for r in settled.failed],
+            )
+        return True

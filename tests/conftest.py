@@ -1,0 +1,138 @@
+"""Shared fixtures: a store on SQLite and on PostgreSQL, a DNS server, the real CLI.
+
+PostgreSQL tests run when SMTPY_TEST_POSTGRES_URL names a database whose role
+may create databases (`scripts/test.sh` starts the server and sets it). The
+schema is migrated once into a template database per test worker; each test
+gets a fresh copy made with `CREATE DATABASE … TEMPLATE` in milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dnsserver import DNSServer
+
+POSTGRES_URL = os.environ.get("SMTPY_TEST_POSTGRES_URL", "")
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _admin(url: str, sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql)  # type: ignore[arg-type]
+
+
+def _with_db(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def postgres_template(worker_id: str) -> Iterator[str]:
+    if not POSTGRES_URL:
+        pytest.skip("SMTPY_TEST_POSTGRES_URL is not set (scripts/test.sh sets it)")
+    from smtpy.store.migrate import upgrade
+
+    name = f"smtpy_tpl_{worker_id}_{os.getpid()}"
+    _admin(POSTGRES_URL, f"DROP DATABASE IF EXISTS {name}")
+    _admin(POSTGRES_URL, f"CREATE DATABASE {name}")
+    upgrade(_with_db(POSTGRES_URL, name))
+    yield name
+    _admin(POSTGRES_URL, f"DROP DATABASE IF EXISTS {name}")
+
+
+@pytest.fixture(scope="session")
+def worker_id(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request.config, "workerinput", {}).get("workerid", "main"))
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL of an empty store, migrated, on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'smtpy.db'}"
+        return
+    template = request.getfixturevalue("postgres_template")
+    name = f"smtpy_t_{uuid.uuid4().hex[:12]}"
+    _admin(POSTGRES_URL, f"CREATE DATABASE {name} TEMPLATE {template}")
+    yield _with_db(POSTGRES_URL, name)
+    _admin(POSTGRES_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def db(store_url: str) -> Iterator[object]:
+    from smtpy.store.db import Database
+
+    database = Database(store_url)
+    yield database
+    database.close()
+
+
+@pytest.fixture(scope="session")
+def dns_session() -> Iterator[DNSServer]:
+    with DNSServer() as server:
+        yield server
+
+
+@pytest.fixture
+def dns_server(dns_session: DNSServer) -> Iterator[DNSServer]:
+    """The loopback DNS server, emptied for each test."""
+    dns_session.clear()
+    yield dns_session
+    dns_session.clear()
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+class Cli:
+    """Runs the installed `smtpy` entry point as a subprocess, as a user would."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def __call__(self, *args: str, input: str | None = None) -> Result:
+        proc = subprocess.run(
+            [sys.executable, "-m", "smtpy", *args],
+            env=self.env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def cli_env(store_url: str, tmp_path: Path, dns_server: DNSServer) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMTPY_")}
+    env.update(
+        {
+            "SMTPY_DATABASE_URL": store_url,
+            "SMTPY_HOSTNAME": "mx.forwarder.test",
+            "SMTPY_STATE_DIR": str(tmp_path / "state"),
+            "SMTPY_DNS_NAMESERVERS": dns_server.nameserver,
+            "SMTPY_DNS_TIMEOUT": "2",
+            "HOME": str(tmp_path),
+            "COLUMNS": "200",
+        }
+    )
+    return env
+
+
+@pytest.fixture
+def cli(cli_env: dict[str, str]) -> Cli:
+    return Cli(cli_env)
