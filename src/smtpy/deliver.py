@@ -214,7 +214,9 @@ class Deliverer:
     async def route(self, domain: str) -> Route:
         """Where mail for `domain` goes: the relay, a domain literal, or its MX hosts.
 
-        Raises NullMX or NoSuchDomain (permanent) and DNSTemporaryError.
+        Raises DNSPermanentError (NullMX, NoSuchDomain, NoMailHost),
+        DNSTemporaryError, and ValueError for a malformed domain literal. An
+        empty route means every MX is this forwarder or less preferred.
         """
         if self._relay is not None:
             return Route([self._relay])
@@ -263,6 +265,8 @@ class Deliverer:
         last: _HostFailed | None = None
         tried = 0
         for host, port in route.hosts:
+            if tried >= MAX_ADDRESSES:
+                break
             try:
                 addresses = await self._addresses(host)
             except _HostFailed as failure:

@@ -24,7 +24,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
-    rich_markup_mode=None,
 )
 app.add_typer(domain.app, name="domain")
 app.add_typer(alias.app, name="alias")
