@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from smtpy import __version__
-from smtpy.cli import alias, config, db, domain, key, serve
+from smtpy.cli import alias, config, db, domain, key, queue, serve
 from smtpy.cli.context import State
 from smtpy.errors import SmtpyError
 
@@ -28,6 +28,7 @@ app = typer.Typer(
 app.add_typer(domain.app, name="domain")
 app.add_typer(alias.app, name="alias")
 app.add_typer(key.app, name="key")
+app.add_typer(queue.app, name="queue")
 app.add_typer(config.app, name="config")
 app.add_typer(db.app, name="db")
 app.command("serve")(serve.serve)

@@ -1,0 +1,251 @@
+"""`smtpy queue …`: what is waiting to be delivered, and what to do with it."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from smtpy.cli.context import state
+from smtpy.cli.output import JsonOption, YesOption, confirm, done, print_json, print_table, when
+
+app = typer.Typer(
+    help="List and act on queued mail (works while the daemon runs).", no_args_is_help=True
+)
+
+IdsArg = Annotated[
+    list[str] | None, typer.Argument(help="Queue ids (see `smtpy queue list`).", show_default=False)
+]
+AllOpt = Annotated[
+    bool, typer.Option("--all", help="Every queued message (asks first unless --yes).")
+]
+StateOpt = Annotated[
+    str | None,
+    typer.Option("--status", help="Only messages in this state: active, deferred or held."),
+]
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    status: StateOpt = None,
+    domain: Annotated[
+        str | None, typer.Option("--domain", "-d", help="Only mail to this destination domain.")
+    ] = None,
+    older_than: Annotated[
+        str | None, typer.Option("--older-than", help="Only mail older than this, e.g. 1h.")
+    ] = None,
+    json: JsonOption = False,
+) -> None:
+    """List queued messages, oldest first."""
+    import time
+
+    from smtpy.admin.queue import list_messages, parse_age
+
+    age = parse_age(older_than) if older_than else None
+    with state(ctx).database() as db:
+        messages = list_messages(db, state=status, domain=domain, older_than=age)
+    if json:
+        print_json([m.public() for m in messages])
+        return
+    now = time.time()
+    print_table(
+        None,
+        [
+            "id",
+            "state",
+            "age",
+            "sender",
+            "recipients",
+            "size",
+            "attempts",
+            "next attempt",
+            "last error",
+        ],
+        [
+            (
+                m.queue_id,
+                m.state,
+                _age(now - m.received_at),
+                m.sender or "<>",
+                "\n".join(d.recipient for d in m.deliveries),
+                m.size,
+                m.attempts,
+                "-" if m.state == "held" or m.next_attempt_at is None else when(m.next_attempt_at),
+                (m.last_error or "")[:80],
+            )
+            for m in messages
+        ],
+    )
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    queue_id: Annotated[str, typer.Argument(help="Queue id.", show_default=False)],
+    raw: Annotated[bool, typer.Option("--raw", help="Print the whole message as stored.")] = False,
+    json: JsonOption = False,
+) -> None:
+    """Show a message: envelope, every attempt with the remote's exact reply, and its headers."""
+    from smtpy.admin.queue import show_message
+    from smtpy.rewrite import header_section
+
+    with state(ctx).database() as db:
+        message, attempts, data = show_message(db, queue_id)
+    if raw:
+        sys.stdout.buffer.write(data)
+        return
+    if json:
+        print_json(
+            {
+                **message.public(),
+                "attempts": attempts,
+                "headers": header_section(data).decode("utf-8", "replace"),
+            }
+        )
+        return
+    print_table(
+        f"message {message.queue_id}",
+        ["field", "value"],
+        [
+            ("sender", message.sender or "<>"),
+            ("received", when(message.received_at)),
+            ("client", message.client_ip or "-"),
+            ("size", message.size),
+            ("state", message.state),
+        ],
+    )
+    print_table(
+        "deliveries",
+        ["recipient", "for alias", "state", "attempts", "next attempt", "last error"],
+        [
+            (
+                d.recipient,
+                d.original_recipient,
+                d.state,
+                d.attempts,
+                when(d.next_attempt_at),
+                d.last_error or "",
+            )
+            for d in message.deliveries
+        ],
+    )
+    if attempts:
+        print_table(
+            "attempts",
+            ["when", "recipient", "remote", "reply", "result"],
+            [
+                (
+                    when(a["at"]),
+                    a["recipient"],
+                    a["remote_host"] or "-",
+                    f"{a['code'] or ''} {a['reply']}".strip(),
+                    a["result"],
+                )
+                for a in attempts
+            ],
+        )
+    sys.stdout.write(header_section(data).decode("utf-8", "replace"))
+
+
+def _select(
+    ctx: typer.Context, ids: list[str] | None, all_: bool, status: str | None, yes: bool, verb: str
+) -> list[str]:
+    from smtpy.admin.queue import all_ids
+    from smtpy.errors import InvalidInput
+
+    if all_ == bool(ids):
+        raise InvalidInput(f"give queue ids to {verb}, or --all (not both)")
+    if ids:
+        return ids
+    with state(ctx).database() as db:
+        selected = all_ids(db, state=status)
+    if selected:
+        confirm(f"{verb.capitalize()} {len(selected)} messages?", yes)
+    return selected
+
+
+@app.command("retry")
+def retry(
+    ctx: typer.Context,
+    ids: IdsArg = None,
+    all_: AllOpt = False,
+    status: StateOpt = None,
+    yes: YesOption = False,
+) -> None:
+    """Try these messages again now."""
+    from smtpy.admin.queue import retry as retry_now
+
+    selected = _select(ctx, ids, all_, status, yes, "retry")
+    with state(ctx).database() as db:
+        count = retry_now(db, selected)
+    done(f"{count} deliveries due now")
+
+
+@app.command("hold")
+def hold(
+    ctx: typer.Context, ids: IdsArg = None, all_: AllOpt = False, yes: YesOption = False
+) -> None:
+    """Keep messages in the queue without delivering them until released."""
+    from smtpy.admin.queue import hold as hold_messages
+
+    selected = _select(ctx, ids, all_, None, yes, "hold")
+    with state(ctx).database() as db:
+        count = hold_messages(db, selected)
+    done(f"{count} deliveries held")
+
+
+@app.command("release")
+def release(
+    ctx: typer.Context, ids: IdsArg = None, all_: AllOpt = False, yes: YesOption = False
+) -> None:
+    """Release held messages; they are delivered at once."""
+    from smtpy.admin.queue import release as release_messages
+
+    selected = _select(ctx, ids, all_, "held" if all_ else None, yes, "release")
+    with state(ctx).database() as db:
+        count = release_messages(db, selected)
+    done(f"{count} deliveries released")
+
+
+@app.command("delete")
+def delete(
+    ctx: typer.Context,
+    ids: IdsArg = None,
+    all_: AllOpt = False,
+    status: StateOpt = None,
+    yes: YesOption = False,
+) -> None:
+    """Delete messages from the queue without telling the sender."""
+    from smtpy.admin.queue import delete as delete_messages
+
+    selected = _select(ctx, ids, all_, status, yes, "delete")
+    with state(ctx).database() as db:
+        count = delete_messages(db, selected)
+    done(f"{count} messages deleted")
+
+
+@app.command("bounce")
+def bounce(
+    ctx: typer.Context,
+    ids: IdsArg = None,
+    all_: AllOpt = False,
+    status: StateOpt = None,
+    yes: YesOption = False,
+) -> None:
+    """Give up on messages now and send their senders a delivery status notification."""
+    from smtpy.admin.queue import bounce as bounce_messages
+
+    selected = _select(ctx, ids, all_, status, yes, "bounce")
+    st = state(ctx)
+    with st.database() as db:
+        count = bounce_messages(db, selected, hostname=st.settings.hostname)
+    done(f"{count} messages bounced")
