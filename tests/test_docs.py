@@ -83,3 +83,15 @@ def test_man_page_renders_without_warnings(name: str) -> None:
     )
     assert result.stderr == ""
     assert "smtpy" in result.stdout
+
+
+def test_example_config_is_valid_and_complete() -> None:
+    from smtpy.config import load
+
+    example = ROOT / "examples" / "smtpy.toml"
+    loaded = load(example, environ={"HOME": "/nonexistent"})
+    assert loaded.settings.hostname == "mx.example.net"
+    text = example.read_text(encoding="utf-8")
+    for name in Settings.model_fields:
+        if name != "state_dir":
+            assert f"{name} =" in text, f"examples/smtpy.toml does not mention {name}"
