@@ -57,6 +57,18 @@ def parse_host_port(text: str, *, default_port: int | None = None) -> HostPort:
     return host, int(port_text)
 
 
+def _nameserver(text: str) -> HostPort:
+    """A resolver as `ip`, `ip:port` or `[v6]:port`: an address, since no resolver finds it."""
+    import ipaddress
+
+    host, port = parse_host_port(text, default_port=53)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r}: a nameserver is an IP address, not a host name") from None
+    return host, port
+
+
 def _split(value: Any) -> list[str]:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -84,7 +96,8 @@ class Settings(BaseModel):
 
     state_dir: Path = Field(description="Directory for the default SQLite store and runtime files.")
     database_url: str = Field(
-        description="sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB."
+        description="sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB.",
+        repr=False,  # it may hold the database password
     )
     hostname: str = Field(
         description="This forwarder's FQDN: HELO, Received, SRS domain, MAILER-DAEMON, MX target."
@@ -161,7 +174,7 @@ class Settings(BaseModel):
     @classmethod
     def _nameservers(cls, value: Any) -> Any:
         if isinstance(value, str | list) and (not value or not isinstance(value[0], tuple)):
-            return [parse_host_port(part, default_port=53) for part in _split(value)] or None
+            return [_nameserver(part) for part in _split(value)] or None
         return value
 
     @field_validator("relay_host", "metrics_listen", mode="before")
@@ -170,6 +183,14 @@ class Settings(BaseModel):
         if isinstance(value, str):
             return parse_host_port(value, default_port=25) if value.strip() else None
         return value
+
+    @field_validator(
+        "srs_secret", "relay_username", "relay_password", "tls_cert", "tls_key", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `SMTPY_SRS_SECRET=` in an environment file means "not set", never an empty secret.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("retry_schedule", mode="before")
     @classmethod

@@ -242,13 +242,18 @@ def record_results(
 
     Deferred deliveries older than `lifetime` fail. Deliveries that reach a
     final state are removed, and a message with nothing left pending goes too.
-    Returns the failed ones so the caller can queue a bounce in the same transaction.
+    A delivery removed meanwhile (by an admin, or by the node that took over an
+    expired lease) is skipped. Returns the failed ones so the caller can queue a
+    bounce in the same transaction.
     """
     now = time.time() if now is None else now
+    lock = " FOR UPDATE" if db.dialect == "postgresql" else ""
     failed: list[AttemptResult] = []
     done_messages: set[int] = set()
     for r in results:
         d = r.delivery
+        if db.one(f"SELECT id FROM deliveries WHERE id = :id{lock}", {"id": d.id}) is None:
+            continue
         db.execute(
             "INSERT INTO attempts (delivery_id, at, remote_host, code, reply, result)"
             " VALUES (:id, :at, :host, :code, :reply, :result)",

@@ -1,10 +1,14 @@
 """Inbound SMTP: the aiosmtpd server and the handler that applies smtpy's policy.
 
 The handler decides each recipient at RCPT time (`smtpy.recipients`), and at
-the end of DATA adds the Received header, rewrites the envelope sender with
-SRS and hands the message to the store thread. It answers 250 only after the
-commit returned; a store failure gives 451 and the client keeps the message.
-An unexpected error is a temporary failure too, never a crash or a bounce.
+the end of DATA makes every line end in CRLF, adds the Received header,
+rewrites the envelope sender with SRS and hands the message to the store
+thread. It answers 250 only after the commit returned; a store failure gives
+451 and the client keeps the message. An unexpected error is a temporary
+failure too, never a crash or a bounce.
+
+Only CRLF.CRLF ends DATA (aiosmtpd reads lines up to CRLF): a bare LF or CR
+never does, so no second message can be smuggled in after a fake end of data.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from smtpy.addresses import split_address
 from smtpy.queue import NewDelivery, NewMessage, new_queue_id
 from smtpy.recipients import Accepted, RulesFor, decide
 from smtpy.rewrite import MAX_RECEIVED, count_received, protocol, received_header
-from smtpy.srs import SRS
+from smtpy.srs import SRS, SRSError
 from smtpy.storethread import StoreThread
 
 logger = log.get("smtpy.receive")
@@ -40,6 +44,7 @@ BAD_SENDER = "501 5.1.7 Bad sender address syntax"
 
 # Enhanced status codes for aiosmtpd's own replies, which have none (RFC 2034).
 _ENHANCED_BY_CODE = {
+    "220": "2.0.0",
     "221": "2.0.0",
     "250": "2.0.0",
     "251": "2.1.5",
@@ -47,6 +52,7 @@ _ENHANCED_BY_CODE = {
     "421": "4.3.2",
     "451": "4.3.0",
     "452": "4.5.3",
+    "454": "4.7.0",
     "500": "5.5.2",
     "501": "5.5.4",
     "502": "5.5.1",
@@ -60,6 +66,8 @@ _ENHANCED_BY_CODE = {
     "555": "5.5.4",
 }
 _HAS_ENHANCED = re.compile(r"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}\b")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+_LINE_ENDING = re.compile(rb"\r\n|\r|\n")
 
 
 def with_enhanced_code(reply: str) -> str:
@@ -74,23 +82,38 @@ def with_enhanced_code(reply: str) -> str:
 
 
 class SmtpServer(SMTP):
-    """aiosmtpd's server with enhanced status codes and PIPELINING advertised."""
+    """aiosmtpd's server with enhanced status codes and PIPELINING advertised.
+
+    RFC 2034 puts a code on every 2xx, 4xx and 5xx reply except the greeting
+    and the replies to HELO and EHLO. aiosmtpd echoes unknown commands in its
+    replies: control characters a client sent are not sent back.
+    """
+
+    _greeted = False
+    _in_hello = False
 
     async def push(self, status: Any) -> None:
-        if (
-            isinstance(status, str)
-            and not status.startswith(("220 ", "220-", "354"))
-            and not getattr(self, "_in_ehlo", False)
-        ):
-            status = with_enhanced_code(status)
+        if isinstance(status, str):
+            status = _UNPRINTABLE.sub("?", status)
+            if not self._greeted:
+                self._greeted = True
+            elif not self._in_hello and not status.startswith("354"):
+                status = with_enhanced_code(status)
         await super().push(status)
 
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._in_hello = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._in_hello = False
+
     async def smtp_EHLO(self, hostname: str) -> None:
-        self._in_ehlo = True
+        self._in_hello = True
         try:
             await super().smtp_EHLO(hostname)
         finally:
-            self._in_ehlo = False
+            self._in_hello = False
 
 
 @dataclass
@@ -144,8 +167,10 @@ class Handler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
+        # No AUTH (aiosmtpd offers it after STARTTLS): a forwarder takes no logins.
+        offered = [line for line in responses[:-1] if not line.startswith("250-AUTH")]
         # Insert before the final "250 HELP" line.
-        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+        return [*offered, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
     async def handle_MAIL(
         self,
@@ -155,13 +180,18 @@ class Handler:
         address: str,
         mail_options: list[str],
     ) -> str:
-        if address != "<>" and address and "@" not in address:
-            return BAD_SENDER
+        if address != "<>":
+            try:
+                self.srs.forward(address)  # refuse now what DATA could not rewrite
+            except SRSError:
+                return BAD_SENDER
         for option in mail_options:
             name, _, value = option.partition("=")
             if name == "SIZE" and value.isdigit() and int(value) > self.policy.max_message_size:
                 return TOO_BIG
-        envelope.mail_from = "" if address == "<>" else address
+        # The null sender stays "<>" in the envelope: aiosmtpd takes an empty
+        # mail_from for "no MAIL yet" and would refuse every RCPT with 503.
+        envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         setattr(envelope, "smtpy", Transaction())  # noqa: B010
         return OK_SENDER
@@ -206,6 +236,7 @@ class Handler:
         client = _peer(session)
         if len(content) > self.policy.max_message_size:
             return TOO_BIG
+        content = crlf_line_endings(content)
         if count_received(content) > MAX_RECEIVED:
             logger.warning("rejected", client=client, sender=envelope.mail_from, reason="loop")
             return LOOP
@@ -281,6 +312,15 @@ class Handler:
     async def handle_exception(self, error: Exception) -> str:
         logger.error("session_error", error_type=type(error).__name__, error=str(error)[:200])
         return "451 4.3.0 Temporary failure, please try again later"
+
+
+def crlf_line_endings(data: bytes) -> bytes:
+    """Bare CR and LF become CRLF, as the message will go on the wire (aiosmtplib
+    converts them when sending): what is stored, signed and sent is then the same."""
+    crlf = data.count(b"\r\n")
+    if crlf == data.count(b"\r") == data.count(b"\n"):
+        return data
+    return _LINE_ENDING.sub(b"\r\n", data)
 
 
 def _peer(session: Session) -> str | None:

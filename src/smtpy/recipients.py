@@ -9,7 +9,10 @@ Decided during the SMTP session, never by accepting and bouncing later
    disabled → 550 5.2.1, reject mode → 550 5.7.1 with its message, discard →
    accepted and dropped;
 4. destinations on served domains are resolved again, at most `MAX_DEPTH`
-   levels deep; a chain that comes back to itself → 554 5.4.6.
+   levels deep; a chain that comes back to itself → 554 5.4.6. A destination
+   there that is unknown, disabled or rejecting is dropped; when that leaves
+   nothing (and no discard rule was met) → 550 5.1.1, for accepting would
+   answer 250 for mail that then goes nowhere.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ async def decide(
     destinations: dict[str, None] = {}
     first_how: How | None = None
     first_alias: str | None = None
+    discarded = False
     # (local, rules, depth, the addresses on the path to this one)
     pending: list[tuple[str, DomainRules, int, frozenset[str]]] = [
         (address.local, rules, 0, frozenset({address.key}))
@@ -90,7 +94,7 @@ async def decide(
                 return _refuse(
                     "550", "5.1.1 Recipient address rejected: no such user here", "unknown_user"
                 )
-            continue  # a destination on a served domain that matches nothing: dropped below
+            continue  # a destination on a served domain that matches nothing: dropped
         rule = match.rule
         if is_first:
             first_how, first_alias = match.how, rule.address
@@ -106,6 +110,7 @@ async def decide(
                 return _refuse("550", f"5.7.1 {text}", "alias_reject")
             continue
         if rule.mode == "discard":
+            discarded = True
             continue
         for target in rule.destinations:
             target_address = parse_address(target)
@@ -121,4 +126,8 @@ async def decide(
             expanded.add(key)
             pending.append((target_address.local, target_rules, depth + 1, path | {key}))
 
+    if not destinations and not discarded:
+        return _refuse(
+            "550", "5.1.1 Recipient address rejected: no valid destination", "no_destination"
+        )
     return Accepted(original, address.domain, tuple(destinations), first_how, first_alias)

@@ -80,11 +80,15 @@ def compile_pattern(pattern: str) -> Any:
     options = re2.Options()
     options.case_sensitive = False
     options.max_mem = 1 << 20
+    options.log_errors = False  # else RE2 prints its own lines on stderr
     try:
         return re2.compile(pattern, options)
     except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
         raise InvalidInput(
-            f"the regex pattern {pattern!r} is not valid RE2 syntax: {exc}"
+            f"the regex pattern {pattern!r} is not valid RE2 syntax: {reason}"
         ) from None
 
 

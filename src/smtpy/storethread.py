@@ -7,6 +7,10 @@ commit was running is written in ONE transaction, so many concurrent sessions
 share each fsync (group commit) and durability does not cap throughput. Each
 caller learns only after that commit returned; if a batch fails, its messages
 are retried one by one so a single bad message cannot fail the others.
+
+A connection that broke (the PostgreSQL server restarted, the network went
+away) fails the jobs that met it, and the next job opens a new one: the
+daemon recovers once the store is back, without a restart.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class StoreThread:
         self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._db: Database | None = None
+        self.commits = 0  # transactions of the receive path that committed, for tests and stats
         self._thread = threading.Thread(target=self._main, name=f"smtpy-{name}", daemon=True)
 
     def start(self) -> None:
@@ -76,7 +82,7 @@ class StoreThread:
 
     def _main(self) -> None:
         try:
-            db = Database(self.url)
+            self._db = Database(self.url)
         except BaseException as exc:
             self._error = exc
             self._ready.set()
@@ -89,7 +95,7 @@ class StoreThread:
                     return
                 assert isinstance(job, _Job)
                 if job.message is None:
-                    self._run(db, job)
+                    self._run(job)
                     continue
                 batch = [job]
                 stop_after = False
@@ -103,14 +109,34 @@ class StoreThread:
                         break
                     assert isinstance(more, _Job)
                     if more.message is None:
-                        self._run(db, more)
+                        self._run(more)
                     else:
                         batch.append(more)
-                self._commit(db, batch)
+                self._commit(batch)
                 if stop_after:
                     return
         finally:
-            db.close()
+            if self._db is not None:
+                self._db.close()
+
+    def _connection(self) -> Database:
+        """The connection, opened again if the previous one broke."""
+        if self._db is None:
+            self._db = Database(self.url)
+        return self._db
+
+    def _healthy(self) -> bool:
+        """After an error: whether the connection still works; a broken one is dropped."""
+        if self._db is None:
+            return False
+        try:
+            self._db.scalar("SELECT 1")
+        except Exception as exc:
+            logger.warning("store_connection_lost", error=str(exc))
+            self._db.close()
+            self._db = None
+            return False
+        return True
 
     @staticmethod
     def _resolve(job: _Job, result: Any = None, error: BaseException | None = None) -> None:
@@ -125,32 +151,36 @@ class StoreThread:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
             job.loop.call_soon_threadsafe(settle)
 
-    def _run(self, db: Database, job: _Job) -> None:
+    def _run(self, job: _Job) -> None:
         assert job.fn is not None
         try:
-            result = job.fn(db)
+            result = job.fn(self._connection())
         except BaseException as exc:
+            self._healthy()
             self._resolve(job, error=exc)
         else:
             self._resolve(job, result)
 
-    def _commit(self, db: Database, batch: list[_Job]) -> None:
+    def _commit(self, batch: list[_Job]) -> None:
         try:
+            db = self._connection()
             with db.transaction():
                 for job in batch:
                     assert job.message is not None
                     enqueue(db, job.message)
         except Exception as exc:
-            if len(batch) == 1:
-                logger.error(
-                    "enqueue_failed",
-                    queue_id=batch[0].message.queue_id if batch[0].message else None,
-                    error=str(exc),
-                )
-                self._resolve(batch[0], error=exc)
+            if self._healthy() and len(batch) > 1:
+                for job in batch:  # find the message that failed the batch
+                    self._commit([job])
                 return
+            logger.error(
+                "enqueue_failed",
+                queue_ids=[job.message.queue_id for job in batch if job.message],
+                error=str(exc),
+            )
             for job in batch:
-                self._commit(db, [job])
+                self._resolve(job, error=exc)
             return
+        self.commits += 1
         for job in batch:
             self._resolve(job)

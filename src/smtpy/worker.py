@@ -55,28 +55,48 @@ class WorkerSettings:
 
 
 class SignerCache:
-    """The active DKIM keys of each domain, reloaded every `SIGNER_TTL` seconds or on demand."""
+    """The active DKIM keys of each domain, reloaded every `SIGNER_TTL` seconds or on demand.
+
+    Parsing an RSA key holds the GIL for tens of milliseconds, so deliveries
+    that miss the cache at the same moment (a restart with a backlog, the TTL
+    running out under load) share one load instead of each parsing the keys.
+    """
 
     def __init__(self, store: StoreThread) -> None:
         self._store = store
         self._cache: dict[str, tuple[float, Signer]] = {}
+        self._loading: dict[str, asyncio.Future[Signer]] = {}
 
     def clear(self) -> None:
         self._cache.clear()
+        self._loading.clear()  # a load already running must not fill the cache with old keys
 
     async def get(self, domain: str) -> Signer:
-        now = time.monotonic()
         hit = self._cache.get(domain)
-        if hit is not None and now - hit[0] < SIGNER_TTL:
+        if hit is not None and time.monotonic() - hit[0] < SIGNER_TTL:
             return hit[1]
+        loading = self._loading.get(domain)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(domain))
+            self._loading[domain] = loading
+            loading.add_done_callback(partial(self._loaded, domain))
+        # Shielded: a delivery cancelled while waiting must not cancel the others' load.
+        return await asyncio.shield(loading)
+
+    async def _load(self, domain: str) -> Signer:
         from smtpy.admin.keys import signing_keys
 
         rows = await self._store.call(lambda db: signing_keys(db, domain))
-        signer = Signer(
+        return Signer(
             [SigningKey(domain, r["selector"], r["algorithm"], r["private_key"]) for r in rows]
         )
-        self._cache[domain] = (now, signer)
-        return signer
+
+    def _loaded(self, domain: str, loading: asyncio.Future[Signer]) -> None:
+        if self._loading.get(domain) is not loading:
+            return  # cleared meanwhile
+        del self._loading[domain]
+        if not loading.cancelled() and loading.exception() is None:
+            self._cache[domain] = (time.monotonic(), loading.result())
 
 
 def group_claims(claims: Sequence[Claimed]) -> list[list[Claimed]]:
@@ -186,10 +206,13 @@ class DeliveryWorker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        ids = list(self._inflight)
+        ids = list(self._inflight)  # with those settled during the grace: release skips them
         if ids:
-            await self.store.call(lambda db: release_leases(db, node=self.settings.node, ids=ids))
-            logger.info("returned_to_queue", deliveries=len(ids))
+            returned = await self.store.call(
+                lambda db: release_leases(db, node=self.settings.node, ids=ids)
+            )
+            if returned:
+                logger.info("returned_to_queue", deliveries=returned)
         self._inflight.clear()
 
     async def _heartbeat(self) -> None:

@@ -13,6 +13,7 @@ from smtpy.addresses import (
     local_key,
     normalize_domain,
     parse_address,
+    split_address,
     validate_local_part,
 )
 from smtpy.admin.domains import domain_id
@@ -43,6 +44,15 @@ class AliasInfo:
         local = f"/{rule.local_part}/" if rule.kind == "regex" else rule.local_part
         return f"{local}@{display_domain(rule.domain)}"
 
+    @property
+    def display_destinations(self) -> list[str]:
+        """The destinations with their domains as U-labels (stored as A-labels)."""
+        shown = []
+        for destination in self.rule.destinations:
+            local, domain = split_address(destination)
+            shown.append(f"{local}@{display_domain(domain)}")
+        return shown
+
     def public(self) -> dict[str, Any]:
         rule = self.rule
         return {
@@ -50,7 +60,7 @@ class AliasInfo:
             "address": self.display_address,
             "domain": display_domain(rule.domain),
             "kind": rule.kind,
-            "destinations": list(rule.destinations),
+            "destinations": self.display_destinations,
             "mode": rule.mode,
             "reject_message": rule.reject_message,
             "enabled": rule.enabled,

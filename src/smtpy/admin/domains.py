@@ -92,16 +92,22 @@ def add_domain(
     from smtpy.admin.keys import create_key
 
     alabel = normalize_domain(name)
-    with db.transaction():
-        if db.one("SELECT id FROM domains WHERE name = :name", {"name": alabel}):
-            raise Conflict(f"domain {display_domain(alabel)} is already served")
-        org = organization_id(db, organization)
-        new_id = db.insert(
-            "INSERT INTO domains (organization_id, name, verification_token, created_at) "
-            "VALUES (:org, :name, :token, :now) RETURNING id",
-            {"org": org, "name": alabel, "token": secrets.token_hex(16), "now": time.time()},
-        )
-        create_key(db, new_id, alabel, algorithm=key_algorithm)
+    served = Conflict(f"domain {display_domain(alabel)} is already served")
+    try:
+        with db.transaction():
+            if db.one("SELECT id FROM domains WHERE name = :name", {"name": alabel}):
+                raise served
+            org = organization_id(db, organization)
+            new_id = db.insert(
+                "INSERT INTO domains (organization_id, name, verification_token, created_at) "
+                "VALUES (:org, :name, :token, :now) RETURNING id",
+                {"org": org, "name": alabel, "token": secrets.token_hex(16), "now": time.time()},
+            )
+            create_key(db, new_id, alabel, algorithm=key_algorithm)
+    except Exception as exc:
+        if Database.is_unique_violation(exc):  # another node added it at the same moment
+            raise served from None
+        raise
     return get_domain(db, alabel)
 
 

@@ -99,22 +99,30 @@ def create_key(
             "SELECT id FROM dkim_keys WHERE domain_id = :d AND selector = :s",
             {"d": did, "s": selector},
         ):
-            raise Conflict(f"{domain} already has a key with selector {selector}")
+            raise Conflict(f"{display_domain(domain)} already has a key with selector {selector}")
     key = generate_key(algorithm, bits)  # type: ignore[arg-type]
-    new_id = db.insert(
-        "INSERT INTO dkim_keys (domain_id, selector, algorithm, bits, private_key, public_record,"
-        " active, created_at) VALUES (:d, :s, :a, :b, :priv, :pub, :active, :now) RETURNING id",
-        {
-            "d": did,
-            "s": selector,
-            "a": key.algorithm,
-            "b": key.bits,
-            "priv": key.private_key,
-            "pub": key.public_record,
-            "active": True,
-            "now": time.time(),
-        },
-    )
+    try:
+        new_id = db.insert(
+            "INSERT INTO dkim_keys (domain_id, selector, algorithm, bits, private_key,"
+            " public_record, active, created_at)"
+            " VALUES (:d, :s, :a, :b, :priv, :pub, :active, :now) RETURNING id",
+            {
+                "d": did,
+                "s": selector,
+                "a": key.algorithm,
+                "b": key.bits,
+                "priv": key.private_key,
+                "pub": key.public_record,
+                "active": True,
+                "now": time.time(),
+            },
+        )
+    except Exception as exc:
+        if Database.is_unique_violation(exc):  # another node took the selector just now
+            raise Conflict(
+                f"{display_domain(domain)} already has a key with selector {selector}"
+            ) from None
+        raise
     row = db.one(_SELECT + " WHERE k.id = :id", {"id": new_id})
     assert row is not None
     return _info(row)

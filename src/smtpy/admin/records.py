@@ -95,13 +95,16 @@ def judge(record: DnsRecord, lookup_status: str, found: Sequence[str], detail: s
         reason = {"timeout": "timed out", "servfail": "answered SERVFAIL"}.get(
             lookup_status, "failed"
         )
+        if detail and not detail.startswith(reason):
+            reason = f"{reason}: {detail}"
+        elif detail:
+            reason = detail  # the detail already says "timed out: ..."
         status: Status = lookup_status  # type: ignore[assignment]
         return Finding(
             record,
             values,
             status,
-            f"the DNS lookup {reason} {detail}".strip()
-            + "; check the domain's name servers and try again",
+            f"the DNS lookup {reason}; check the domain's name servers and try again",
         )
     publish = f'publish {where} "{record.value}"'
     if record.purpose == "mx":

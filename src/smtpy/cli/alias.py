@@ -50,7 +50,7 @@ def add(
 
     with state(ctx).database() as db:
         info = add_alias(db, address, destinations or [], mode=mode, reject_message=message)
-    target = ", ".join(info.rule.destinations) if info.rule.mode == "forward" else info.rule.mode
+    target = ", ".join(info.display_destinations) if info.rule.mode == "forward" else info.rule.mode
     done(f"added {info.display_address} -> {target}")
 
 
@@ -75,7 +75,7 @@ def list_(
             (
                 a.display_address,
                 a.rule.kind,
-                "\n".join(a.rule.destinations) or "-",
+                "\n".join(a.display_destinations) or "-",
                 a.rule.mode + (f": {a.rule.reject_message}" if a.rule.reject_message else ""),
                 "yes" if a.rule.enabled else "no",
             )

@@ -112,6 +112,7 @@ def records(ctx: typer.Context, name: DomainArg, json: JsonOption = False) -> No
 @app.command("verify")
 def verify(ctx: typer.Context, name: DomainArg, json: JsonOption = False) -> None:
     """Look the records up in DNS. Exit 0 when ownership and MX are in place, 1 otherwise."""
+    from smtpy.addresses import display_domain
     from smtpy.admin.domains import verify_domain
 
     st = state(ctx)
@@ -127,7 +128,7 @@ def verify(ctx: typer.Context, name: DomainArg, json: JsonOption = False) -> Non
     if json:
         print_json(
             {
-                "domain": report.domain,
+                "domain": display_domain(report.domain),
                 "verified": report.verified,
                 "records": [f.public() for f in report.findings],
             }

@@ -58,7 +58,11 @@ class Database:
         self._sql_cache: dict[str, str] = {}
         self._conn: Any = self._open()
         if check_schema:
-            self.ensure_schema()
+            try:
+                self.ensure_schema()
+            except BaseException:
+                self.close()  # the caller never gets this object to close
+                raise
 
     # -- connection -------------------------------------------------------
 
