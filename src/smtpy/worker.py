@@ -273,6 +273,7 @@ class DeliveryWorker:
             if not self._stopping:
                 for claim in group:
                     self._inflight.pop(claim.id, None)
+                self.wake()  # a slot is free: claim more due work now, not at the next poll
 
     @staticmethod
     def _result(claim: Claimed, outcome: Outcome) -> AttemptResult:
