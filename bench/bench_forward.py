@@ -55,6 +55,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "postfix"
@@ -63,6 +64,20 @@ SESSIONS = 10
 SIZES = (2 * 1024, 100 * 1024)
 COUNTS = {False: {2 * 1024: 2000, 100 * 1024: 500}, True: {2 * 1024: 300, 100 * 1024: 100}}
 TARGETS = {2 * 1024: 2.0, 100 * 1024: 1.0}
+
+def sender_dns() -> Any:
+    """A DNS server on loopback (the test suite's) with the sender domain's SPF and DMARC."""
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from dnsserver import DNSServer
+
+    server = DNSServer()
+    server.start()
+    domain = SENDER.split("@")[1]
+    server.add(domain, "SOA", f"ns.{domain}. hostmaster.{domain}. 1 3600 600 86400 300", ttl=300)
+    server.add(domain, "TXT", "v=spf1 ip4:127.0.0.0/8 -all", ttl=300)
+    server.add(f"_dmarc.{domain}", "TXT", "v=DMARC1; p=none", ttl=300)
+    return server
+
 
 HOSTNAME = "fwd.bench.example"  # the forwarder: HELO, SRS domain
 ALIAS_DOMAIN = "forward.example"  # the served domain; DKIM d=
@@ -389,13 +404,16 @@ class Stack:
 class SmtpyStack(Stack):
     name = "smtpy"
 
-    def __init__(self, work: Path, sink_port: int, smtpy: str) -> None:
+    def __init__(self, work: Path, sink_port: int, smtpy: str, processes: int | None) -> None:
         super().__init__(work, sink_port)
         self.smtpy = smtpy
         self.dir = work / "smtpy"
         self.db = self.dir / "smtpy.db"
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SMTPY_")}
+        # The sender's domain publishes SPF and DMARC, as real senders do; smtpy
+        # checks them on every message (and caches the answers per their TTL).
+        self.dns = sender_dns()
         self.env.update(
             SMTPY_CONFIG=str(self.dir / "smtpy.toml"),  # empty: never /etc/smtpy/smtpy.toml
             SMTPY_STATE_DIR=str(self.dir),
@@ -403,10 +421,11 @@ class SmtpyStack(Stack):
             SMTPY_HOSTNAME=HOSTNAME,
             SMTPY_LISTEN=f"127.0.0.1:{self.port}",
             SMTPY_RELAY_HOST=f"127.0.0.1:{sink_port}",
-            # Nothing listens there: a stray DNS query fails fast and stays on loopback.
-            SMTPY_DNS_NAMESERVERS=f"127.0.0.1:{free_port()}",
+            SMTPY_DNS_NAMESERVERS=self.dns.nameserver,
             SMTPY_NODE_NAME="bench",
         )
+        if processes is not None:
+            self.env["SMTPY_PROCESSES"] = str(processes)
         self._txt: bytes | None = None
 
     def start(self) -> None:
@@ -980,6 +999,10 @@ def main() -> int:
         help="record smtpy's runs with py-spy (raw collapsed stacks, all threads) into DIR",
     )  # fmt: skip
     parser.add_argument("--workdir", help="parent of the work directory (default: $TMPDIR)")
+    parser.add_argument(
+        "--processes", type=int, metavar="N",
+        help="SMTPY_PROCESSES for smtpy serve (default: smtpy's own default; 0: one per core)",
+    )  # fmt: skip
     args = parser.parse_args()
     args.rounds = max(1, min(args.rounds, 10))
     SESSIONS = max(1, min(args.sessions, 200))
@@ -1006,7 +1029,7 @@ def main() -> int:
     try:
         factories: list[Callable[[int], Stack]] = []
         if args.only != "postfix":
-            factories.append(lambda port: SmtpyStack(work, port, smtpy))
+            factories.append(lambda port: SmtpyStack(work, port, smtpy, args.processes))
         if args.only != "smtpy":
             factories.append(lambda port: PostfixStack(work, port, dkim_srs=True))
             if not args.no_bare:

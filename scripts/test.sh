@@ -2,7 +2,8 @@
 # Set up everything the test suite needs on a fresh Debian machine, then run it
 # on SQLite and PostgreSQL: Debian packages (PostgreSQL, the reference SRS and
 # DKIM implementations the interop tests compare against), a virtualenv with
-# smtpy and its test extras, a PostgreSQL cluster started here.
+# smtpy and its test extras, a PostgreSQL cluster started here. Before pytest
+# it builds the wheel and sdist, and builds, installs and purges the .deb.
 # Usage: scripts/test.sh [PYTEST ARGS...]     (run as root or with sudo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-packages=(postgresql libmail-srs-perl libmail-dkim-perl swaks)
+packages=(postgresql libmail-srs-perl libmail-dkim-perl swaks man-db python3-venv systemd clamav-daemon spamassassin spamd)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -38,6 +39,23 @@ export SMTPY_TEST_POSTGRES_URL="postgresql://smtpy:smtpy@127.0.0.1:5432/smtpy"
 echo "==> ruff and mypy"
 .venv/bin/ruff check src tests bench
 .venv/bin/mypy
+
+echo "==> wheel and sdist (python -m build)"
+rm -rf build dist
+.venv/bin/python -m build --outdir dist . >dist.log 2>&1 || { cat dist.log; exit 1; }
+rm -f dist.log
+ls dist
+
+# Builds the .deb from that wheel, installs it, checks `smtpy --version`,
+# `man smtpy`, completion and the systemd units (systemd-analyze verify and
+# security), then purges it. SMTPY_TEST_SKIP_DEB=1 skips it on a machine
+# where smtpy is installed for real.
+if [ "${SMTPY_TEST_SKIP_DEB:-}" = 1 ]; then
+    echo "==> Debian package: skipped (SMTPY_TEST_SKIP_DEB=1)"
+else
+    echo "==> Debian package"
+    $SUDO packaging/test-deb.sh dist/smtpy-*-py3-none-any.whl
+fi
 
 echo "==> pytest (SQLite and PostgreSQL)"
 exec .venv/bin/pytest -n 2 -p no:cacheprovider "$@"

@@ -536,6 +536,12 @@ class Forwarder:
 
     def start(self, **settings: str) -> Serve:
         """Start one more daemon (node-0, node-1, ...); `settings` as lower-case names."""
+        daemon = self.serve(**settings)
+        daemon.start()
+        return daemon
+
+    def serve(self, **settings: str) -> Serve:
+        """One more daemon, not started yet."""
         index = len(self.daemons)
         env = {
             **self.env,
@@ -547,7 +553,6 @@ class Forwarder:
         }
         daemon = Serve(env, self.tmp_path / f"serve-{index}.log")
         self.daemons.append(daemon)
-        daemon.start()
         return daemon
 
     def dkim_ok(self, data: bytes) -> bool:

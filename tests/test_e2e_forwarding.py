@@ -294,6 +294,32 @@ def test_451_twice_then_250_is_delivered_once(forwarder: Forwarder) -> None:
     assert daemon.wait_event("delivered")["attempt"] == 3
 
 
+def test_a_queued_message_that_cannot_be_signed_bounces_at_once(forwarder: Forwarder) -> None:
+    # DATA refuses such headers now; a queue filled before that (or by hand) still holds some.
+    from smtpy.queue import NewDelivery, NewMessage, enqueue, new_queue_id
+    from smtpy.store.db import Database
+
+    forwarder.alias(f"team@{DOMAIN}", "bob@dest1.test")
+    queue_id = new_queue_id()
+    with Database(forwarder.database_url) as db, db.transaction():
+        enqueue(
+            db,
+            NewMessage(
+                queue_id=queue_id,
+                sender=SENDER,
+                data=b"Subject: fine\r\n: no field name\r\n\r\nbody\r\n",
+                deliveries=[NewDelivery(f"team@{DOMAIN}", "bob@dest1.test", "dest1.test", SENDER)],
+            ),
+        )
+    daemon = forwarder.start()
+    [dsn] = forwarder.peers.wait_for(lambda got: only(got, lambda r: r.host == SENDER_MX))
+    assert dsn.rcpt_tos == (SENDER,)
+    assert b"Status: 5.6.0" in dsn.data
+    assert b"cannot be forwarded" in dsn.data
+    assert daemon.wait_event("bounced")["queue_id"] == queue_id
+    assert not [r for r in forwarder.peers.received if r.host != SENDER_MX]
+
+
 def test_550_bounces_to_the_original_sender_naming_the_alias(forwarder: Forwarder) -> None:
     forwarder.alias(f"team@{DOMAIN}", "bob@dest1.test")
     forwarder.peers.script(

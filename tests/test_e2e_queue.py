@@ -203,12 +203,6 @@ def test_kill_9_during_a_stream_loses_nothing(forwarder: Forwarder) -> None:
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker.py/queue.py: claim_due takes any due delivery up to the node's free "
-    "concurrency, so deliveries that wait for a busy domain's slot fill every slot and a "
-    "slow MX holds back mail for every other domain",
-)
 def test_a_slow_destination_holds_back_only_its_own_mail(forwarder: Forwarder) -> None:
     forwarder.alias(f"slow@{DOMAIN}", "someone@dest1.test")
     forwarder.alias(f"fast@{DOMAIN}", "someone@dest2.test")

@@ -154,6 +154,31 @@ def test_claim_respects_limit_and_takes_the_oldest_first(db: Database) -> None:
     ]
 
 
+def test_claim_leaves_deliveries_to_excluded_domains_in_the_queue(db: Database) -> None:
+    put(db, "a@busy.test", received_at=T)
+    put(db, "b@other.test", received_at=T + 1)
+    put(db, "c@third.test", received_at=T + 2)
+    claimed = claim_due(
+        db, node="a", limit=10, exclude_domains=["busy.test", "third.test"], now=T + 5
+    )
+    assert [c.recipient for c in claimed] == ["b@other.test"]
+    assert [c.recipient for c in claim_due(db, node="a", limit=10, now=T + 5)] == [
+        "a@busy.test",
+        "c@third.test",
+    ]
+
+
+def test_a_failed_inner_transaction_undoes_only_itself(db: Database) -> None:
+    with db.transaction():
+        put(db, "kept@dest.test")
+        with pytest.raises(ValueError), db.transaction():
+            put(db, "undone@dest.test")
+            raise ValueError("inner")
+        put(db, "also-kept@dest.test")
+    recipients = {row["recipient"] for row in db.all("SELECT recipient FROM deliveries")}
+    assert recipients == {"kept@dest.test", "also-kept@dest.test"}
+
+
 def test_smtputf8_flag_comes_back(db: Database) -> None:
     msg = message("jörg@dest.test")
     msg.smtputf8 = True

@@ -140,6 +140,32 @@ def test_calls_and_enqueues_interleave(store_url: str, store: StoreThread) -> No
     assert counts(store_url) == (20, 40)
 
 
+def test_writes_waiting_together_share_one_commit_and_fail_alone(
+    store_url: str, store: StoreThread
+) -> None:
+    def add(n: int) -> Any:
+        def write(db: Database) -> int:
+            db.execute(
+                "INSERT INTO secrets (name, value, created_at) VALUES (:n, 'v', 0)", {"n": f"k{n}"}
+            )
+            if n == 3:
+                raise ValueError("this write fails after its insert")
+            return n
+
+        return write
+
+    results = asyncio.run(
+        held(store, *(store.write(add(n)) for n in range(6)), store.enqueue(message(1)))
+    )
+    assert results[:3] + results[4:] == [0, 1, 2, 4, 5, None]
+    assert isinstance(results[3], ValueError)
+    assert store.commits == 1
+    with Database(store_url) as db:
+        names = {row["name"] for row in db.all("SELECT name FROM secrets")}
+    assert names == {"k0", "k1", "k2", "k4", "k5"}  # the failed write left nothing behind
+    assert counts(store_url) == (1, 2)
+
+
 def test_enqueue_fails_while_the_schema_is_broken_and_works_again_after(
     store_url: str, store: StoreThread
 ) -> None:

@@ -131,6 +131,80 @@ class Settings(BaseModel):
     plus_separator: str = Field(
         default="+", description="Separator of plus-addressing tags; empty turns tags off."
     )
+    max_connections: int = Field(
+        default=1000, ge=0, description="Inbound SMTP connections at once; 0 for no limit."
+    )
+    max_connections_per_ip: int = Field(
+        default=50,
+        ge=0,
+        description="Inbound connections at once from one client IP; 0 for no limit.",
+    )
+    ip_rate_limit: int = Field(
+        default=1200,
+        ge=0,
+        description="Messages per minute from one client IP (a token bucket); 0 turns it off.",
+    )
+    sender_domain_rate_limit: int = Field(
+        default=1200,
+        ge=0,
+        description="Messages per minute from one MAIL FROM domain; 0 turns it off.",
+    )
+    recipient_domain_rate_limit: int = Field(
+        default=3000,
+        ge=0,
+        description="Messages per minute for one recipient domain; 0 turns it off.",
+    )
+    rate_limit_sync_interval: float = Field(
+        default=2.0,
+        ge=0,
+        description=(
+            "Seconds between the syncs of rate-limit buckets through the store, which make "
+            "the limits hold across nodes; 0 keeps them per node."
+        ),
+    )
+    limit_exempt_networks: list[str] = Field(
+        default=["127.0.0.0/8", "::1/128"],
+        description=(
+            "Client networks exempt from the per-IP and rate limits, the pregreet delay and "
+            "DNSBL checks, comma-separated (no trust for relaying, SPF or DMARC)."
+        ),
+    )
+    pregreet_delay: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="Seconds to wait before the 220 banner; clients that talk first get 554.",
+    )
+    first_command_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds a new client has to send its first command."
+    )
+    command_timeout: float = Field(
+        default=300.0, gt=0, description="Seconds to wait for each later command (RFC 5321: 300)."
+    )
+    dnsbl_zones: list[str] = Field(
+        default=[],
+        description="DNS blocklists checked at connect, comma-separated; empty turns it off.",
+    )
+    clamd_socket: str | None = Field(
+        default=None,
+        description="ClamAV clamd socket (a path, or host:port) to scan every message; off when unset.",
+    )
+    spamd_socket: str | None = Field(
+        default=None,
+        description="SpamAssassin spamd socket (a path, or host:port) to score every message.",
+    )
+    spam_threshold: float = Field(
+        default=5.0, description="spamd score from which a message counts as spam."
+    )
+    spam_action: str = Field(
+        default="header",
+        description="What to do with spam: reject (554) or header (add X-Spam-Status: Yes).",
+    )
+    scan_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a scanner may take; after that the client gets 451.",
+    )
     relay_host: HostPort | None = Field(
         default=None, description="Optional smarthost host:port instead of direct MX delivery."
     )
@@ -140,8 +214,15 @@ class Settings(BaseModel):
     delivery_port: int = Field(
         default=25, gt=0, lt=65536, description="Port used on destination MX hosts."
     )
+    processes: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="Serving processes of `smtpy serve`, sharing the listening sockets and "
+        "the queue; Python runs one core per process. 0: one per CPU core.",
+    )
     delivery_concurrency: int = Field(
-        default=100, gt=0, description="Deliveries in flight at once on this node."
+        default=100, gt=0, description="Deliveries in flight at once on this node (per process)."
     )
     destination_concurrency: int = Field(
         default=10, gt=0, description="Connections at once to one destination domain."
@@ -155,7 +236,86 @@ class Settings(BaseModel):
     metrics_listen: HostPort | None = Field(
         default=None, description="Optional host:port for the Prometheus /metrics endpoint."
     )
+    mta_sts: bool = Field(
+        default=True,
+        description="Apply the MTA-STS policies destination domains publish (RFC 8461).",
+    )
+    mta_sts_port: int = Field(
+        default=443,
+        gt=0,
+        lt=65536,
+        description="HTTPS port MTA-STS policies are fetched from (443; tests and special setups).",
+    )
+    tls_required_domains: list[str] = Field(
+        default=[],
+        description=(
+            "Destination domains whose mail is only sent over TLS with a certificate valid "
+            "for the MX host, comma-separated; otherwise it waits in the queue."
+        ),
+    )
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description=(
+            "CA bundle (PEM) that verifies remote certificates (MTA-STS, required TLS, "
+            "relay_tls) instead of the system's."
+        ),
+    )
+    auth_checks: bool = Field(
+        default=True,
+        description=(
+            "Check SPF, DKIM, DMARC and ARC on incoming mail and add Authentication-Results."
+        ),
+    )
+    dmarc_reject: bool = Field(
+        default=True,
+        description=(
+            "Refuse (550 5.7.1) mail that fails DMARC when its domain publishes p=reject; "
+            "off: mark it only."
+        ),
+    )
+    arc_trusted_sealers: list[str] = Field(
+        default=[],
+        description=(
+            "ARC sealer domains whose valid chain recording dmarc=pass overrides a DMARC "
+            "p=reject failure (mailing lists, forwarders you trust), comma-separated."
+        ),
+    )
+    arc_seal: bool = Field(
+        default=True,
+        description=(
+            "ARC-seal every forwarded message (RFC 8617) with an RSA DKIM key; the seal "
+            "copies the checks' Authentication-Results, so it needs auth_checks."
+        ),
+    )
+    arc_seal_domain: str | None = Field(
+        default=None,
+        description=(
+            "A served domain whose RSA DKIM key seals every message; unset: the alias "
+            "domain's own key."
+        ),
+    )
+    from_rewrite: bool = Field(
+        default=True,
+        description=(
+            "Rewrite From to the alias address when the sender's domain publishes "
+            "p=quarantine or p=reject and no aligned DKIM signature survives."
+        ),
+    )
+    from_rewrite_name: str = Field(
+        default="{name} via smtpy",
+        min_length=1,
+        max_length=100,
+        description="Display name of a rewritten From; {name} is the original display name.",
+    )
     log_level: str = Field(default="info", description="debug, info, warning or error.")
+    log_retention: int = Field(
+        default=30,
+        ge=0,
+        description=(
+            "Days the message log (`smtpy log`, `smtpy stats`) keeps its rows; the daemon "
+            "prunes older ones. 0 keeps them forever."
+        ),
+    )
     node_name: str = Field(
         default_factory=socket.gethostname,
         min_length=1,
@@ -185,12 +345,70 @@ class Settings(BaseModel):
         return value
 
     @field_validator(
-        "srs_secret", "relay_username", "relay_password", "tls_cert", "tls_key", mode="before"
+        "srs_secret",
+        "relay_username",
+        "relay_password",
+        "tls_cert",
+        "tls_key",
+        "tls_ca_file",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # `SMTPY_SRS_SECRET=` in an environment file means "not set", never an empty secret.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("tls_required_domains", "arc_trusted_sealers", mode="before")
+    @classmethod
+    def _domains(cls, value: Any) -> Any:
+        from smtpy.addresses import normalize_domain
+        from smtpy.errors import InvalidInput
+
+        try:
+            return [normalize_domain(part) for part in _split(value)]
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("arc_seal_domain", mode="before")
+    @classmethod
+    def _seal_domain(cls, value: Any) -> Any:
+        from smtpy.addresses import normalize_domain
+        from smtpy.errors import InvalidInput
+
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        try:
+            return normalize_domain(str(value))
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("limit_exempt_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        from smtpy.limits import parse_networks
+
+        parts = _split(value)
+        parse_networks(parts)
+        return parts
+
+    @field_validator("dnsbl_zones", mode="before")
+    @classmethod
+    def _zones(cls, value: Any) -> Any:
+        return [part.rstrip(".").lower() for part in _split(value)]
+
+    @field_validator("clamd_socket", "spamd_socket", mode="before")
+    @classmethod
+    def _socket(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip() and not value.strip().startswith("/"):
+            parse_host_port(value)  # a UNIX socket path, or host:port
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("spam_action")
+    @classmethod
+    def _spam_action(cls, value: str) -> str:
+        if value.lower() not in {"reject", "header"}:
+            raise ValueError("expected reject or header")
+        return value.lower()
 
     @field_validator("retry_schedule", mode="before")
     @classmethod
@@ -233,6 +451,15 @@ class Settings(BaseModel):
         if value.lower() not in {"debug", "info", "warning", "error"}:
             raise ValueError("expected debug, info, warning or error")
         return value.lower()
+
+    def process_count(self) -> int:
+        """Serving processes: SMTPY_PROCESSES, or the CPU cores this process may use for 0."""
+        if self.processes:
+            return self.processes
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):
+            return os.cpu_count() or 1
 
     def display(self, name: str) -> str:
         """The value of a setting as `config show` prints it, secrets masked."""

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from smtpy import log
+from smtpy import listeners, log
 from smtpy.config import Settings
 from smtpy.errors import ConfigError, SmtpyError
 from smtpy.route import DomainRules
@@ -72,6 +72,23 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+def _inbound_checker(settings: Settings, lookups: Any) -> Any:
+    """The end-of-DATA SPF/DKIM/DMARC/ARC check, or None when SMTPY_AUTH_CHECKS is off."""
+    if not settings.auth_checks:
+        return None
+    from smtpy.authcheck.inbound import AuthPolicy, InboundChecker
+
+    return InboundChecker(
+        lookups,
+        AuthPolicy(
+            hostname=settings.hostname,
+            dmarc_reject=settings.dmarc_reject,
+            trusted_sealers=frozenset(settings.arc_trusted_sealers),
+            from_rewrite=settings.from_rewrite,
+        ),
+    )
+
+
 def notify_systemd(state: str) -> None:
     """sd_notify(3) without a dependency: a datagram to $NOTIFY_SOCKET."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -84,9 +101,28 @@ def notify_systemd(state: str) -> None:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, *, reload: Callable[[], Settings] | None = None) -> None:
+    """One serving process: inbound sessions and delivery workers on one event loop.
+
+    `sockets` are listening sockets bound beforehand (shared by the processes
+    of a supervisor); without them the daemon binds SMTPY_LISTEN itself.
+    `ready` is called once it serves (default: tell systemd). Of several
+    processes, only the one with `serve_metrics` answers SMTPY_METRICS_LISTEN.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        reload: Callable[[], Settings] | None = None,
+        sockets: list[socket.socket] | None = None,
+        ready: Callable[[str], None] | None = None,
+        serve_metrics: bool = True,
+    ) -> None:
         self.settings = settings
+        self._serve_metrics = serve_metrics
         self._reload = reload
+        self._sockets = sockets
+        self._ready = ready or (lambda status: notify_systemd(f"READY=1\nSTATUS={status}"))
         self._stop = asyncio.Event()
         self._servers: list[asyncio.Server] = []
         self._tls: ssl.SSLContext | None = None
@@ -95,8 +131,11 @@ class Daemon:
         from smtpy.admin.srs_secret import stored_srs_secret
         from smtpy.deliver import Deliverer
         from smtpy.dns import Lookups, make_resolver
+        from smtpy.limits import guard_from_settings, start_rate_sync
         from smtpy.queue import release_leases
         from smtpy.receive import Handler, Policy
+        from smtpy.scan import scanner_from_settings
+        from smtpy.upkeep import Upkeep
         from smtpy.worker import DeliveryWorker, SignerCache, WorkerSettings
 
         settings = self.settings
@@ -115,20 +154,13 @@ class Daemon:
             if released:
                 logger.info("resumed", deliveries=released, node=settings.node_name)
 
-            lookups = Lookups(make_resolver(settings.dns_nameservers, timeout=settings.dns_timeout))
-            relay_password = (
-                settings.relay_password.get_secret_value() if settings.relay_password else None
+            from smtpy import metrics
+
+            lookups = Lookups(
+                make_resolver(settings.dns_nameservers, timeout=settings.dns_timeout),
+                observe=metrics.dns_observed,
             )
-            deliverer = Deliverer(
-                hostname=settings.hostname,
-                lookups=lookups,
-                port=settings.delivery_port,
-                relay=settings.relay_host,
-                relay_username=settings.relay_username,
-                relay_password=relay_password,
-                relay_tls=settings.relay_tls,
-                per_domain_limit=settings.destination_concurrency,
-            )
+            deliverer = Deliverer.from_settings(settings, lookups)
             signers = SignerCache(reader)
             worker = DeliveryWorker(
                 settings=WorkerSettings(
@@ -137,12 +169,21 @@ class Daemon:
                     concurrency=settings.delivery_concurrency,
                     retry_schedule=tuple(settings.retry_schedule),
                     queue_lifetime=settings.queue_lifetime,
+                    destination_concurrency=settings.destination_concurrency,
+                    arc_seal=settings.arc_seal,
+                    arc_seal_domain=settings.arc_seal_domain,
+                    from_rewrite_name=settings.from_rewrite_name if settings.from_rewrite else None,
                 ),
                 store=writer,
                 deliverer=deliverer,
                 signers=signers,
+                reader=reader,
             )
             rules = RuleCache(reader)
+            upkeep = Upkeep(
+                writer, node_name=settings.node_name, retention_days=settings.log_retention
+            )
+            guard = guard_from_settings(settings, lookups)
             handler = Handler(
                 policy=Policy(
                     hostname=settings.hostname,
@@ -154,9 +195,18 @@ class Daemon:
                 rules_for=rules.get,
                 srs=srs,
                 on_queued=worker.wake,
+                guard=guard,
+                scanner=scanner_from_settings(settings),
+                events=upkeep.events,
+                authcheck=_inbound_checker(settings, lookups),
             )
             self._tls = tls_context(settings)
             await self._listen(handler)
+            metrics_server: metrics.MetricsServer | None = None
+            if settings.metrics_listen is not None and self._serve_metrics:
+                host, port = settings.metrics_listen
+                metrics_server = metrics.MetricsServer(reader, host=host, port=port)
+                await metrics_server.start()
 
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGTERM, self._stop.set)
@@ -164,11 +214,13 @@ class Daemon:
             loop.add_signal_handler(signal.SIGHUP, lambda: self._hup(rules, signers))
 
             worker_task = asyncio.create_task(worker.run())
+            rate_sync = start_rate_sync(guard, writer.call, settings.rate_limit_sync_interval)
+            upkeep.start()  # message-log writes, heartbeat, pruning
             addresses = ", ".join(f"{h}:{p}" for h, p in settings.listen)
             logger.info(
                 "started", listen=addresses, hostname=settings.hostname, node=settings.node_name
             )
-            notify_systemd(f"READY=1\nSTATUS=listening on {addresses}")
+            self._ready(f"listening on {addresses}")
 
             await self._stop.wait()
 
@@ -183,6 +235,11 @@ class Daemon:
             for server in self._servers:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(server.wait_closed(), STOP_GRACE)
+            await upkeep.stop()
+            if rate_sync is not None:
+                rate_sync.cancel()
+            if metrics_server is not None:
+                await metrics_server.stop()
             logger.info("stopped")
             return 0
         finally:
@@ -198,20 +255,13 @@ class Daemon:
             hostname=self.settings.hostname,
             max_message_size=self.settings.max_message_size,
             tls_context=lambda: self._tls,
+            timeout=self.settings.command_timeout,
         )
-        for host, port in self.settings.listen:
-            try:
-                server = await loop.create_server(factory, host, port, reuse_address=True)
-            except PermissionError:
-                raise ConfigError(
-                    f"cannot listen on {host}:{port}: permission denied; run under systemd with "
-                    "CAP_NET_BIND_SERVICE, as root, or set SMTPY_LISTEN to a port above 1023"
-                ) from None
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-                ) from None
-            self._servers.append(server)
+        sockets = (
+            self._sockets if self._sockets is not None else listeners.bind(self.settings.listen)
+        )
+        for sock in sockets:
+            self._servers.append(await loop.create_server(factory, sock=sock))
 
     def _hup(self, rules: RuleCache, signers: Any) -> None:
         rules.clear()
@@ -227,11 +277,17 @@ class Daemon:
 
 
 def run(settings: Settings, *, reload: Callable[[], Settings] | None = None) -> int:
-    """Run the daemon until SIGTERM; return the exit code."""
+    """Run the daemon until SIGTERM; return the exit code.
+
+    With SMTPY_PROCESSES above 1 a supervisor runs that many serving processes.
+    """
     log.configure(settings.log_level)
+    processes = settings.process_count()
+    if processes > 1:
+        from smtpy.supervisor import Supervisor
+
+        return Supervisor(settings, processes=processes, reload=reload).run()
     try:
         return asyncio.run(Daemon(settings, reload=reload).serve())
-    except SmtpyError:
-        raise
     except KeyboardInterrupt:
         return 0

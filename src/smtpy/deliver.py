@@ -20,6 +20,12 @@ How a delivery goes (RFC 5321 §5, RFC 7505, RFC 7435):
 - Opportunistic STARTTLS: used whenever offered, certificates not verified
   (RFC 7435: encryption against passive listeners, never worse than clear text).
   A failed handshake is retried once on the same address in clear text.
+- TLS policy (`smtpy.mtasts.TlsPolicies`): a domain in `tls_required_domains`
+  or with an MTA-STS policy in mode enforce gets mail only over STARTTLS with
+  a certificate valid for the MX host name (and, for MTA-STS, only at the MX
+  hosts its policy names); anything less defers with 4.7.4 and the reason,
+  never a clear-text retry. Under MTA-STS "testing" the certificate is checked
+  too, but a failure is only logged and the delivery goes on opportunistically.
 - Relay mode: `relay_username` logs in after STARTTLS. With `relay_tls`, TLS is
   mandatory and the relay's certificate is verified against the system trust
   store (implicit TLS on port 465, required STARTTLS otherwise); there is no
@@ -56,7 +62,7 @@ import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import aiosmtplib
 from aiosmtplib import (
@@ -68,12 +74,19 @@ from aiosmtplib import (
 )
 
 from smtpy.dns import DNSPermanentError, DNSTemporaryError, Lookups, NoSuchDomain, NullMX
+from smtpy.mtasts import OPPORTUNISTIC, TlsPolicies, TlsPolicy, verified_context
+
+if TYPE_CHECKING:
+    from smtpy.config import Settings
 
 __all__ = ["MAX_ADDRESSES", "Deliverer", "Outcome", "Route", "Status"]
 
 log = logging.getLogger(__name__)
 
 Status = Literal["delivered", "deferred", "failed"]
+_TlsLevel = Literal["required", "verified", "opportunistic", "none"]
+"""required: verified TLS or nothing; verified: checked, failure only logged (MTA-STS
+testing); opportunistic: STARTTLS when offered, unchecked; none: clear text."""
 
 MAX_ADDRESSES = 10
 """At most this many MX addresses are tried in one delivery attempt."""
@@ -133,6 +146,12 @@ class _HostFailed(Exception):
 
 
 @dataclass(frozen=True)
+class _TlsPlan:
+    level: _TlsLevel
+    why: str  # the policy that asks for it, for replies and logs
+
+
+@dataclass(frozen=True)
 class _Envelope:
     sender: str
     recipients: Sequence[str]
@@ -156,6 +175,8 @@ class Deliverer:
         connect_timeout: float = 30.0,
         command_timeout: float = 300.0,
         per_domain_limit: int = 10,
+        tls_policies: TlsPolicies | None = None,
+        tls_ca_file: str | None = None,
     ) -> None:
         if (relay_username is None) != (relay_password is None):
             raise ValueError("relay_username and relay_password go together")
@@ -178,7 +199,33 @@ class Deliverer:
         self._opportunistic_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self._opportunistic_tls.check_hostname = False
         self._opportunistic_tls.verify_mode = ssl.CERT_NONE
-        self._verified_tls = ssl.create_default_context() if relay_tls else None
+        self._tls_policies = tls_policies if relay is None else None
+        needs_verified = relay_tls or self._tls_policies is not None
+        self._verified_tls = verified_context(tls_ca_file) if needs_verified else None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, lookups: Lookups) -> Deliverer:
+        """The deliverer `smtpy serve` runs (and `smtpy route explain` consults)."""
+        policies = TlsPolicies(
+            lookups,
+            required_domains=settings.tls_required_domains,
+            mta_sts=settings.mta_sts,
+            port=settings.mta_sts_port,
+            ca_file=settings.tls_ca_file,
+        )
+        password = settings.relay_password
+        return cls(
+            hostname=settings.hostname,
+            lookups=lookups,
+            port=settings.delivery_port,
+            relay=settings.relay_host,
+            relay_username=settings.relay_username,
+            relay_password=password.get_secret_value() if password is not None else None,
+            relay_tls=settings.relay_tls,
+            per_domain_limit=settings.destination_concurrency,
+            tls_policies=policies,
+            tls_ca_file=str(settings.tls_ca_file) if settings.tls_ca_file else None,
+        )
 
     # -- public ------------------------------------------------------------
 
@@ -234,6 +281,12 @@ class Deliverer:
             hosts.append((mx.host, self._port))
         return Route(hosts)
 
+    async def tls_policy(self, domain: str) -> TlsPolicy:
+        """The TLS policy mail to `domain` gets (opportunistic via a relay or to a literal)."""
+        if self._tls_policies is None or domain.startswith("["):
+            return OPPORTUNISTIC
+        return await self._tls_policies.for_domain(domain)
+
     # -- delivery ------------------------------------------------------------
 
     def _domain_slot(self, domain: str) -> _DomainSlot:
@@ -262,9 +315,29 @@ class Deliverer:
             text = f"mail for {domain} loops back to myself"
             return [_outcome(r, "failed", None, text, None, "5.4.6") for r in recipients]
 
+        policy = await self.tls_policy(domain)
+        hosts = route.hosts
+        if policy.mx_patterns:
+            allowed = [(host, port) for host, port in hosts if policy.mx_allowed(host)]
+            if len(allowed) < len(hosts):
+                log.warning(
+                    "MX hosts of %s outside its MTA-STS policy (%s): %s",
+                    domain,
+                    policy.mode,
+                    ", ".join(h for h, _ in hosts if not policy.mx_allowed(h)),
+                )
+            if policy.mandatory:
+                if not allowed:
+                    text = (
+                        f"no MX host of {domain} matches its MTA-STS policy "
+                        f"(mx: {', '.join(policy.mx_patterns)}); not sent"
+                    )
+                    return [_outcome(r, "deferred", None, text, None, "4.7.4") for r in recipients]
+                hosts = allowed
+
         last: _HostFailed | None = None
         tried = 0
-        for host, port in route.hosts:
+        for host, port in hosts:
             if tried >= MAX_ADDRESSES:
                 break
             try:
@@ -279,23 +352,47 @@ class Deliverer:
                 tried += 1
                 remote = f"{host}[{address}]"
                 try:
-                    return await self._session(host, address, port, envelope, starttls=True)
+                    return await self._try_address(host, address, port, envelope, policy)
                 except _HostFailed as failure:
                     last = failure
-                    if failure.tls and not self._relay_tls:
-                        log.info("%s: TLS failed (%s), retrying in clear", remote, failure.reply)
-                        try:
-                            return await self._session(
-                                host, address, port, envelope, starttls=False
-                            )
-                        except _HostFailed as again:
-                            last = again
                     log.info("%s did not take mail for %s: %s", remote, domain, last.reply)
-        assert last is not None  # route.hosts is not empty
+        assert last is not None  # hosts is not empty
         return [
             _outcome(r, "deferred", last.code, last.reply, last.remote_host, last.enhanced)
             for r in recipients
         ]
+
+    async def _try_address(
+        self, host: str, address: str, port: int, envelope: _Envelope, policy: TlsPolicy
+    ) -> list[Outcome]:
+        """Deliver through one address, stepping down TLS only where the policy allows."""
+        remote = f"{host}[{address}]"
+        plans: list[_TlsPlan]
+        if self._relay_tls:
+            plans = [_TlsPlan("required", "SMTPY_RELAY_TLS")]
+        elif policy.mandatory:
+            plans = [_TlsPlan("required", policy.reason)]
+        elif policy.verify:
+            levels: tuple[_TlsLevel, ...] = ("verified", "opportunistic", "none")
+            plans = [_TlsPlan(level, policy.reason) for level in levels]
+        else:
+            plans = [_TlsPlan("opportunistic", policy.reason), _TlsPlan("none", policy.reason)]
+        for index, plan in enumerate(plans):
+            try:
+                return await self._session(host, address, port, envelope, plan)
+            except _HostFailed as failure:
+                if not failure.tls or index == len(plans) - 1:
+                    raise
+                if plan.level == "verified":
+                    log.warning(
+                        "%s: %s; would defer under enforce, going on (%s)",
+                        remote,
+                        failure.reply,
+                        plan.why,
+                    )
+                else:
+                    log.info("%s: TLS failed (%s), retrying in clear", remote, failure.reply)
+        raise AssertionError("unreachable: the last plan raises")
 
     async def _addresses(self, host: str) -> list[str]:
         try:
@@ -315,7 +412,7 @@ class Deliverer:
         return addresses
 
     async def _session(
-        self, host: str, address: str, port: int, envelope: _Envelope, *, starttls: bool
+        self, host: str, address: str, port: int, envelope: _Envelope, tls: _TlsPlan
     ) -> list[Outcome]:
         """Run one SMTP session; raise _HostFailed if this address should be skipped."""
         remote = f"{host}[{address}]"
@@ -347,14 +444,16 @@ class Deliverer:
                 await self._connect(smtp, remote)
                 await self._hello(smtp, remote)
                 if not implicit_tls:
-                    await self._starttls(smtp, remote, server_name, starttls=starttls)
+                    await self._starttls(smtp, remote, server_name, tls)
                 if self._relay_username is not None:
                     await self._login(smtp, remote)
                 return await self._transaction(smtp, remote, envelope)
             except _HostFailed:
                 raise
             except (SMTPException, OSError) as exc:
-                raise self._network_failure(exc, remote, connected=True) from None
+                raise self._network_failure(
+                    exc, remote, connected=True, tls_required=tls.level == "required"
+                ) from None
         finally:
             if smtp is not None:
                 await _quit(smtp)
@@ -386,12 +485,14 @@ class Deliverer:
         except (SMTPException, OSError) as exc:
             raise self._network_failure(exc, remote, connected=False) from None
 
-    def _network_failure(self, exc: BaseException, remote: str, *, connected: bool) -> _HostFailed:
+    def _network_failure(
+        self, exc: BaseException, remote: str, *, connected: bool, tls_required: bool = False
+    ) -> _HostFailed:
         """What a network or protocol error means: 4.4.1 no answer, 4.4.2 bad connection."""
         if isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError):
             return _HostFailed(
                 f"TLS with {remote} failed: {_error_text(exc)}",
-                enhanced="4.7.4" if self._relay_tls else "4.4.2",
+                enhanced="4.7.4" if self._relay_tls or tls_required else "4.4.2",
                 remote_host=remote,
                 tls=True,
             )
@@ -414,34 +515,42 @@ class Deliverer:
             raise _refused(remote, "HELO", exc) from None
 
     async def _starttls(
-        self, smtp: aiosmtplib.SMTP, remote: str, server_name: str | None, *, starttls: bool
+        self, smtp: aiosmtplib.SMTP, remote: str, server_name: str | None, tls: _TlsPlan
     ) -> None:
         offered = smtp.supports_extension("starttls")
-        if self._relay_tls:
-            if not offered:
+        required = tls.level == "required"
+        if tls.level == "none":
+            return
+        if not offered:
+            if required:
                 raise _HostFailed(
-                    f"TLS is required, but {remote} does not offer STARTTLS",
+                    f"TLS is required ({tls.why}), but {remote} does not offer STARTTLS",
                     enhanced="4.7.4",
                     remote_host=remote,
                 )
-            context = self._verified_tls
-        elif starttls and offered:
-            context = self._opportunistic_tls
-        else:
+            if tls.level == "verified":
+                log.warning(
+                    "%s does not offer STARTTLS; would defer under enforce (%s)", remote, tls.why
+                )
             return
+        context = self._opportunistic_tls
+        if tls.level in ("required", "verified"):
+            assert self._verified_tls is not None
+            context = self._verified_tls
         try:
             await smtp.starttls(
                 tls_context=context, server_hostname=server_name, timeout=self._connect_timeout
             )
         except SMTPResponseException as exc:
-            if exc.code != 421 and not self._relay_tls and smtp.is_connected:
+            if exc.code != 421 and not required and smtp.is_connected:
                 log.info("%s refused STARTTLS (%s); going on in clear", remote, exc.code)
                 return
             raise _refused(remote, "STARTTLS", exc) from None
         except (SMTPException, OSError) as exc:
+            reason = f" ({tls.why}); not sent in clear" if required else ""
             raise _HostFailed(
-                f"TLS with {remote} failed: {_error_text(exc)}",
-                enhanced="4.7.4" if self._relay_tls else "4.4.2",
+                f"TLS with {remote} failed: {_error_text(exc)}{reason}",
+                enhanced="4.7.4" if required else "4.4.2",
                 remote_host=remote,
                 tls=True,
             ) from None

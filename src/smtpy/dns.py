@@ -28,6 +28,7 @@ what it found, including timeouts and SERVFAIL as such.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import random
 import time
@@ -215,6 +216,7 @@ def make_sync_resolver(
 # -- helpers -----------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)  # names are immutable; parsing one costs tens of µs
 def _to_name(name: str) -> dns.name.Name:
     """An absolute dnspython name (IDNA-encoded); ValueError if not a valid name."""
     text = name.strip()
@@ -224,6 +226,12 @@ def _to_name(name: str) -> dns.name.Name:
         return dns.name.from_text(text)
     except (dns.exception.DNSException, UnicodeError) as exc:
         raise ValueError(f"invalid domain name {name!r}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_text(name: dns.name.Name) -> str:
+    """The cache key of a name: its text, lower-case."""
+    return name.to_text().lower()
 
 
 def _host_text(name: dns.name.Name) -> str:
@@ -364,6 +372,15 @@ class Lookups:
         answer = await self._query(self._name(name), "TXT")
         return [_txt_text(rdata) for rdata in answer.rdatas]
 
+    async def records(self, name: str, rtype: str) -> list[str]:
+        """The `rtype` records of `name` as text ([] for NODATA or NXDOMAIN), cached.
+
+        No MX fallback to addresses here (SPF's "mx" has none): MX as
+        "PREF host", PTR and CNAME as host names, A/AAAA as addresses.
+        """
+        answer = await self._query(self._name(name), rtype)
+        return [_rdata_text(rdata) for rdata in answer.rdatas]
+
     # -- internals -----------------------------------------------------------
 
     @staticmethod
@@ -391,7 +408,7 @@ class Lookups:
         return found
 
     async def _query(self, name: dns.name.Name, rtype: str) -> _Answer:
-        key = (name.to_text().lower(), rtype)
+        key = (_key_text(name), rtype)
         cached = self._cache.get(key)
         if cached is not None:
             expires, answer = cached

@@ -75,6 +75,23 @@ def _usage(path: list[str], command: click.Command) -> str:
     return " ".join(parts)
 
 
+_COMPLETION = [
+    ".SH COMPLETION",
+    "Command, option and argument completion works in bash, zsh and fish. "
+    "\\fBsmtpy \\-\\-install\\-completion\\fR adds it to the start\\-up file of the shell "
+    "it runs in; \\fBsmtpy \\-\\-show\\-completion\\fR prints that shell's script instead. "
+    "For another shell, or to install the scripts system\\-wide as the Debian package does, "
+    "set \\fB_SMTPY_COMPLETE\\fR to \\fBsource_bash\\fR, \\fBsource_zsh\\fR or "
+    "\\fBsource_fish\\fR:",
+    ".PP",
+    ".nf",
+    "_SMTPY_COMPLETE=source_bash smtpy > /usr/share/bash\\-completion/completions/smtpy",
+    "_SMTPY_COMPLETE=source_zsh smtpy > /usr/share/zsh/vendor\\-completions/_smtpy",
+    "_SMTPY_COMPLETE=source_fish smtpy > /usr/share/fish/vendor_completions.d/smtpy.fish",
+    ".fi",
+]
+
+
 def smtpy_1() -> str:
     from typer.main import get_command
 
@@ -122,6 +139,7 @@ def smtpy_1() -> str:
         "standard error, never a traceback.",
         ".SH ENVIRONMENT",
         "Every setting can be given as an \\fBSMTPY_*\\fR variable; see \\fBsmtpy.toml\\fR(5).",
+        *_COMPLETION,
         ".SH FILES",
         ".TP",
         "\\fI/etc/smtpy/smtpy.toml\\fR",

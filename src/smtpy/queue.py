@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from smtpy.msglog import LogEvent, write_events
 from smtpy.store.db import Database
 
 LEASE_SECONDS = 90.0
@@ -57,6 +58,7 @@ class NewMessage:
     client_helo: str | None = None
     smtputf8: bool = False
     received_at: float = field(default_factory=time.time)
+    log: Sequence[LogEvent] = ()  # message-log rows written in the same transaction
 
 
 def enqueue(db: Database, message: NewMessage) -> int:
@@ -92,6 +94,7 @@ def enqueue(db: Database, message: NewMessage) -> int:
             for d in message.deliveries
         ],
     )
+    write_events(db, message.log)
     return message_id
 
 
@@ -113,18 +116,35 @@ class Claimed:
 
 
 def claim_due(
-    db: Database, *, node: str, limit: int, now: float | None = None, lease: float = LEASE_SECONDS
+    db: Database,
+    *,
+    node: str,
+    limit: int,
+    exclude_domains: Collection[str] = (),
+    now: float | None = None,
+    lease: float = LEASE_SECONDS,
 ) -> list[Claimed]:
-    """Take up to `limit` due deliveries for this node, leased for `lease` seconds."""
+    """Take up to `limit` due deliveries for this node, leased for `lease` seconds.
+
+    Deliveries to `exclude_domains` (destinations already busy at their
+    concurrency limit on this node) stay in the queue for whoever is free.
+    """
     now = time.time() if now is None else now
     lock = " FOR UPDATE SKIP LOCKED" if db.dialect == "postgresql" else ""
+    params: dict[str, Any] = {"node": node, "until": now + lease, "now": now, "limit": limit}
+    excluded = ""
+    if exclude_domains:
+        params.update({f"x{n}": domain for n, domain in enumerate(exclude_domains)})
+        excluded = (
+            " AND domain NOT IN (" + ", ".join(f":x{n}" for n in range(len(exclude_domains))) + ")"
+        )
     with db.transaction():
         rows = db.all(
             "UPDATE deliveries SET lease_owner = :node, next_attempt_at = :until WHERE id IN ("
-            " SELECT id FROM deliveries WHERE status = 'queued' AND next_attempt_at <= :now"
+            f" SELECT id FROM deliveries WHERE status = 'queued' AND next_attempt_at <= :now{excluded}"
             f" ORDER BY next_attempt_at LIMIT :limit{lock})"
             " RETURNING id, message_id, original_recipient, recipient, domain, envelope_sender, attempts",
-            {"node": node, "until": now + lease, "now": now, "limit": limit},
+            params,
         )
         if not rows:
             return []
@@ -187,12 +207,24 @@ def renew_leases(
 
 
 def release_leases(
-    db: Database, *, node: str, ids: Sequence[int] | None = None, now: float | None = None
+    db: Database,
+    *,
+    node: str,
+    ids: Sequence[int] | None = None,
+    prefix: bool = False,
+    now: float | None = None,
 ) -> int:
-    """Make this node's leased deliveries due now (at start-up, or when stopping)."""
+    """Make this node's leased deliveries due now (at start-up, or when stopping).
+
+    With `prefix`, every lease owner whose name starts with `node` is released
+    (the serving processes `NODE.1`, `NODE.2` … of a supervisor).
+    """
     now = time.time() if now is None else now
     params: dict[str, Any] = {"node": node, "now": now}
     where = "lease_owner = :node AND status = 'queued'"
+    if prefix:
+        params["length"] = len(node)
+        where = "substr(lease_owner, 1, :length) = :node AND status = 'queued'"
     if ids is not None:
         if not ids:
             return 0

@@ -7,29 +7,39 @@ thread. It answers 250 only after the commit returned; a store failure gives
 451 and the client keeps the message. An unexpected error is a temporary
 failure too, never a crash or a bounce.
 
-Only CRLF.CRLF ends DATA (aiosmtpd reads lines up to CRLF): a bare LF or CR
-never does, so no second message can be smuggled in after a fake end of data.
+Only CRLF.CRLF ends DATA (`smtpy.smtpdata`): a bare LF or CR never does, so no
+second message can be smuggled in after a fake end of data.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
-from smtpy import log
+from smtpy import log, metrics
 from smtpy.addresses import split_address
+from smtpy.errors import InvalidInput
+from smtpy.limits import ConnectionGuard
+from smtpy.msglog import EventBuffer, received_events, rejected_event
 from smtpy.queue import NewDelivery, NewMessage, new_queue_id
 from smtpy.recipients import Accepted, RulesFor, decide
 from smtpy.rewrite import MAX_RECEIVED, count_received, protocol, received_header
+from smtpy.scan import Scanner
+from smtpy.sign import split_fields
+from smtpy.smtpdata import DataBuffer
 from smtpy.srs import SRS, SRSError
 from smtpy.storethread import StoreThread
+
+if TYPE_CHECKING:
+    from smtpy.authcheck.inbound import InboundChecker, SpfCheck
 
 logger = log.get("smtpy.receive")
 
@@ -41,6 +51,11 @@ TOO_BIG = "552 5.3.4 Message size exceeds fixed limit"
 LOOP = "554 5.4.6 Too many Received headers: mail loop detected"
 TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
 BAD_SENDER = "501 5.1.7 Bad sender address syntax"
+BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
+BAD_HEADER = "554 5.6.0 Malformed message header: a line is not a header field"
+COMMAND_TOO_LONG = "500 5.5.6 Command line too long"
+
+DATA_CHUNK = 256 * 1024  # bytes read from the socket at once during DATA
 
 # Enhanced status codes for aiosmtpd's own replies, which have none (RFC 2034).
 _ENHANCED_BY_CODE = {
@@ -67,6 +82,8 @@ _ENHANCED_BY_CODE = {
 }
 _HAS_ENHANCED = re.compile(r"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}\b")
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+# Control characters, and the lone surrogates aiosmtpd makes of invalid UTF-8.
+_BAD_ADDRESS = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _LINE_ENDING = re.compile(rb"\r\n|\r|\n")
 
 
@@ -91,14 +108,86 @@ class SmtpServer(SMTP):
 
     _greeted = False
     _in_hello = False
+    _said_hello = False  # the first command timeout applies until HELO or EHLO
+    _talked_early = False
+    _counted = False  # by the guard's connection limits
+    _refusal: str | None = None  # sent instead of the banner
+    _in_data = False  # between 354 and the end of the data
+    _data_timer_reset = 0.0  # loop time the timeout was last reset for data arriving
+
+    @property
+    def _guard(self) -> ConnectionGuard | None:
+        guard = getattr(self.event_handler, "guard", None)
+        return guard if isinstance(guard, ConnectionGuard) else None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None  # not the TLS transport after STARTTLS
+        if first:
+            # aiosmtpd keeps these in a dict shared by every session, which EHLO raises
+            # and each new connection resets: give each session its own.
+            self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        super().connection_made(transport)
+        if first:
+            metrics.session_opened()
+        guard = self._guard
+        if first and guard is not None:
+            assert self.session is not None
+            self._refusal = guard.open(_peer(self.session))
+            self._counted = self._refusal is None
+
+    def connection_lost(self, error: Exception | None) -> None:
+        guard = self._guard
+        if self._counted and guard is not None and self.session is not None:
+            self._counted = False
+            guard.close(_peer(self.session))
+        super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._greeted:
+            self._talked_early = True
+        elif self._in_data:
+            # RFC 5321 §4.5.3.2.5: during DATA the timeout runs between blocks, so a large
+            # message on a slow link is not cut off; reset at most once a second.
+            now = self.loop.time()
+            if now - self._data_timer_reset >= 1.0:
+                self._data_timer_reset = now
+                self._reset_timeout()
+        super().data_received(data)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        guard = self._guard
+        if duration is None and guard is not None:
+            duration = guard.command_timeout if self._said_hello else guard.first_command_timeout
+        super()._reset_timeout(duration)
+
+    async def _greeting(self, banner: str) -> str:
+        """The banner, once the guard let the client in; else refuse, close and end the session."""
+        guard = self._guard
+        if guard is None:
+            return banner
+        assert self.session is not None
+        peer = _peer(self.session)
+        refusal = self._refusal or await guard.before_greeting(peer, lambda: self._talked_early)
+        if refusal is None:
+            return banner
+        logger.info("refused", client=peer, reply=refusal)
+        self._greeted = True
+        await super().push(refusal)
+        if self.transport is not None:
+            self.transport.close()
+        raise asyncio.CancelledError  # ends aiosmtpd's session task; nothing else to do
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
             status = _UNPRINTABLE.sub("?", status)
             if not self._greeted:
+                status = await self._greeting(status)
                 self._greeted = True
+            elif status == "500 Command line too long":
+                status = COMMAND_TOO_LONG
             elif not self._in_hello and not status.startswith("354"):
                 status = with_enhanced_code(status)
+            self._in_data = status.startswith("354")
         await super().push(status)
 
     async def smtp_HELO(self, hostname: str) -> None:
@@ -107,6 +196,7 @@ class SmtpServer(SMTP):
             await super().smtp_HELO(hostname)
         finally:
             self._in_hello = False
+        self._hello_done()
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self._in_hello = True
@@ -114,6 +204,55 @@ class SmtpServer(SMTP):
             await super().smtp_EHLO(hostname)
         finally:
             self._in_hello = False
+        self._hello_done()
+
+    def _hello_done(self) -> None:
+        if not self._said_hello and self.session is not None and self.session.host_name:
+            self._said_hello = True
+            self._reset_timeout()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """DATA as aiosmtpd does it, but reading the content in large chunks, not by line.
+
+        aiosmtpd awaits one `readuntil(CRLF)` per line, which costs more than
+        everything else on a 100 KB message. What a pipelining client sent
+        after the end of data goes back into the stream for the next command.
+        """
+        pending = getattr(self._reader, "_buffer", None)
+        if not isinstance(pending, bytearray):  # not CPython's StreamReader: stay line by line
+            await super().smtp_DATA(arg)
+            return
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        data = DataBuffer(self.data_size_limit)
+        while not data.done:
+            chunk = await self._reader.read(DATA_CHUNK)
+            if not chunk:  # the client went away mid-DATA: nothing is kept
+                self._writer.close()
+                return
+            rest = data.feed(chunk)
+        if rest:
+            pending[:0] = rest
+        if data.too_big:
+            await self.push("552 Error: Too much mail data")
+        elif data.longest_line() > self.line_length_limit:
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+        else:
+            content = data.content()
+            self.envelope.content = self.envelope.original_content = content
+            status = await self._call_handler_hook("DATA")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push("250 OK" if status is MISSING else status)
+            return
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
 
 
 @dataclass
@@ -121,6 +260,8 @@ class Transaction:
     """What the handler learned about the current transaction."""
 
     accepted: list[Accepted] = field(default_factory=list)
+    rate_domains: set[str] = field(default_factory=set)  # recipient domains charged a token
+    spf: asyncio.Task[SpfCheck] | None = None  # started at the first accepted recipient
 
 
 @dataclass(frozen=True)
@@ -142,12 +283,44 @@ class Handler:
         rules_for: RulesFor,
         srs: SRS,
         on_queued: Callable[[], None] = lambda: None,
+        guard: ConnectionGuard | None = None,
+        scanner: Scanner | None = None,
+        events: EventBuffer | None = None,
+        authcheck: InboundChecker | None = None,
     ) -> None:
         self.policy = policy
         self.store = store
         self.rules_for = rules_for
         self.srs = srs
         self.on_queued = on_queued
+        self.guard = guard  # connection and rate limits (smtpy.limits)
+        self.scanner = scanner  # virus and spam scanners (smtpy.scan)
+        self.authcheck = authcheck  # SPF, DKIM, DMARC, ARC (smtpy.authcheck)
+        # Message-log rows with no transaction to join; the daemon's upkeep writes them.
+        self.events = events if events is not None else EventBuffer()
+
+    def _refused(
+        self,
+        session: Session,
+        envelope: Envelope,
+        reply: str,
+        reason: str,
+        *,
+        sender: str | None = None,
+        **fields: Any,
+    ) -> str:
+        """Record a refusal in the message log (batched: no transaction now); return `reply`."""
+        metrics.message_refused(reply, reason)
+        self.events.add(
+            rejected_event(
+                reason=reason,
+                reply=reply,
+                client_ip=_peer(session),
+                sender=envelope.mail_from if sender is None else sender,
+                **fields,
+            )
+        )
+        return reply
 
     @staticmethod
     def _txn(envelope: Envelope) -> Transaction:
@@ -180,17 +353,28 @@ class Handler:
         address: str,
         mail_options: list[str],
     ) -> str:
+        if _BAD_ADDRESS.search(address):  # NUL, controls, invalid UTF-8: never deliverable
+            return self._refused(
+                session, envelope, BAD_SENDER, "bad_sender", sender=_printable(address)
+            )
         if address != "<>":
             try:
                 self.srs.forward(address)  # refuse now what DATA could not rewrite
             except SRSError:
-                return BAD_SENDER
+                return self._refused(session, envelope, BAD_SENDER, "bad_sender", sender=address)
         for option in mail_options:
             name, _, value = option.partition("=")
             if name == "SIZE" and value.isdigit() and int(value) > self.policy.max_message_size:
-                return TOO_BIG
+                return self._refused(
+                    session, envelope, TOO_BIG, "too_big", sender=address, size=int(value)
+                )
         # The null sender stays "<>" in the envelope: aiosmtpd takes an empty
         # mail_from for "no MAIL yet" and would refuse every RCPT with 503.
+        if self.guard is not None:
+            refusal = self.guard.mail(_peer(session), address.rpartition("@")[2].lower() or None)
+            if refusal is not None:
+                logger.info("rate_limited", client=_peer(session), sender=address, reply=refusal)
+                return self._refused(session, envelope, refusal, "rate_limit", sender=address)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         setattr(envelope, "smtpy", Transaction())  # noqa: B010
@@ -205,8 +389,14 @@ class Handler:
         rcpt_options: list[str],
     ) -> str:
         txn = self._txn(envelope)
+        if _BAD_ADDRESS.search(address):
+            return self._refused(
+                session, envelope, BAD_RECIPIENT, "bad_recipient", recipient=_printable(address)
+            )
         if len(envelope.rcpt_tos) >= self.policy.max_recipients:
-            return TOO_MANY_RECIPIENTS
+            return self._refused(
+                session, envelope, TOO_MANY_RECIPIENTS, "too_many_recipients", recipient=address
+            )
         decision = await decide(
             address,
             rules_for=self.rules_for,
@@ -223,7 +413,23 @@ class Handler:
                 reason=decision.reason,
                 reply=decision.reply,
             )
-            return decision.reply
+            return self._refused(
+                session, envelope, decision.reply, decision.reason, recipient=address
+            )
+        domain = address.rpartition("@")[2].lower()
+        if self.guard is not None and domain not in txn.rate_domains:
+            refusal = self.guard.recipient_domain(_peer(session), domain)
+            if refusal is not None:
+                logger.info("rate_limited", client=_peer(session), recipient=address, reply=refusal)
+                return self._refused(session, envelope, refusal, "rate_limit", recipient=address)
+            txn.rate_domains.add(domain)
+        if self.authcheck is not None and txn.spf is None:  # its DNS overlaps DATA
+            mail_from = envelope.mail_from or ""
+            txn.spf = self.authcheck.start_spf(
+                client_ip=_peer(session),
+                helo=session.host_name,
+                sender="" if mail_from == "<>" else mail_from,
+            )
         txn.accepted.append(decision)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -235,11 +441,15 @@ class Handler:
         content = envelope.original_content or b""
         client = _peer(session)
         if len(content) > self.policy.max_message_size:
-            return TOO_BIG
+            return self._refused(session, envelope, TOO_BIG, "too_big", size=len(content))
         content = crlf_line_endings(content)
         if count_received(content) > MAX_RECEIVED:
             logger.warning("rejected", client=client, sender=envelope.mail_from, reason="loop")
-            return LOOP
+            return self._refused(session, envelope, LOOP, "loop", size=len(content))
+        try:
+            split_fields(content)  # what the signer cannot parse could never be forwarded
+        except InvalidInput:
+            return self._refused(session, envelope, BAD_HEADER, "bad_header", size=len(content))
         sender = envelope.mail_from or ""
         if sender == "<>":
             sender = ""
@@ -260,6 +470,7 @@ class Handler:
                     envelope_sender=envelope_sender,
                 )
         if not deliveries:
+            metrics.message_discarded()
             logger.info(
                 "discarded",
                 queue_id=queue_id,
@@ -268,7 +479,37 @@ class Handler:
                 recipients=[a.original for a in txn.accepted],
                 size=len(content),
             )
+            self.events.extend(
+                received_events(
+                    queue_id=queue_id,
+                    client_ip=client,
+                    sender=sender,
+                    size=len(content),
+                    accepted=txn.accepted,
+                    at=time.time(),
+                )
+            )
             return f"250 2.0.0 Ok: queued as {queue_id}"
+        if self.authcheck is not None:
+            auth = await self.authcheck.check(
+                content,
+                spf=txn.spf,
+                client_ip=client,
+                helo=session.host_name,
+                sender=sender,
+                queue_id=queue_id,
+            )
+            if auth.reply is not None:
+                return self._refused(session, envelope, auth.reply, "dmarc", size=len(content))
+            content = auth.headers + auth.message
+        if self.scanner is not None:
+            verdict = await self.scanner.scan(content)
+            if verdict.reply is not None:
+                logger.warning("scan_refused", client=client, sender=sender, detail=verdict.detail)
+                return self._refused(
+                    session, envelope, verdict.reply, verdict.reason, size=len(content)
+                )
+            content = verdict.headers + content
         tls = _tls_description(session)
         smtputf8 = bool(envelope.smtp_utf8)
         header = received_header(
@@ -290,13 +531,22 @@ class Handler:
             client_ip=client,
             client_helo=(session.host_name or "")[:255] or None,
             smtputf8=smtputf8,
+            log=received_events(
+                queue_id=queue_id,
+                client_ip=client,
+                sender=sender,
+                size=len(content),
+                accepted=txn.accepted,
+                at=time.time(),
+            ),
         )
         try:
             await self.store.enqueue(message)
         except Exception as exc:
             logger.error("enqueue_failed", queue_id=queue_id, client=client, error=str(exc))
-            return TEMPORARY
+            return self._refused(session, envelope, TEMPORARY, "store_error", size=len(content))
         self.on_queued()
+        metrics.message_received()
         logger.info(
             "received",
             queue_id=queue_id,
@@ -321,6 +571,12 @@ def crlf_line_endings(data: bytes) -> bytes:
     if crlf == data.count(b"\r") == data.count(b"\n"):
         return data
     return _LINE_ENDING.sub(b"\r\n", data)
+
+
+def _printable(address: str) -> str:
+    """An address fit for logs and the store: controls and invalid UTF-8 shown as escapes."""
+    text = address.encode("utf-8", "backslashreplace").decode("utf-8")
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _peer(session: Session) -> str | None:

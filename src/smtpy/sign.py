@@ -26,6 +26,9 @@ What is signed:
   h=...; bh=...; b=...`. No l= (a body length limit lets others append
   content) and no x=.
 
+The canonicalization and folding helpers are public for the ARC sealer
+(`smtpy.authcheck.seal`), which signs with the same parsed keys.
+
 Errors are `smtpy.errors.InvalidInput`: a key that does not parse or does not
 fit its domain and selector (raised by `Signer()`), and a header section that
 is not a list of `Name: value` fields (raised by `sign`; receive should have
@@ -47,7 +50,21 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 from smtpy.dkimkeys import Algorithm, check_algorithm, load_private_key, validate_selector
 from smtpy.errors import InvalidInput
 
-__all__ = ["OVERSIGNED_HEADERS", "SIGNED_HEADERS", "Signer", "SigningKey"]
+__all__ = [
+    "OVERSIGNED_HEADERS",
+    "SIGNED_HEADERS",
+    "PreparedKey",
+    "Signer",
+    "SigningKey",
+    "canonical_body",
+    "canonical_headers",
+    "compress_wsp",
+    "fold",
+    "message_body_hash",
+    "signed_names",
+    "split_fields",
+    "to_crlf",
+]
 
 #: Header fields signed when present: RFC 6376 §5.4.1's list plus
 #: List-Unsubscribe-Post, which RFC 8058 requires to be signed.
@@ -93,7 +110,6 @@ _DOMAIN_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _SIG_NAME = b"DKIM-Signature"
 # dkimpy's folding: the first line holds 72 - len("DKIM-Signature") characters
 # of value after "DKIM-Signature: ", the next ones 71 after the leading space.
-_FIRST_WIDTH = 72 - len(_SIG_NAME)
 _NEXT_WIDTH = 71
 _PKCS1 = padding.PKCS1v15()
 _PREHASHED_SHA256 = utils.Prehashed(hashes.SHA256())
@@ -110,11 +126,14 @@ class SigningKey:
 
 
 @dataclass(frozen=True, slots=True)
-class _Key:
+class PreparedKey:
     """A parsed key: the constant start of its tag list and its signing step."""
 
     tags: bytes  # "v=1; a=...; c=...; d=...; i=...; q=...; s=...; t="
     sign_digest: Callable[[bytes], bytes]  # SHA-256 digest of the header data -> b=
+    domain: str = ""  # A-label, lower-case
+    selector: str = ""
+    a_tag: str = ""  # "rsa-sha256" or "ed25519-sha256"
 
 
 class Signer:
@@ -130,20 +149,33 @@ class Signer:
     def __repr__(self) -> str:
         return f"Signer({len(self._keys)} keys)"
 
-    def sign(self, message: bytes, *, timestamp: int | None = None) -> bytes:
+    def __len__(self) -> int:
+        """The number of keys (0: `sign` adds nothing)."""
+        return len(self._keys)
+
+    def seal_key(self) -> PreparedKey | None:
+        """The key for ARC sealing (`smtpy.authcheck.seal`): the first RSA key, since
+        RFC 8617 defines rsa-sha256 only (verifiers refuse Ed25519); None without one."""
+        return next((key for key in self._keys if key.a_tag == "rsa-sha256"), None)
+
+    def sign(
+        self, message: bytes, *, timestamp: int | None = None, body_hash: bytes | None = None
+    ) -> bytes:
         """Return the DKIM-Signature header fields for `message`, one per key.
 
         The result ends with CRLF and goes in front of the message; `message`
         may use LF or CRLF line endings. `timestamp` (Unix seconds, default
-        now) goes into t=.
+        now) goes into t=. `body_hash` is `message_body_hash(message)` when the
+        caller has it already (the ARC seal needs the same one).
         """
         if not self._keys:
             return b""
-        message = _to_crlf(message)
-        fields, body = _split(message)
-        names = _signed_names(fields)
-        header_data = _canonical_headers(fields, names)
-        body_hash = base64.b64encode(hashlib.sha256(_canonical_body(body)).digest())
+        message = to_crlf(message)
+        fields, body = split_fields(message)
+        names = signed_names(fields)
+        header_data = canonical_headers(fields, names)
+        if body_hash is None:
+            body_hash = base64.b64encode(hashlib.sha256(canonical_body(body)).digest())
         when = str(int(time.time()) if timestamp is None else int(timestamp)).encode("ascii")
         rest = b"; h=" + b" : ".join(names) + b"; bh=" + body_hash + b"; b="
         headers_hash = hashlib.sha256(header_data)
@@ -153,11 +185,11 @@ class Signer:
             hasher = headers_hash.copy()
             hasher.update(b"dkim-signature:" + value)  # relaxed form; b= empty, no CRLF
             value += base64.b64encode(key.sign_digest(hasher.digest()))
-            signatures.append(_SIG_NAME + b": " + _fold(value))
+            signatures.append(_SIG_NAME + b": " + fold(value))
         return b"".join(signatures)
 
 
-def _prepare(key: SigningKey) -> _Key:
+def _prepare(key: SigningKey) -> PreparedKey:
     algorithm = check_algorithm(key.algorithm)
     domain = _check_domain(key.domain)
     selector = validate_selector(key.selector)
@@ -178,7 +210,13 @@ def _prepare(key: SigningKey) -> _Key:
     tags = (
         f"v=1; a={a_tag}; c=relaxed/relaxed; d={domain}; i=@{domain}; q=dns/txt; s={selector}; t="
     )
-    return _Key(tags=tags.encode("ascii"), sign_digest=sign_digest)
+    return PreparedKey(
+        tags=tags.encode("ascii"),
+        sign_digest=sign_digest,
+        domain=domain,
+        selector=selector,
+        a_tag=a_tag,
+    )
 
 
 def _check_domain(domain: str) -> str:
@@ -192,7 +230,18 @@ def _check_domain(domain: str) -> str:
     return name
 
 
-def _to_crlf(message: bytes) -> bytes:
+def message_body_hash(message: bytes) -> bytes:
+    """The bh= value of a message: base64 SHA-256 of its relaxed canonical body."""
+    message = to_crlf(message)
+    if message.startswith(_CRLF):
+        body = message[2:]
+    else:
+        end = message.find(b"\r\n\r\n")
+        body = b"" if end == -1 else message[end + 4 :]
+    return base64.b64encode(hashlib.sha256(canonical_body(body)).digest())
+
+
+def to_crlf(message: bytes) -> bytes:
     """Turn every bare LF into CRLF (the form the message has on the wire)."""
     lf = message.count(b"\n")
     if lf and lf != message.count(_CRLF):
@@ -200,7 +249,7 @@ def _to_crlf(message: bytes) -> bytes:
     return message
 
 
-def _split(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+def split_fields(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """Split a CRLF message into (lower-case name, unfolded value) pairs and body."""
     if message.startswith(_CRLF):
         return [], message[2:]
@@ -225,14 +274,14 @@ def _split(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
     return fields, body
 
 
-def _signed_names(fields: list[tuple[bytes, bytes]]) -> list[bytes]:
+def signed_names(fields: list[tuple[bytes, bytes]]) -> list[bytes]:
     """The h= list: signed fields in message order, over-signed ones once more."""
     names = [name for name, _value in fields if name in SIGNED_HEADERS]
     names.extend(OVERSIGNED_HEADERS)
     return names
 
 
-def _canonical_headers(fields: list[tuple[bytes, bytes]], names: list[bytes]) -> bytes:
+def canonical_headers(fields: list[tuple[bytes, bytes]], names: list[bytes]) -> bytes:
     """The relaxed canonical form of the fields `names` selects (RFC 6376 §5.4.2).
 
     Each name takes the last occurrence not yet taken, from the bottom up; a
@@ -246,12 +295,12 @@ def _canonical_headers(fields: list[tuple[bytes, bytes]], names: list[bytes]) ->
         left = positions.get(name)
         if not left:
             continue
-        value = _compress_wsp(fields[left.pop()][1])
+        value = compress_wsp(fields[left.pop()][1])
         parts.append(name + b":" + value.strip(b" ") + _CRLF)
     return b"".join(parts)
 
 
-def _compress_wsp(data: bytes) -> bytes:
+def compress_wsp(data: bytes) -> bytes:
     """Turn every run of spaces and tabs into one space.
 
     bytes.replace runs at memory speed where a regular expression would stop
@@ -264,13 +313,13 @@ def _compress_wsp(data: bytes) -> bytes:
     return data
 
 
-def _canonical_body(body: bytes) -> bytes:
+def canonical_body(body: bytes) -> bytes:
     """The relaxed canonical form of a CRLF body (RFC 6376 §3.4.4)."""
     if not body:
         return b""
     if not body.endswith(_CRLF):
         body += _CRLF
-    body = _compress_wsp(body).replace(b" \r\n", _CRLF)  # runs are one space by now
+    body = compress_wsp(body).replace(b" \r\n", _CRLF)  # runs are one space by now
     end = len(body)
     while body.endswith(b"\r\n\r\n", 0, end):
         end -= 2
@@ -279,18 +328,19 @@ def _canonical_body(body: bytes) -> bytes:
     return body[:end] if end < len(body) else body
 
 
-def _fold(value: bytes) -> bytes:
-    """Fold a DKIM-Signature value as dkimpy does, ending with CRLF.
+def fold(value: bytes, name: bytes = _SIG_NAME) -> bytes:
+    """Fold the value of a field `name` (DKIM-Signature) as dkimpy does, ending with CRLF.
 
     Lines break at spaces; a token longer than a line is cut anywhere only in
     b= and bh= (base64 admits folding white space), and is otherwise left
     whole. Unlike dkimpy, never leaves a line of white space alone or cuts
     the final CRLF in two.
     """
-    if len(value) <= _FIRST_WIDTH:
+    first_width = 72 - len(name)
+    if len(value) <= first_width:
         return value + _CRLF
     lines = []
-    width = _FIRST_WIDTH
+    width = first_width
     rest = value
     in_base64 = False  # inside a b= or bh= token already cut once
     while len(rest) + 2 > width:

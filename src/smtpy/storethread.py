@@ -1,12 +1,13 @@
 """The store seen from the event loop: one thread, one connection, group commit.
 
 Blocking database calls never run on the event loop. `StoreThread.call(fn)`
-runs `fn(db)` on the thread and awaits the result. `StoreThread.enqueue(msg)`
-is the receive path's commit: every message handed in while the previous
-commit was running is written in ONE transaction, so many concurrent sessions
-share each fsync (group commit) and durability does not cap throughput. Each
-caller learns only after that commit returned; if a batch fails, its messages
-are retried one by one so a single bad message cannot fail the others.
+runs `fn(db)` on the thread and awaits the result. `StoreThread.write(fn)` is
+for writes that must be durable before the caller goes on (a received
+message, delivery results): every write handed in while the previous commit
+was running goes into ONE transaction, each in its own savepoint, so many
+concurrent sessions and deliveries share each fsync (group commit) and
+durability does not cap throughput. Each caller learns only after that
+commit returned; a write that fails is undone alone and fails alone.
 
 A connection that broke (the PostgreSQL server restarted, the network went
 away) fails the jobs that met it, and the next job opens a new one: the
@@ -21,6 +22,7 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 from smtpy import log
@@ -37,8 +39,8 @@ _STOP = object()
 class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
-    fn: Callable[[Database], Any] | None = None
-    message: NewMessage | None = None
+    fn: Callable[[Database], Any]
+    grouped: bool = False  # runs in the shared transaction of a group commit
 
 
 class StoreThread:
@@ -51,7 +53,7 @@ class StoreThread:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._db: Database | None = None
-        self.commits = 0  # transactions of the receive path that committed, for tests and stats
+        self.commits = 0  # group commits done, for tests and stats
         self._thread = threading.Thread(target=self._main, name=f"smtpy-{name}", daemon=True)
 
     def start(self) -> None:
@@ -66,17 +68,22 @@ class StoreThread:
         self._thread.join(timeout=30)
 
     async def call(self, fn: Callable[[Database], T]) -> T:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put(_Job(loop, future, fn=fn))
-        return await future
+        """Run `fn(db)` on the thread, on its own (it manages any transaction itself)."""
+        return await self._submit(fn, grouped=False)
+
+    async def write(self, fn: Callable[[Database], T]) -> T:
+        """Run `fn(db)` in the next group commit; return once that commit is durable."""
+        return await self._submit(fn, grouped=True)
 
     async def enqueue(self, message: NewMessage) -> None:
         """Return once `message` is durably committed; raise if it could not be."""
+        await self.write(partial(enqueue, message=message))
+
+    async def _submit(self, fn: Callable[[Database], T], *, grouped: bool) -> T:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._jobs.put(_Job(loop, future, message=message))
-        await future
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Job(loop, future, fn, grouped))
+        return await future
 
     # -- the thread -------------------------------------------------------
 
@@ -94,7 +101,7 @@ class StoreThread:
                 if job is _STOP:
                     return
                 assert isinstance(job, _Job)
-                if job.message is None:
+                if not job.grouped:
                     self._run(job)
                     continue
                 batch = [job]
@@ -108,7 +115,7 @@ class StoreThread:
                         stop_after = True
                         break
                     assert isinstance(more, _Job)
-                    if more.message is None:
+                    if not more.grouped:
                         self._run(more)
                     else:
                         batch.append(more)
@@ -152,7 +159,6 @@ class StoreThread:
             job.loop.call_soon_threadsafe(settle)
 
     def _run(self, job: _Job) -> None:
-        assert job.fn is not None
         try:
             result = job.fn(self._connection())
         except BaseException as exc:
@@ -162,25 +168,25 @@ class StoreThread:
             self._resolve(job, result)
 
     def _commit(self, batch: list[_Job]) -> None:
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
         try:
             db = self._connection()
             with db.transaction():
                 for job in batch:
-                    assert job.message is not None
-                    enqueue(db, job.message)
+                    try:
+                        with db.transaction():  # a savepoint: a failure undoes this job only
+                            outcomes.append((job, job.fn(db), None))
+                    except Exception as exc:
+                        outcomes.append((job, None, exc))
         except Exception as exc:
             if self._healthy() and len(batch) > 1:
-                for job in batch:  # find the message that failed the batch
+                for job in batch:  # the commit itself failed: try each job alone
                     self._commit([job])
                 return
-            logger.error(
-                "enqueue_failed",
-                queue_ids=[job.message.queue_id for job in batch if job.message],
-                error=str(exc),
-            )
+            logger.error("group_commit_failed", jobs=len(batch), error=str(exc))
             for job in batch:
                 self._resolve(job, error=exc)
             return
         self.commits += 1
-        for job in batch:
-            self._resolve(job)
+        for job, result, error in outcomes:
+            self._resolve(job, result, error)

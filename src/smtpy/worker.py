@@ -12,15 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 
-from smtpy import log
+from smtpy import log, metrics
 from smtpy.addresses import split_address
+from smtpy.authcheck.outbound import outgoing
 from smtpy.deliver import Deliverer, Outcome
+from smtpy.errors import InvalidInput
+from smtpy.msglog import delivery_events, write_events
 from smtpy.queue import (
     AttemptResult,
     Claimed,
@@ -52,6 +55,10 @@ class WorkerSettings:
     concurrency: int
     retry_schedule: tuple[int, ...]
     queue_lifetime: float
+    destination_concurrency: int = 10  # SMTP transactions at once per destination domain
+    arc_seal: bool = False  # ARC-seal what goes out (smtpy.authcheck.seal)
+    arc_seal_domain: str | None = None  # seal with this domain's key, not the alias domain's
+    from_rewrite_name: str | None = None  # apply From-rewrite decisions with this display name
 
 
 class SignerCache:
@@ -108,6 +115,14 @@ def group_claims(claims: Sequence[Claimed]) -> list[list[Claimed]]:
     return list(groups.values())
 
 
+def unforwardable(group: Sequence[Claimed], reason: str) -> list[Outcome]:
+    """A permanent failure for every recipient of a message that cannot be prepared to send."""
+    reply = f"message cannot be forwarded: {reason}"
+    return [
+        Outcome(claim.recipient, "failed", None, reply[:300], None, "5.6.0") for claim in group
+    ]
+
+
 def bounce_message(
     *, hostname: str, failed: Sequence[AttemptResult], original: bytes, now: float
 ) -> NewMessage | None:
@@ -155,13 +170,16 @@ class DeliveryWorker:
         store: StoreThread,
         deliverer: Deliverer,
         signers: SignerCache,
+        reader: StoreThread | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store
+        self.store = store  # the writer
+        self.reader = reader or store
         self.deliverer = deliverer
         self.signers = signers
         self._wake = asyncio.Event()
         self._inflight: dict[int, Claimed] = {}
+        self._busy: Counter[str] = Counter()  # transactions in flight per destination domain
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
 
@@ -178,17 +196,17 @@ class DeliveryWorker:
                 claimed: list[Claimed] = []
                 if free > 0:
                     try:
-                        claimed = await self.store.call(
-                            partial(claim_due, node=self.settings.node, limit=free)
+                        claimed = await self.store.write(
+                            partial(
+                                claim_due,
+                                node=self.settings.node,
+                                limit=free,
+                                exclude_domains=self._saturated(),
+                            )
                         )
                     except Exception as exc:
                         logger.error("claim_failed", error=str(exc))
-                for group in group_claims(claimed):
-                    for claim in group:
-                        self._inflight[claim.id] = claim
-                    task = asyncio.create_task(self._deliver(group))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                await self._start(group_claims(claimed))
                 if claimed and len(claimed) == free:
                     await asyncio.sleep(0)  # more may be due: go round again at once
                     continue
@@ -196,6 +214,37 @@ class DeliveryWorker:
                     await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
         finally:
             heartbeat.cancel()
+
+    def _saturated(self) -> list[str]:
+        """Destinations with every slot taken: claiming more for them would only wait."""
+        limit = self.settings.destination_concurrency
+        return [domain for domain, busy in self._busy.items() if busy >= limit]
+
+    async def _start(self, groups: list[list[Claimed]]) -> None:
+        """Deliver each group, within each destination's limit; give the rest back to the queue.
+
+        A delivery that waited here for a slow destination's slot would hold one
+        of the node's slots, and enough of them would stall every other domain.
+        """
+        surplus: list[int] = []
+        for group in groups:
+            domain = group[0].domain
+            if self._busy[domain] >= self.settings.destination_concurrency:
+                surplus.extend(claim.id for claim in group)
+                continue
+            self._busy[domain] += 1
+            for claim in group:
+                self._inflight[claim.id] = claim
+            task = asyncio.create_task(self._deliver(group))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if surplus:
+            try:
+                await self.store.write(
+                    partial(release_leases, node=self.settings.node, ids=surplus)
+                )
+            except Exception as exc:  # the leases run out and the deliveries come back
+                logger.error("release_failed", deliveries=len(surplus), error=str(exc))
 
     async def stop(self, grace: float = 10.0) -> None:
         """Let in-flight transactions finish for `grace` seconds, then return the rest to the queue."""
@@ -228,23 +277,35 @@ class DeliveryWorker:
     async def _deliver(self, group: list[Claimed]) -> None:
         first = group[0]
         try:
-            data = await self.store.call(lambda db: message_data(db, first.message_id))
+            data = await self.reader.call(lambda db: message_data(db, first.message_id))
             if data is None:
                 return  # deleted by an admin meanwhile
             sign_domain = split_address(first.original_recipient)[1]
             signer = await self.signers.get(sign_domain)
-            wire = signer.sign(data) + data
             started = time.monotonic()
-            outcomes = await self.deliverer.deliver(
-                sender=first.envelope_sender,
-                recipients=[c.recipient for c in group],
-                message=wire,
-                smtputf8=first.smtputf8,
-            )
+            try:
+                wire = outgoing(
+                    data,
+                    alias=first.original_recipient,
+                    signer=signer,
+                    sealer=await self._sealer(signer),
+                    authserv_id=self.settings.hostname,
+                    from_display=self.settings.from_rewrite_name,
+                )
+            except InvalidInput as exc:  # it would fail the same way at every attempt: bounce
+                outcomes = unforwardable(group, str(exc))
+            else:
+                outcomes = await self.deliverer.deliver(
+                    sender=first.envelope_sender,
+                    recipients=[c.recipient for c in group],
+                    message=wire,
+                    smtputf8=first.smtputf8,
+                )
             elapsed = time.monotonic() - started
             results = [
                 self._result(claim, outcome) for claim, outcome in zip(group, outcomes, strict=True)
             ]
+            metrics.deliveries_done([o.status for o in outcomes], elapsed)
             for r in results:
                 logger.info(
                     r.result,
@@ -257,7 +318,7 @@ class DeliveryWorker:
                     attempt=r.delivery.attempts + 1,
                     ms=round(elapsed * 1000, 1),
                 )
-            if await self.store.call(lambda db: self._settle(db, results, data)):
+            if await self.store.write(lambda db: self._settle(db, results, data)):
                 self.wake()  # a bounce was queued
         except asyncio.CancelledError:
             raise
@@ -270,10 +331,21 @@ class DeliveryWorker:
                 error=str(exc)[:300],
             )
         finally:
+            self._busy[first.domain] -= 1
+            if self._busy[first.domain] <= 0:
+                del self._busy[first.domain]
             if not self._stopping:
                 for claim in group:
                     self._inflight.pop(claim.id, None)
                 self.wake()  # a slot is free: claim more due work now, not at the next poll
+
+    async def _sealer(self, signer: Signer) -> Signer | None:
+        """The keys that ARC-seal: the alias domain's, or the configured sealing domain's."""
+        if not self.settings.arc_seal:
+            return None
+        if self.settings.arc_seal_domain is None:
+            return signer
+        return await self.signers.get(self.settings.arc_seal_domain)
 
     @staticmethod
     def _result(claim: Claimed, outcome: Outcome) -> AttemptResult:
@@ -298,6 +370,7 @@ class DeliveryWorker:
                 lifetime=self.settings.queue_lifetime,
                 now=now,
             )
+            write_events(db, delivery_events(results, settled.failed, at=now))
             if not settled.failed:
                 return False
             bounce = bounce_message(

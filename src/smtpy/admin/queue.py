@@ -12,7 +12,7 @@ second). A message is shown with the state of its deliveries:
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -183,120 +183,252 @@ def show_message(db: Database, queue_id: str) -> tuple[QueuedMessage, list[dict[
     return message, attempts, bytes(data)
 
 
-def _ids(db: Database, queue_ids: Sequence[str]) -> list[int]:
-    return [int(_message(db, q)["id"]) for q in queue_ids]
+BATCH = 200  # messages changed per transaction by bulk operations
+
+Progress = Callable[[int], None]  # told how many more messages were done
 
 
-def _update(db: Database, message_ids: Sequence[int], sql: str, params: dict[str, Any]) -> int:
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _ids(db: Database, queue_ids: Sequence[str], *, missing_ok: bool = False) -> list[int]:
+    """Message ids of these queue ids; unknown ones fail the whole operation first
+    (or, with `missing_ok`, are skipped: delivered or removed since they were listed)."""
+    ids: list[int] = []
+    for chunk in _chunks([q.strip().upper() for q in queue_ids], 500):
+        params = {f"q{n}": q for n, q in enumerate(chunk)}
+        placeholders = ", ".join(f":q{n}" for n in range(len(chunk)))
+        found = {
+            row["queue_id"]: int(row["id"])
+            for row in db.all(
+                f"SELECT id, queue_id FROM messages WHERE queue_id IN ({placeholders})",  # noqa: S608
+                params,
+            )
+        }
+        missing = [q for q in chunk if q not in found]
+        if missing and not missing_ok:
+            raise NotFound(
+                f"no queued message has id {', '.join(missing[:5])}; see `smtpy queue list`"
+            )
+        ids.extend(found[q] for q in chunk if q in found)
+    return ids
+
+
+def _each(
+    db: Database,
+    message_ids: Sequence[int],
+    action: Callable[[Database, int], int],
+    progress: Progress | None,
+) -> int:
+    """Apply `action` to each message, `BATCH` messages per transaction; the sum of its counts.
+
+    Small transactions keep a running daemon's group commit from waiting long
+    behind a bulk operation, and let a progress bar move.
+    """
     changed = 0
-    with db.transaction():
-        for message_id in message_ids:
-            changed += db.execute(sql, {**params, "m": message_id})
+    for chunk in _chunks(message_ids, BATCH):
+        with db.transaction():
+            for message_id in chunk:
+                changed += action(db, message_id)
+        if progress is not None:
+            progress(len(chunk))
     return changed
+
+
+def _statement(sql: str, **params: Any) -> Callable[[Database, int], int]:
+    return lambda db, message_id: db.execute(sql, {**params, "m": message_id})
 
 
 def all_ids(db: Database, *, state: str | None = None) -> list[str]:
     return [m.queue_id for m in list_messages(db, state=state)]
 
 
-def retry(db: Database, queue_ids: Sequence[str], *, now: float | None = None) -> int:
-    """Make the deliveries of these messages due now (held ones stay held)."""
-    return _update(
+def retry(
+    db: Database,
+    queue_ids: Sequence[str],
+    *,
+    now: float | None = None,
+    missing_ok: bool = False,
+    progress: Progress | None = None,
+) -> int:
+    """Make the deliveries of these messages due now (held ones stay held); a running
+    daemon picks them up at its next poll, within a second."""
+    return _each(
         db,
-        _ids(db, queue_ids),
-        "UPDATE deliveries SET next_attempt_at = :now WHERE message_id = :m AND status = 'queued'"
-        " AND lease_owner IS NULL",
-        {"now": time.time() if now is None else now},
+        _ids(db, queue_ids, missing_ok=missing_ok),
+        _statement(
+            "UPDATE deliveries SET next_attempt_at = :now WHERE message_id = :m"
+            " AND status = 'queued' AND lease_owner IS NULL",
+            now=time.time() if now is None else now,
+        ),
+        progress,
     )
 
 
-def hold(db: Database, queue_ids: Sequence[str]) -> int:
-    return _update(
+def hold(
+    db: Database,
+    queue_ids: Sequence[str],
+    *,
+    missing_ok: bool = False,
+    progress: Progress | None = None,
+) -> int:
+    """Keep these messages from being delivered until released (an attempt already in
+    flight finishes)."""
+    return _each(
         db,
-        _ids(db, queue_ids),
-        "UPDATE deliveries SET status = 'held' WHERE message_id = :m AND status = 'queued'",
-        {},
+        _ids(db, queue_ids, missing_ok=missing_ok),
+        _statement(
+            "UPDATE deliveries SET status = 'held' WHERE message_id = :m AND status = 'queued'"
+        ),
+        progress,
     )
 
 
-def release(db: Database, queue_ids: Sequence[str], *, now: float | None = None) -> int:
-    return _update(
+def release(
+    db: Database,
+    queue_ids: Sequence[str],
+    *,
+    now: float | None = None,
+    missing_ok: bool = False,
+    progress: Progress | None = None,
+) -> int:
+    """Return held messages to the queue, due now."""
+    return _each(
         db,
-        _ids(db, queue_ids),
-        "UPDATE deliveries SET status = 'queued', next_attempt_at = :now, lease_owner = NULL"
-        " WHERE message_id = :m AND status = 'held'",
-        {"now": time.time() if now is None else now},
+        _ids(db, queue_ids, missing_ok=missing_ok),
+        _statement(
+            "UPDATE deliveries SET status = 'queued', next_attempt_at = :now, lease_owner = NULL"
+            " WHERE message_id = :m AND status = 'held'",
+            now=time.time() if now is None else now,
+        ),
+        progress,
     )
 
 
-def delete(db: Database, queue_ids: Sequence[str]) -> int:
-    """Remove messages without a bounce."""
-    ids = _ids(db, queue_ids)
-    with db.transaction():
-        for message_id in ids:
-            db.execute(
-                "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE message_id = :m)",
-                {"m": message_id},
-            )
-            db.execute("DELETE FROM deliveries WHERE message_id = :m", {"m": message_id})
-            db.execute("DELETE FROM messages WHERE id = :m", {"m": message_id})
-    return len(ids)
+def _remove(db: Database, message_id: int) -> None:
+    db.execute(
+        "DELETE FROM attempts WHERE delivery_id IN"
+        " (SELECT id FROM deliveries WHERE message_id = :m)",
+        {"m": message_id},
+    )
+    db.execute("DELETE FROM deliveries WHERE message_id = :m", {"m": message_id})
+    db.execute("DELETE FROM messages WHERE id = :m", {"m": message_id})
+
+
+def _pending(db: Database, message_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    m = db.one(
+        "SELECT queue_id, sender, received_at, smtputf8, data FROM messages WHERE id = :m",
+        {"m": message_id},
+    )
+    if m is None:
+        return None
+    rows = db.all("SELECT * FROM deliveries WHERE message_id = :m ORDER BY id", {"m": message_id})
+    return m, rows
+
+
+def delete(
+    db: Database,
+    queue_ids: Sequence[str],
+    *,
+    now: float | None = None,
+    missing_ok: bool = False,
+    progress: Progress | None = None,
+) -> int:
+    """Remove messages without a bounce; the message log records each as discarded."""
+    from smtpy.msglog import LogEvent, write_events
+
+    now = time.time() if now is None else now
+
+    def remove(db: Database, message_id: int) -> int:
+        pending = _pending(db, message_id)
+        if pending is None:
+            return 0
+        m, rows = pending
+        write_events(
+            db,
+            [
+                LogEvent(
+                    at=now,
+                    event="discarded",
+                    queue_id=m["queue_id"],
+                    sender=m["sender"],
+                    alias=r["original_recipient"],
+                    recipient=r["recipient"],
+                    domain=r["original_recipient"].rpartition("@")[2],
+                    reason="admin_delete",
+                )
+                for r in rows
+            ],
+        )
+        _remove(db, message_id)
+        return 1
+
+    return _each(db, _ids(db, queue_ids, missing_ok=missing_ok), remove, progress)
 
 
 def bounce(
-    db: Database, queue_ids: Sequence[str], *, hostname: str, now: float | None = None
+    db: Database,
+    queue_ids: Sequence[str],
+    *,
+    hostname: str,
+    now: float | None = None,
+    missing_ok: bool = False,
+    progress: Progress | None = None,
 ) -> int:
     """Give up on these messages now: each pending delivery fails and the sender gets a DSN."""
+    from dataclasses import replace
+
+    from smtpy.msglog import delivery_events, write_events
     from smtpy.queue import AttemptResult, Claimed, enqueue
     from smtpy.worker import bounce_message
 
     now = time.time() if now is None else now
-    ids = _ids(db, queue_ids)
-    with db.transaction():
-        for message_id in ids:
-            m = db.one(
-                "SELECT queue_id, sender, received_at, smtputf8, data FROM messages WHERE id = :m",
-                {"m": message_id},
+
+    def give_up(db: Database, message_id: int) -> int:
+        pending = _pending(db, message_id)
+        if pending is None:
+            return 0
+        m, rows = pending
+        failed = [
+            AttemptResult(
+                Claimed(
+                    r["id"],
+                    message_id,
+                    m["queue_id"],
+                    r["original_recipient"],
+                    r["recipient"],
+                    r["domain"],
+                    r["envelope_sender"],
+                    int(r["attempts"]),
+                    m["sender"],
+                    float(m["received_at"]),
+                    bool(m["smtputf8"]),
+                ),
+                "failed",
+                r["last_code"],
+                r["last_error"] or "given up by the administrator",
+                None,
+                "5.0.0",  # pending deliveries only ever failed temporarily
             )
-            assert m is not None
-            rows = db.all("SELECT * FROM deliveries WHERE message_id = :m", {"m": message_id})
-            failed = [
-                AttemptResult(
-                    Claimed(
-                        r["id"],
-                        message_id,
-                        m["queue_id"],
-                        r["original_recipient"],
-                        r["recipient"],
-                        r["domain"],
-                        r["envelope_sender"],
-                        int(r["attempts"]),
-                        m["sender"],
-                        float(m["received_at"]),
-                        bool(m["smtputf8"]),
-                    ),
-                    "failed",
-                    r["last_code"],
-                    r["last_error"] or "given up by the administrator",
-                    None,
-                    "5.0.0",  # pending deliveries only ever failed temporarily
-                )
-                for r in rows
-            ]
-            dsn = (
-                bounce_message(hostname=hostname, failed=failed, original=bytes(m["data"]), now=now)
-                if failed
-                else None
-            )
-            if dsn is not None:
-                enqueue(db, dsn)
-            db.execute(
-                "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE message_id = :m)",
-                {"m": message_id},
-            )
-            db.execute("DELETE FROM deliveries WHERE message_id = :m", {"m": message_id})
-            db.execute("DELETE FROM messages WHERE id = :m", {"m": message_id})
-    return len(ids)
+            for r in rows
+        ]
+        dsn = (
+            bounce_message(hostname=hostname, failed=failed, original=bytes(m["data"]), now=now)
+            if failed
+            else None
+        )
+        if dsn is not None:
+            enqueue(db, dsn)
+        write_events(
+            db,
+            [replace(e, reason="admin_bounce") for e in delivery_events(failed, failed, at=now)],
+        )
+        _remove(db, message_id)
+        return 1
+
+    return _each(db, _ids(db, queue_ids, missing_ok=missing_ok), give_up, progress)
 
 
 def parse_age(text: str) -> float:

@@ -14,7 +14,20 @@ from typing import Annotated
 import typer
 
 from smtpy import __version__
-from smtpy.cli import alias, config, db, domain, key, queue, serve
+from smtpy.cli import (
+    alias,
+    config,
+    db,
+    doctor,
+    domain,
+    key,
+    log,
+    queue,
+    route,
+    serve,
+    stats,
+    status,
+)
 from smtpy.cli.context import State
 from smtpy.errors import SmtpyError
 
@@ -31,7 +44,12 @@ app.add_typer(key.app, name="key")
 app.add_typer(queue.app, name="queue")
 app.add_typer(config.app, name="config")
 app.add_typer(db.app, name="db")
+app.add_typer(route.app, name="route")
 app.command("serve")(serve.serve)
+app.command("log")(log.log)
+app.command("stats")(stats.stats)
+app.command("status")(status.status)
+app.command("doctor")(doctor.doctor)
 
 
 def _version(value: bool) -> None:

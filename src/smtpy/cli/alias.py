@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -112,3 +113,71 @@ def disable(ctx: typer.Context, address: AddressArg) -> None:
     with state(ctx).database() as db:
         info = set_enabled(db, address, False)
     done(f"disabled {info.display_address}")
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="A Postfix virtual(5) map (the text file postmap reads); - for stdin.",
+            show_default=False,
+        ),
+    ],
+    domain: Annotated[
+        str | None,
+        typer.Option(
+            "--domain",
+            "-d",
+            help="Import only this domain; keys without @domain are taken as KEY@DOMAIN.",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be imported; write nothing.")
+    ] = False,
+    json: JsonOption = False,
+) -> None:
+    """Import aliases from a Postfix virtual map, all or nothing.
+
+    Reads user@domain DEST..., @domain DEST... (the catch-all) and, with
+    --domain, bare user DEST... entries; comments and continuation lines as
+    postmap does. Lines smtpy cannot express (regexp/pcre entries, local
+    mailboxes, |command, /file, :include:) are reported with their line
+    number. One bad line and nothing is written; aliases that already exist
+    with the same destinations are left as they are.
+    """
+    import sys
+
+    from smtpy.admin.alias_import import MapRejected, describe, import_virtual_map
+    from smtpy.errors import InvalidInput
+
+    name = "stdin" if str(file) == "-" else str(file)
+    try:
+        text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read {name}: {exc}") from None
+    with state(ctx).database() as db:
+        try:
+            result = import_virtual_map(db, text, domain=domain, dry_run=dry_run)
+        except MapRejected as exc:
+            if json:
+                print_json(exc.result.public())
+            for error in exc.result.errors:
+                sys.stderr.write(f"{name}:{error.line}: {error.message}\n")
+            raise InvalidInput(
+                f"{name}: {len(exc.result.errors)} bad line(s); nothing was imported"
+            ) from None
+    if json:
+        print_json(result.public())
+        return
+    if result.created:
+        print_table(
+            None,
+            ["line", "alias", "destinations"],
+            [
+                (a.line, a.alias.display_address, "\n".join(a.alias.display_destinations))
+                for a in result.created
+            ],
+        )
+    done(describe(result))

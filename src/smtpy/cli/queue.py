@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
 
 import typer
 
 from smtpy.cli.context import state
 from smtpy.cli.output import JsonOption, YesOption, confirm, done, print_json, print_table, when
+
+Progress = Callable[[int], None]
 
 app = typer.Typer(
     help="List and act on queued mail (works while the daemon runs).", no_args_is_help=True
@@ -26,7 +30,8 @@ StateOpt = Annotated[
 ]
 
 
-def _age(seconds: float) -> str:
+def age(seconds: float) -> str:
+    """`90` → `1m`: the largest whole unit."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"
@@ -50,9 +55,9 @@ def list_(
 
     from smtpy.admin.queue import list_messages, parse_age
 
-    age = parse_age(older_than) if older_than else None
+    min_age = parse_age(older_than) if older_than else None
     with state(ctx).database() as db:
-        messages = list_messages(db, state=status, domain=domain, older_than=age)
+        messages = list_messages(db, state=status, domain=domain, older_than=min_age)
     if json:
         print_json([m.public() for m in messages])
         return
@@ -74,7 +79,7 @@ def list_(
             (
                 m.queue_id,
                 m.state,
-                _age(now - m.received_at),
+                age(now - m.received_at),
                 m.sender or "<>",
                 "\n".join(d.recipient for d in m.deliveries),
                 m.size,
@@ -173,6 +178,46 @@ def _select(
     return selected
 
 
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[Progress | None]:
+    """A progress bar on stderr when it is a terminal and there is more than one message."""
+    if total < 2 or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+    from rich.progress import Progress as Bar
+
+    with Bar(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda count: bar.advance(task, count)
+
+
+def _bulk(
+    ctx: typer.Context,
+    operation: Callable[..., int],
+    ids: list[str] | None,
+    all_: bool,
+    status: str | None,
+    yes: bool,
+    verb: str,
+    **options: Any,
+) -> int:
+    """Select the messages, confirm a bulk change, apply it with a progress bar."""
+    selected = _select(ctx, ids, all_, status, yes, verb)
+    if not selected:
+        return 0
+    with state(ctx).database() as db, _progress(len(selected), f"{verb}…") as progress:
+        # With --all, a message delivered since it was listed is simply skipped.
+        return operation(db, selected, missing_ok=all_, progress=progress, **options)
+
+
 @app.command("retry")
 def retry(
     ctx: typer.Context,
@@ -181,25 +226,25 @@ def retry(
     status: StateOpt = None,
     yes: YesOption = False,
 ) -> None:
-    """Try these messages again now."""
+    """Try these messages again now (a running daemon picks them up within a second)."""
     from smtpy.admin.queue import retry as retry_now
 
-    selected = _select(ctx, ids, all_, status, yes, "retry")
-    with state(ctx).database() as db:
-        count = retry_now(db, selected)
+    count = _bulk(ctx, retry_now, ids, all_, status, yes, "retry")
     done(f"{count} deliveries due now")
 
 
 @app.command("hold")
 def hold(
-    ctx: typer.Context, ids: IdsArg = None, all_: AllOpt = False, yes: YesOption = False
+    ctx: typer.Context,
+    ids: IdsArg = None,
+    all_: AllOpt = False,
+    status: StateOpt = None,
+    yes: YesOption = False,
 ) -> None:
     """Keep messages in the queue without delivering them until released."""
     from smtpy.admin.queue import hold as hold_messages
 
-    selected = _select(ctx, ids, all_, None, yes, "hold")
-    with state(ctx).database() as db:
-        count = hold_messages(db, selected)
+    count = _bulk(ctx, hold_messages, ids, all_, status, yes, "hold")
     done(f"{count} deliveries held")
 
 
@@ -210,9 +255,7 @@ def release(
     """Release held messages; they are delivered at once."""
     from smtpy.admin.queue import release as release_messages
 
-    selected = _select(ctx, ids, all_, "held" if all_ else None, yes, "release")
-    with state(ctx).database() as db:
-        count = release_messages(db, selected)
+    count = _bulk(ctx, release_messages, ids, all_, "held" if all_ else None, yes, "release")
     done(f"{count} deliveries released")
 
 
@@ -227,9 +270,7 @@ def delete(
     """Delete messages from the queue without telling the sender."""
     from smtpy.admin.queue import delete as delete_messages
 
-    selected = _select(ctx, ids, all_, status, yes, "delete")
-    with state(ctx).database() as db:
-        count = delete_messages(db, selected)
+    count = _bulk(ctx, delete_messages, ids, all_, status, yes, "delete")
     done(f"{count} messages deleted")
 
 
@@ -244,8 +285,6 @@ def bounce(
     """Give up on messages now and send their senders a delivery status notification."""
     from smtpy.admin.queue import bounce as bounce_messages
 
-    selected = _select(ctx, ids, all_, status, yes, "bounce")
-    st = state(ctx)
-    with st.database() as db:
-        count = bounce_messages(db, selected, hostname=st.settings.hostname)
+    hostname = state(ctx).settings.hostname
+    count = _bulk(ctx, bounce_messages, ids, all_, status, yes, "bounce", hostname=hostname)
     done(f"{count} messages bounced")

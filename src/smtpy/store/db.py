@@ -23,7 +23,7 @@ from smtpy.errors import SchemaOutdated, StoreError
 
 # The newest migration. A test checks it against the migration scripts, so the
 # start-up check needs no Alembic import.
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0003"
 
 Row = dict[str, Any]
 Params = Mapping[str, Any]
@@ -56,6 +56,9 @@ class Database:
         self.url = url
         self.dialect = "sqlite" if url.startswith("sqlite:") else "postgresql"
         self._sql_cache: dict[str, str] = {}
+        self._depth = (
+            0  # nesting of transaction(): 0 outside, 1 in the transaction, >1 in savepoints
+        )
         self._conn: Any = self._open()
         if check_schema:
             try:
@@ -174,19 +177,53 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Database]:
-        """Commit on success, roll back on error; SQLite takes the write lock at once."""
+        """Commit on success, roll back on error; SQLite takes the write lock at once.
+
+        Inside another transaction this is a savepoint: an error undoes only
+        the inner block, and the outer transaction goes on (group commit runs
+        each caller's work this way, so one failure does not fail the others).
+        """
+        if self._depth:
+            yield from self._savepoint()
+            return
         try:
             self._conn.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
         except Exception as exc:
             raise self._translate(exc) from None
+        self._depth = 1
         try:
             yield self
         except BaseException:
             with contextlib.suppress(Exception):  # the original error matters more
                 self._conn.execute("ROLLBACK")
             raise
+        finally:
+            self._depth = 0
         try:
             self._conn.execute("COMMIT")
+        except Exception as exc:
+            with contextlib.suppress(Exception):  # PostgreSQL leaves a failed COMMIT open
+                self._conn.execute("ROLLBACK")
+            raise self._translate(exc) from None
+
+    def _savepoint(self) -> Iterator[Database]:
+        name = f"smtpy_{self._depth}"
+        try:
+            self._conn.execute(f"SAVEPOINT {name}")
+        except Exception as exc:
+            raise self._translate(exc) from None
+        self._depth += 1
+        try:
+            yield self
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                self._conn.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        finally:
+            self._depth -= 1
+        try:
+            self._conn.execute(f"RELEASE SAVEPOINT {name}")
         except Exception as exc:
             raise self._translate(exc) from None
 

@@ -11,7 +11,7 @@ the queue's indexes and mean the same on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -134,3 +134,77 @@ class Attempt(SQLModel, table=True):
     code: int | None = None
     reply: str = Field(max_length=1000)
     result: str = Field(max_length=16)  # delivered | deferred | failed
+
+
+class LogEvent(SQLModel, table=True):
+    """One decision about a message or a recipient: the message log (never the body).
+
+    event: received | rejected | delivered | deferred | bounced | discarded.
+    `alias` is the address the sender used, `recipient` where it goes; `domain`
+    is the served domain the event belongs to (A-label). `reason` says why a
+    recipient or message was rejected (unknown_recipient, relay_denied, too_big,
+    loop, …) or why a delivery bounced; `code` and `reply` are the SMTP reply we
+    gave (rejected) or the remote gave (delivered, deferred, bounced). `delay`
+    is seconds from reception to the final outcome. Old rows are pruned after
+    SMTPY_LOG_RETENTION.
+    """
+
+    __tablename__ = "message_log"
+    __table_args__ = (
+        Index("ix_message_log_at", "at"),
+        # Covering indexes: the stats read them without touching the table.
+        Index("ix_message_log_event", "event", "at", "reason", "delay"),
+        Index("ix_message_log_domain", "domain", "at", "event", "reason", "delay"),
+        Index("ix_message_log_alias", "alias", "at"),
+        Index("ix_message_log_queue_id", "queue_id"),
+    )
+
+    # 64-bit on PostgreSQL: a busy provider writes billions of events over the years.
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    )
+    at: float
+    event: str = Field(max_length=16)
+    queue_id: str | None = Field(default=None, max_length=32)
+    client_ip: str | None = Field(default=None, max_length=64)
+    sender: str | None = Field(default=None, max_length=600)
+    alias: str | None = Field(default=None, max_length=600)
+    recipient: str | None = Field(default=None, max_length=600)
+    domain: str | None = Field(default=None, max_length=253)
+    size: int | None = None
+    reason: str | None = Field(default=None, max_length=32)
+    code: int | None = None
+    reply: str | None = Field(default=None, max_length=1000)
+    remote_host: str | None = Field(default=None, max_length=300)
+    delay: float | None = None
+
+
+class Node(SQLModel, table=True):
+    """An `smtpy serve` node and its heartbeat, for `smtpy status` (one row per node name)."""
+
+    __tablename__ = "nodes"
+
+    name: str = Field(primary_key=True, max_length=100)
+    hostname: str = Field(max_length=255)
+    pid: int
+    version: str = Field(max_length=32)
+    started_at: float
+    seen_at: float  # the last heartbeat
+    stopped_at: float | None = None  # set when the node stopped cleanly
+
+
+class RateLimit(SQLModel, table=True):
+    """A message-rate bucket shared by the nodes (`smtpy.limits.RateSync`).
+
+    `key` is "KIND:VALUE" (ip:192.0.2.1, sender_domain:example.org, …); `used`
+    is how many tokens are spent as of `updated_at`, draining at the kind's
+    rate. Nodes add what they spent in batches, never once per message.
+    """
+
+    __tablename__ = "rate_limits"
+    __table_args__ = (Index("ix_rate_limits_updated_at", "updated_at"),)
+
+    key: str = Field(primary_key=True, max_length=300)
+    used: float
+    updated_at: float

@@ -1,0 +1,224 @@
+"""Numbers from the message log, computed in the store: the figures the dashboard charts.
+
+Over a time window, in total or grouped by domain, alias or day (UTC):
+received (recipients accepted), forwarded (deliveries the destination took),
+deferred (temporary failures, counted per attempt), bounced, discarded,
+rejected in total and by reason, and the median delivery delay of what was
+forwarded.
+
+Every figure is read from a covering index of `message_log`, never the table:
+the counts of a window are index ranges of `(event, at, reason, delay)` (so a
+day or a week costs what it holds, not what the log holds), a day-by-day
+series is one such window per day, per-domain figures group the
+`(domain, at, event, reason, delay)` index. The median is `percentile_cont`
+on PostgreSQL; on SQLite the middle row of the sorted delays (ORDER BY …
+OFFSET), per group for grouped figures.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from smtpy.errors import InvalidInput
+from smtpy.store.db import Database
+
+GroupBy = Literal["domain", "alias", "day"]
+MAX_DAYS = 3660  # the longest period asked for at once
+GROUPS: tuple[GroupBy, ...] = ("domain", "alias", "day")
+
+# message_log.event → the name it has in the figures
+_COUNTED = {
+    "received": "received",
+    "delivered": "forwarded",
+    "deferred": "deferred",
+    "bounced": "bounced",
+    "discarded": "discarded",
+}
+
+
+@dataclass(slots=True)
+class Figures:
+    """The figures for one window (and one group)."""
+
+    received: int = 0
+    forwarded: int = 0
+    deferred: int = 0
+    bounced: int = 0
+    discarded: int = 0
+    rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    median_delay: float | None = None  # seconds, of forwarded deliveries
+
+    def add(self, event: str, reason: str | None, count: int) -> None:
+        if event == "rejected":
+            self.rejected += count
+            key = reason or "other"
+            self.rejected_by_reason[key] = self.rejected_by_reason.get(key, 0) + count
+            return
+        name = _COUNTED.get(event)
+        if name is not None:
+            setattr(self, name, getattr(self, name) + count)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "forwarded": self.forwarded,
+            "deferred": self.deferred,
+            "bounced": self.bounced,
+            "discarded": self.discarded,
+            "rejected": self.rejected,
+            "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
+            "median_delay": None if self.median_delay is None else round(self.median_delay, 3),
+        }
+
+
+@dataclass(slots=True)
+class Stats:
+    since: float
+    until: float
+    by: GroupBy | None
+    total: Figures
+    groups: dict[str, Figures]  # by group key (domain, alias or YYYY-MM-DD), empty when not grouped
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "since": self.since,
+            "until": self.until,
+            "by": self.by,
+            "total": self.total.public(),
+            "groups": [{"key": key, **figures.public()} for key, figures in self.groups.items()],
+        }
+
+
+def _day_text(day: int) -> str:
+    return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
+
+
+_WINDOW = "at >= :since AND at < :until"
+
+
+def _totals(db: Database, since: float, until: float) -> Figures:
+    """The figures of one window: each count is a range of the (event, at, reason, delay) index."""
+    params = {"since": since, "until": until}
+    figures = Figures()
+    counts = " UNION ALL ".join(
+        f"SELECT '{event}' AS event, NULL AS reason, count(*) AS n FROM message_log"  # noqa: S608
+        f" WHERE event = '{event}' AND {_WINDOW}"
+        for event in _COUNTED
+    )
+    rejected = (
+        "SELECT 'rejected' AS event, reason, count(*) AS n FROM message_log"  # noqa: S608
+        f" WHERE event = 'rejected' AND {_WINDOW} GROUP BY reason"
+    )
+    for row in db.all(f"{counts} UNION ALL {rejected}", params):
+        figures.add(row["event"], row["reason"], int(row["n"]))
+    figures.median_delay = _median(db, params, figures.forwarded)
+    return figures
+
+
+def _median(db: Database, params: dict[str, float], count: int) -> float | None:
+    """Median delay of the `count` forwarded deliveries in the window."""
+    if not count:
+        return None
+    where = f"event = 'delivered' AND {_WINDOW} AND delay IS NOT NULL"
+    if db.dialect == "postgresql":
+        value = db.scalar(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY delay)"  # noqa: S608
+            f" FROM message_log WHERE {where}",
+            params,
+        )
+        return None if value is None else float(value)
+    middle = db.all(
+        f"SELECT delay FROM message_log WHERE {where}"  # noqa: S608
+        " ORDER BY delay LIMIT :n OFFSET :skip",
+        {**params, "n": 2 - count % 2, "skip": (count - 1) // 2},
+    )
+    return sum(float(r["delay"]) for r in middle) / len(middle) if middle else None
+
+
+def _grouped(db: Database, column: str, since: float, until: float) -> dict[str, Figures]:
+    """Figures per domain or alias (`column`, never user text)."""
+    params = {"since": since, "until": until}
+    groups: dict[str, Figures] = {}
+    # One sort key per row (not key, event, reason): the grouping sort is the cost here.
+    counts = ", ".join(f"count(*) FILTER (WHERE event = '{e}') AS {e}" for e in _COUNTED)
+    for row in db.all(
+        f"SELECT {column} AS k, {counts} FROM message_log"  # noqa: S608
+        f" WHERE {_WINDOW} GROUP BY {column}",
+        params,
+    ):
+        figures = groups.setdefault("" if row["k"] is None else str(row["k"]), Figures())
+        for event in _COUNTED:
+            figures.add(event, None, int(row[event]))
+    hint = (
+        " INDEXED BY ix_message_log_domain" if column == "domain" and db.dialect == "sqlite" else ""
+    )
+    for row in db.all(
+        f"SELECT {column} AS k, reason, count(*) AS n FROM message_log{hint}"  # noqa: S608
+        f" WHERE event = 'rejected' AND {_WINDOW} GROUP BY {column}, reason",
+        params,
+    ):
+        key = "" if row["k"] is None else str(row["k"])
+        groups.setdefault(key, Figures()).add("rejected", row["reason"], int(row["n"]))
+    where = f"event = 'delivered' AND {_WINDOW} AND delay IS NOT NULL"
+    if db.dialect == "postgresql":
+        for row in db.all(
+            f"SELECT {column} AS k, percentile_cont(0.5) WITHIN GROUP (ORDER BY delay) AS m"  # noqa: S608
+            f" FROM message_log WHERE {where} GROUP BY {column}",
+            params,
+        ):
+            key = "" if row["k"] is None else str(row["k"])
+            groups[key].median_delay = None if row["m"] is None else float(row["m"])
+    else:
+        # SQLite's window functions sort slowly: the middle row(s) of each group instead,
+        # each read in delay order from the group's range of its index.
+        hint = f" INDEXED BY ix_message_log_{column}" if column == "domain" else ""
+        for key, figures in groups.items():
+            if not figures.forwarded or not key:
+                continue
+            count = figures.forwarded
+            middle = db.all(
+                f"SELECT delay FROM message_log{hint} WHERE {column} = :key AND {where}"  # noqa: S608
+                " ORDER BY delay LIMIT :n OFFSET :skip",
+                {**params, "key": key, "n": 2 - count % 2, "skip": (count - 1) // 2},
+            )
+            if middle:
+                figures.median_delay = sum(float(r["delay"]) for r in middle) / len(middle)
+    return dict(sorted(groups.items(), key=lambda item: (-item[1].received, item[0])))
+
+
+def _by_day(db: Database, since: float, until: float) -> dict[str, Figures]:
+    """Figures per UTC day: one indexed window per day, so no sort over the rows."""
+    groups: dict[str, Figures] = {}
+    day = int(since // 86400)
+    while day * 86400 < until:
+        figures = _totals(db, max(since, day * 86400.0), min(until, (day + 1) * 86400.0))
+        if figures != Figures():
+            groups[_day_text(day)] = figures
+        day += 1
+    return groups
+
+
+def compute(
+    db: Database,
+    *,
+    since: float,
+    until: float | None = None,
+    by: str | None = None,
+) -> Stats:
+    """The figures for `since <= at < until` (Unix times), in total and per group."""
+    if by is not None and by not in GROUPS:
+        raise InvalidInput(f"cannot group by {by!r}: use one of {', '.join(GROUPS)}")
+    until = time.time() + 1 if until is None else until
+    if until - since > MAX_DAYS * 86400:
+        raise InvalidInput(f"the period is too long: at most {MAX_DAYS} days")
+    if by == "day":
+        groups = _by_day(db, since, until)
+    elif by is not None:
+        groups = _grouped(db, by, since, until)
+    else:
+        groups = {}
+    return Stats(since=since, until=until, by=by, total=_totals(db, since, until), groups=groups)

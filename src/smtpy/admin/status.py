@@ -1,0 +1,105 @@
+"""`smtpy status`: is the daemon up, how deep is the queue, is mail going out.
+
+Read from the store only, so it works from any machine that reaches it and
+sees every node sharing a PostgreSQL store: nodes and their heartbeat
+(`smtpy.nodes`), queue depth by state, the oldest queued message, the last
+delivery, and the delivery error rate of the last `RECENT_SECONDS` from the
+message log. `up` is false when no node has sent a heartbeat recently: the
+CLI then exits 1, a check a monitoring script can use.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from smtpy.nodes import STALE_AFTER, is_up, list_nodes
+from smtpy.store.db import Database
+
+RECENT_SECONDS = 900.0  # the window of the recent error rate
+
+
+@dataclass(slots=True)
+class Status:
+    now: float
+    nodes: list[dict[str, Any]]
+    queue: dict[str, int]  # deliveries by state: active, deferred, held
+    messages: int  # messages in the queue
+    oldest: dict[str, Any] | None  # queue_id, received_at, age
+    last_delivery: dict[str, Any] | None  # at, queue_id, recipient, remote_host, reply
+    recent: dict[str, Any]  # window, delivered, deferred, bounced, rejected, error_rate
+
+    @property
+    def up(self) -> bool:
+        return any(node["up"] for node in self.nodes)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "up": self.up,
+            "now": self.now,
+            "nodes": self.nodes,
+            "queue": self.queue,
+            "messages": self.messages,
+            "oldest": self.oldest,
+            "last_delivery": self.last_delivery,
+            "recent": self.recent,
+        }
+
+
+def _queue_depth(db: Database, now: float) -> dict[str, int]:
+    row = db.one(
+        "SELECT"
+        " coalesce(sum(CASE WHEN status = 'held' THEN 1 ELSE 0 END), 0) AS held,"
+        " coalesce(sum(CASE WHEN status = 'queued' AND attempts > 0 AND next_attempt_at > :now"
+        "  AND lease_owner IS NULL THEN 1 ELSE 0 END), 0) AS deferred,"
+        " count(*) AS total FROM deliveries",
+        {"now": now},
+    )
+    assert row is not None
+    held, deferred, total = int(row["held"]), int(row["deferred"]), int(row["total"])
+    return {"active": total - held - deferred, "deferred": deferred, "held": held}
+
+
+def _recent(db: Database, now: float, window: float) -> dict[str, Any]:
+    counts = {
+        row["event"]: int(row["n"])
+        for row in db.all(
+            "SELECT event, count(*) AS n FROM message_log WHERE event IN"
+            " ('delivered', 'deferred', 'bounced', 'rejected') AND at >= :since GROUP BY event",
+            {"since": now - window},
+        )
+    }
+    delivered, deferred, bounced = (counts.get(e, 0) for e in ("delivered", "deferred", "bounced"))
+    attempts = delivered + deferred + bounced
+    return {
+        "window": window,
+        "delivered": delivered,
+        "deferred": deferred,
+        "bounced": bounced,
+        "rejected": counts.get("rejected", 0),
+        "error_rate": None if not attempts else round((deferred + bounced) / attempts, 4),
+    }
+
+
+def status(db: Database, *, now: float | None = None, window: float = RECENT_SECONDS) -> Status:
+    now = time.time() if now is None else now
+    nodes = [
+        {**node, "up": is_up(node, now=now), "stale_after": STALE_AFTER} for node in list_nodes(db)
+    ]
+    oldest = db.one("SELECT queue_id, received_at FROM messages ORDER BY id LIMIT 1")
+    last = db.one(
+        "SELECT at, queue_id, recipient, remote_host, code, reply FROM message_log"
+        " WHERE event = 'delivered' ORDER BY at DESC LIMIT 1"
+    )
+    return Status(
+        now=now,
+        nodes=nodes,
+        queue=_queue_depth(db, now),
+        messages=int(db.scalar("SELECT count(*) FROM messages") or 0),
+        oldest=None
+        if oldest is None
+        else {**oldest, "age": max(0.0, now - float(oldest["received_at"]))},
+        last_delivery=last,
+        recent=_recent(db, now, window),
+    )
