@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 logger = log.get("smtpy.metrics")
 
 QUEUE_CACHE_SECONDS = 5.0
-QUEUE_STATES = ("active", "deferred", "held")
+QUEUE_STATES = ("active", "deferred", "held")  # as smtpy.queue.queue_depth counts them
 _REQUEST_LIMIT = 8192
 _REQUEST_TIMEOUT = 5.0
 
@@ -124,20 +124,9 @@ class QueueSnapshot:
 
 def queue_snapshot(db: Database, *, now: float) -> QueueSnapshot:
     """Pending deliveries by state and the oldest one's creation time (one indexed query)."""
-    rows = db.all(
-        "SELECT CASE WHEN status = 'held' THEN 'held'"
-        " WHEN attempts > 0 AND next_attempt_at > :now AND lease_owner IS NULL THEN 'deferred'"
-        " ELSE 'active' END AS state, count(*) AS n, min(created_at) AS oldest"
-        " FROM deliveries WHERE status IN ('queued', 'held') GROUP BY 1",
-        {"now": now},
-    )
-    counts = dict.fromkeys(QUEUE_STATES, 0)
-    oldest: float | None = None
-    for row in rows:
-        counts[str(row["state"])] = int(row["n"])
-        if row["oldest"] is not None:
-            value = float(row["oldest"])
-            oldest = value if oldest is None else min(oldest, value)
+    from smtpy.queue import queue_depth
+
+    counts, oldest = queue_depth(db, now=now)
     return QueueSnapshot(counts, oldest, now)
 
 

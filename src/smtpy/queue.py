@@ -340,3 +340,26 @@ def delete_if_done(db: Database, message_id: int) -> bool:
         return False
     db.execute("DELETE FROM messages WHERE id = :m", {"m": message_id})
     return True
+
+
+def queue_depth(db: Database, *, now: float) -> tuple[dict[str, int], float | None]:
+    """Pending deliveries by state (active, deferred, held) and the oldest one's creation time.
+
+    Deferred: tried at least once and waiting for its next attempt; active:
+    due now or in flight. One query over the deliveries still in the queue.
+    """
+    rows = db.all(
+        "SELECT CASE WHEN status = 'held' THEN 'held'"
+        " WHEN attempts > 0 AND next_attempt_at > :now AND lease_owner IS NULL THEN 'deferred'"
+        " ELSE 'active' END AS state, count(*) AS n, min(created_at) AS oldest"
+        " FROM deliveries WHERE status IN ('queued', 'held') GROUP BY 1",
+        {"now": now},
+    )
+    counts = {"active": 0, "deferred": 0, "held": 0}
+    oldest: float | None = None
+    for row in rows:
+        counts[str(row["state"])] = int(row["n"])
+        if row["oldest"] is not None:
+            value = float(row["oldest"])
+            oldest = value if oldest is None else min(oldest, value)
+    return counts, oldest

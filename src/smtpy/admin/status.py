@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smtpy.nodes import STALE_AFTER, is_up, list_nodes
+from smtpy.queue import queue_depth
 from smtpy.store.db import Database
 
 RECENT_SECONDS = 900.0  # the window of the recent error rate
@@ -45,20 +46,6 @@ class Status:
             "last_delivery": self.last_delivery,
             "recent": self.recent,
         }
-
-
-def _queue_depth(db: Database, now: float) -> dict[str, int]:
-    row = db.one(
-        "SELECT"
-        " coalesce(sum(CASE WHEN status = 'held' THEN 1 ELSE 0 END), 0) AS held,"
-        " coalesce(sum(CASE WHEN status = 'queued' AND attempts > 0 AND next_attempt_at > :now"
-        "  AND lease_owner IS NULL THEN 1 ELSE 0 END), 0) AS deferred,"
-        " count(*) AS total FROM deliveries",
-        {"now": now},
-    )
-    assert row is not None
-    held, deferred, total = int(row["held"]), int(row["deferred"]), int(row["total"])
-    return {"active": total - held - deferred, "deferred": deferred, "held": held}
 
 
 def _recent(db: Database, now: float, window: float) -> dict[str, Any]:
@@ -95,7 +82,7 @@ def status(db: Database, *, now: float | None = None, window: float = RECENT_SEC
     return Status(
         now=now,
         nodes=nodes,
-        queue=_queue_depth(db, now),
+        queue=queue_depth(db, now=now)[0],
         messages=int(db.scalar("SELECT count(*) FROM messages") or 0),
         oldest=None
         if oldest is None
