@@ -67,6 +67,43 @@ def test_dmarc_reject_failure_gets_550_at_end_of_data(forwarder: Forwarder) -> N
     assert forwarder.peers.received == []
 
 
+def test_a_domain_can_turn_the_dmarc_reject_policy_off(forwarder: Forwarder) -> None:
+    forwarder.dns.add("strict.test", "TXT", "v=spf1 ip4:192.0.2.1 -all")
+    forwarder.dns.add("_dmarc.strict.test", "TXT", "v=DMARC1; p=reject")
+    forwarder.run("domain", "add", "strict-on.test")
+    forwarder.alias("team@strict-on.test", "carol@dest2.test")
+    shown = json.loads(
+        forwarder.run("domain", "policy", DOMAIN, "--dmarc-reject", "off", "--json")
+    )
+    assert shown["dmarc_reject"] == "off"
+    assert json.loads(forwarder.run("domain", "show", "strict-on.test", "--json"))[
+        "dmarc_reject"
+    ] == "default"
+    daemon = forwarder.start()  # SMTPY_DMARC_REJECT defaults to on
+
+    message_id = new_id("strict.test")
+    data = message(from_="Mallory <ceo@strict.test>", message_id=message_id)
+    with smtp_client(daemon.port) as client:
+        assert client.ehlo()[0] == 250
+        assert client.mail("ceo@strict.test")[0] == 250
+        assert client.rcpt(f"team@{DOMAIN}")[0] == 250
+        # Another policy: this recipient must come in a transaction of its own.
+        code, reply = client.rcpt("team@strict-on.test")
+        assert (code, reply[:5]) == (452, b"4.5.3")
+        assert client.data(data)[0] == 250
+        assert client.rset()[0] == 250
+        assert client.mail("ceo@strict.test")[0] == 250
+        assert client.rcpt("team@strict-on.test")[0] == 250
+        code, reply = client.data(data)
+        assert code == 550  # the default policy of the other domain still refuses it
+    got = one(forwarder, message_id)
+    assert got.rcpt_tos == ("bob@dest1.test",)
+    results = message_from_bytes(got.data, policy=policy.default)["Authentication-Results"]
+    assert "dmarc=fail" in unfolded(results)
+
+    assert forwarder.cli("domain", "policy", DOMAIN, "--dmarc-reject", "maybe").code == 2
+
+
 def test_passing_message_arrives_with_results_and_a_verifying_arc_set(
     forwarder: Forwarder,
 ) -> None:

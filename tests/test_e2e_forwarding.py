@@ -294,6 +294,22 @@ def test_451_twice_then_250_is_delivered_once(forwarder: Forwarder) -> None:
     assert daemon.wait_event("delivered")["attempt"] == 3
 
 
+def test_each_session_is_one_log_event(forwarder: Forwarder) -> None:
+    forwarder.alias(f"team@{DOMAIN}", "bob@dest1.test")
+    daemon = forwarder.start()
+    with smtp_client(daemon.port) as client:
+        client.sendmail(SENDER, [f"team@{DOMAIN}"], make_message(message_id=new_id()))
+        client.sendmail(SENDER, [f"team@{DOMAIN}"], make_message(message_id=new_id()))
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            client.sendmail(SENDER, [f"nobody@{DOMAIN}"], make_message(message_id=new_id()))
+    event = daemon.wait_event("session", lambda e: e["queued"] == 2)
+    assert event["refused"] == 1
+    assert event["client"] == "127.0.0.1"
+    assert event["helo"] == "client.sender.test"
+    assert event["tls"] is None
+    assert 0 <= event["seconds"] < 30
+
+
 def test_a_queued_message_that_cannot_be_signed_bounces_at_once(forwarder: Forwarder) -> None:
     # DATA refuses such headers now; a queue filled before that (or by hand) still holds some.
     from smtpy.queue import NewDelivery, NewMessage, enqueue, new_queue_id

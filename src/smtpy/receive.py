@@ -54,6 +54,7 @@ BAD_SENDER = "501 5.1.7 Bad sender address syntax"
 BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
 BAD_HEADER = "554 5.6.0 Malformed message header: a line is not a header field"
 COMMAND_TOO_LONG = "500 5.5.6 Command line too long"
+OTHER_POLICY = "452 4.5.3 This recipient's domain has another policy: send it in another transaction"
 
 DATA_CHUNK = 256 * 1024  # bytes read from the socket at once during DATA
 
@@ -114,6 +115,10 @@ class SmtpServer(SMTP):
     _refusal: str | None = None  # sent instead of the banner
     _in_data = False  # between 354 and the end of the data
     _data_timer_reset = 0.0  # loop time the timeout was last reset for data arriving
+    _opened_at = 0.0
+    _queued = 0  # messages this session got a 250 for
+    _refused = 0  # 4xx and 5xx replies this session got
+    _ended = False
 
     @property
     def _guard(self) -> ConnectionGuard | None:
@@ -128,6 +133,7 @@ class SmtpServer(SMTP):
             self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         super().connection_made(transport)
         if first:
+            self._opened_at = time.monotonic()
             metrics.session_opened()
         guard = self._guard
         if first and guard is not None:
@@ -140,6 +146,17 @@ class SmtpServer(SMTP):
         if self._counted and guard is not None and self.session is not None:
             self._counted = False
             guard.close(_peer(self.session))
+        if not self._ended and self.session is not None:
+            self._ended = True  # one event per session, whatever the transports
+            logger.info(
+                "session",
+                client=_peer(self.session),
+                helo=self.session.host_name,
+                tls=_tls_description(self.session),
+                queued=self._queued,
+                refused=self._refused,
+                seconds=round(time.monotonic() - self._opened_at, 3),
+            )
         super().connection_lost(error)
 
     def data_received(self, data: bytes) -> None:
@@ -188,6 +205,10 @@ class SmtpServer(SMTP):
             elif not self._in_hello and not status.startswith("354"):
                 status = with_enhanced_code(status)
             self._in_data = status.startswith("354")
+            if status[:1] in "45":
+                self._refused += 1
+            elif status.startswith("250 2.0.0 Ok: queued"):
+                self._queued += 1
         await super().push(status)
 
     async def smtp_HELO(self, hostname: str) -> None:
@@ -416,6 +437,17 @@ class Handler:
             return self._refused(
                 session, envelope, decision.reply, decision.reason, recipient=address
             )
+        if (
+            self.authcheck is not None
+            and txn.accepted
+            and self.authcheck.rejects_dmarc(decision.dmarc_reject)
+            != self.authcheck.rejects_dmarc(txn.accepted[0].dmarc_reject)
+        ):
+            # One DATA gets one answer: a domain with another DMARC policy waits for
+            # a transaction of its own (the client sends it right after this one).
+            return self._refused(
+                session, envelope, OTHER_POLICY, "policy_split", recipient=address
+            )
         domain = address.rpartition("@")[2].lower()
         if self.guard is not None and domain not in txn.rate_domains:
             refusal = self.guard.recipient_domain(_peer(session), domain)
@@ -498,6 +530,7 @@ class Handler:
                 helo=session.host_name,
                 sender=sender,
                 queue_id=queue_id,
+                dmarc_reject=txn.accepted[0].dmarc_reject,
             )
             if auth.reply is not None:
                 return self._refused(session, envelope, auth.reply, "dmarc", size=len(content))

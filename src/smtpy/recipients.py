@@ -38,6 +38,7 @@ class Accepted:
     how: How | None  # the rule kind that matched; None for a reversed SRS address
     alias: str | None  # the matched alias, for logs
     srs_reversed: bool = False
+    dmarc_reject: bool | None = None  # the served domain's DMARC switch; None: the default
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,4 +131,11 @@ async def decide(
         return _refuse(
             "550", "5.1.1 Recipient address rejected: no valid destination", "no_destination"
         )
-    return Accepted(original, address.domain, tuple(destinations), first_how, first_alias)
+    return Accepted(
+        original,
+        address.domain,
+        tuple(destinations),
+        first_how,
+        first_alias,
+        dmarc_reject=rules.dmarc_reject,
+    )

@@ -100,9 +100,12 @@ class DomainRules:
     exact: dict[str, AliasRule] = field(default_factory=dict)
     regex: tuple[tuple[Any, AliasRule], ...] = ()
     catchall: AliasRule | None = None
+    dmarc_reject: bool | None = None  # the domain's DMARC policy switch; None: the default
 
     @classmethod
-    def build(cls, domain: str, rules: Iterable[AliasRule]) -> DomainRules:
+    def build(
+        cls, domain: str, rules: Iterable[AliasRule], *, dmarc_reject: bool | None = None
+    ) -> DomainRules:
         exact: dict[str, AliasRule] = {}
         regex: list[tuple[Any, AliasRule]] = []
         catchall = None
@@ -113,7 +116,7 @@ class DomainRules:
                 regex.append((compile_pattern(rule.local_part), rule))
             else:
                 catchall = rule
-        return cls(domain, exact, tuple(regex), catchall)
+        return cls(domain, exact, tuple(regex), catchall, dmarc_reject)
 
 
 @dataclass(frozen=True, slots=True)

@@ -212,8 +212,11 @@ def set_enabled(db: Database, address: str, enabled: bool) -> AliasInfo:
 def domain_rules(db: Database, domain: str) -> DomainRules | None:
     """The router's view of one domain, or None when the domain is not served."""
     alabel = normalize_domain(domain)
-    row = db.one("SELECT id FROM domains WHERE name = :name", {"name": alabel})
+    row = db.one("SELECT id, dmarc_reject FROM domains WHERE name = :name", {"name": alabel})
     if row is None:
         return None
     rows = db.all(_SELECT + " WHERE a.domain_id = :d", {"d": row["id"]})
-    return DomainRules.build(alabel, (AliasRule.from_row(r, alabel) for r in rows))
+    dmarc_reject = None if row["dmarc_reject"] is None else bool(row["dmarc_reject"])
+    return DomainRules.build(
+        alabel, (AliasRule.from_row(r, alabel) for r in rows), dmarc_reject=dmarc_reject
+    )

@@ -9,7 +9,7 @@ from typing import Any
 
 from smtpy.addresses import display_domain, normalize_domain
 from smtpy.admin.records import DnsRecord, Finding, KeyRecord, judge, required_records
-from smtpy.errors import Conflict, NotFound
+from smtpy.errors import Conflict, InvalidInput, NotFound
 from smtpy.store.db import Database
 
 DEFAULT_ORGANIZATION = "default"
@@ -24,6 +24,7 @@ class DomainInfo:
     created_at: float
     aliases: int
     keys: int
+    dmarc_reject: bool | None = None  # None: the global SMTPY_DMARC_REJECT applies
 
     @property
     def display_name(self) -> str:
@@ -39,11 +40,13 @@ class DomainInfo:
             "created_at": self.created_at,
             "aliases": self.aliases,
             "keys": self.keys,
+            "dmarc_reject": policy_name(self.dmarc_reject),
         }
 
 
 _SELECT = """
-SELECT d.id, d.name, d.verification_token, d.verified_at, d.created_at, o.name AS organization,
+SELECT d.id, d.name, d.verification_token, d.verified_at, d.created_at, d.dmarc_reject,
+       o.name AS organization,
        (SELECT count(*) FROM aliases a WHERE a.domain_id = d.id) AS aliases,
        (SELECT count(*) FROM dkim_keys k WHERE k.domain_id = d.id) AS keys
 FROM domains d JOIN organizations o ON o.id = d.organization_id
@@ -59,6 +62,7 @@ def _info(row: dict[str, Any]) -> DomainInfo:
         created_at=row["created_at"],
         aliases=int(row["aliases"]),
         keys=int(row["keys"]),
+        dmarc_reject=None if row["dmarc_reject"] is None else bool(row["dmarc_reject"]),
     )
 
 
@@ -120,6 +124,30 @@ def get_domain(db: Database, name: str) -> DomainInfo:
     row = db.one(_SELECT + " WHERE d.id = :id", {"id": did})
     assert row is not None
     return _info(row)
+
+
+POLICY_CHOICES = {"on": True, "off": False, "default": None}
+
+
+def policy_name(value: bool | None) -> str:
+    """`on`, `off` or `default`: how a per-domain switch is shown and set."""
+    return next(name for name, v in POLICY_CHOICES.items() if v is value)
+
+
+def set_dmarc_reject(db: Database, name: str, choice: str) -> DomainInfo:
+    """Whether mail for this domain that fails a DMARC p=reject policy is refused at DATA.
+
+    `on` refuses it (550 5.7.1), `off` forwards it marked, `default` follows
+    SMTPY_DMARC_REJECT. A running daemon applies it within seconds.
+    """
+    if choice not in POLICY_CHOICES:
+        raise InvalidInput(f"expected one of {', '.join(POLICY_CHOICES)}, not {choice!r}")
+    did, _ = domain_id(db, name)
+    db.execute(
+        "UPDATE domains SET dmarc_reject = :value WHERE id = :id",
+        {"value": POLICY_CHOICES[choice], "id": did},
+    )
+    return get_domain(db, name)
 
 
 def remove_domain(db: Database, name: str) -> DomainInfo:

@@ -185,6 +185,10 @@ class InboundChecker:
         )
         return SpfCheck(mailfrom, helo_result)
 
+    def rejects_dmarc(self, domain_setting: bool | None) -> bool:
+        """Whether DMARC p=reject failures are refused for a domain with this setting."""
+        return self.policy.dmarc_reject if domain_setting is None else domain_setting
+
     async def check(
         self,
         content: bytes,
@@ -194,8 +198,12 @@ class InboundChecker:
         helo: str | None,
         sender: str,
         queue_id: str,
+        dmarc_reject: bool | None = None,
     ) -> Verdict:
-        """Check a message (CRLF content, as received) and decide; never raises."""
+        """Check a message (CRLF content, as received) and decide; never raises.
+
+        `dmarc_reject` is the recipients' domain's own switch (None: the policy's default).
+        """
         parsed = remove_forged(parse(content), self.policy.hostname)
         if spf is None:
             spf = self.start_spf(client_ip=client_ip, helo=helo, sender=sender)
@@ -232,7 +240,7 @@ class InboundChecker:
         sampled = not isinstance(policy, DmarcPolicy) or self._rng() * 100 < policy.pct
         reply, reason = decide_action(
             dmarc,
-            reject_enabled=self.policy.dmarc_reject,
+            reject_enabled=self.rejects_dmarc(dmarc_reject),
             arc=arc,
             trusted_sealers=self.policy.trusted_sealers,
             temporary=temporary,

@@ -77,6 +77,32 @@ def show(ctx: typer.Context, name: DomainArg, json: JsonOption = False) -> None:
     print_table(None, ["field", "value"], [(k, data[k]) for k in data])
 
 
+@app.command("policy")
+def policy(
+    ctx: typer.Context,
+    name: DomainArg,
+    dmarc_reject: Annotated[
+        str,
+        typer.Option(
+            "--dmarc-reject",
+            help="on: refuse mail failing a DMARC p=reject policy (550 at end of DATA); "
+            "off: forward it, marked; default: follow SMTPY_DMARC_REJECT.",
+            show_default=False,
+        ),
+    ],
+    json: JsonOption = False,
+) -> None:
+    """Set this domain's inbound policy (a running daemon applies it within seconds)."""
+    from smtpy.admin.domains import set_dmarc_reject
+
+    with state(ctx).database() as db:
+        info = set_dmarc_reject(db, name, dmarc_reject.lower())
+    if json:
+        print_json(info.public())
+        return
+    done(f"{info.display_name}: dmarc_reject {info.public()['dmarc_reject']}")
+
+
 @app.command("remove")
 def remove(ctx: typer.Context, name: DomainArg, yes: YesOption = False) -> None:
     """Stop serving a domain and delete its aliases and DKIM keys (queued mail stays)."""

@@ -31,6 +31,8 @@ class Domain(SQLModel, table=True):
     name: str = Field(max_length=253, unique=True)  # IDNA A-label, lower case
     verification_token: str = Field(max_length=64)
     verified_at: float | None = None
+    # Refuse DMARC p=reject failures for this domain's mail; None: SMTPY_DMARC_REJECT.
+    dmarc_reject: bool | None = None
     created_at: float
 
 
