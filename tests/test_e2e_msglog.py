@@ -242,6 +242,11 @@ def test_log_follow_prints_new_events_until_interrupted(forwarder: Forwarder) ->
         assert {r["alias"] for r in lines} == {f"info@{DOMAIN}"}
     finally:
         follow.send_signal(signal.SIGINT)
-        _out, err = follow.communicate(timeout=20)
+        try:
+            _out, err = follow.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            follow.kill()
+            follow.communicate()
+            raise
     assert follow.returncode == 0, err
     assert "Traceback" not in err

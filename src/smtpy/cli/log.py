@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json as jsonlib
+import signal
 import sys
 import time
 from typing import Annotated, Any
@@ -96,6 +97,8 @@ def log(
             return
         follower = Follower(flt, start_id=newest)  # what is older was listed or did not match
         follower.shown(rows)
+        # Ctrl-C stops following even when started with SIGINT ignored (a background job).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             while True:
                 _emit(follower.poll(db), json)
