@@ -60,7 +60,7 @@ async def running(
         policy=Policy(
             hostname=HOSTNAME, max_recipients=10, max_message_size=100_000, plus_separator="+"
         ),
-        store=store,
+        queue=store.enqueue,
         rules_for=rules_for,
         srs=SRS(secrets=(b"inbound test",), domain=HOSTNAME),
         guard=guard,

@@ -29,6 +29,7 @@ from cryptography.x509.oid import NameOID
 from dnsserver import DNSServer
 from smtpy.deliver import Deliverer, Outcome, Route
 from smtpy.dns import Lookups, make_resolver
+from smtpy.mtasts import TlsPolicies
 
 T = TypeVar("T")
 
@@ -907,3 +908,92 @@ def test_per_domain_limit_does_not_stall_other_domains(dns_server: DNSServer) ->
         assert d._limits == {}  # idle domains are forgotten
 
     run(scenario())
+
+
+# -- connection reuse -------------------------------------------------------------
+
+
+class SecondMailRefused(Sink):
+    """Answers the second MAIL FROM of a session with 421, as a server closing an idle session."""
+
+    mails: dict[int, int]
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        seen = self.__dict__.setdefault("mails", {})
+        seen[id(session)] = seen.get(id(session), 0) + 1
+        if seen[id(session)] == 2:
+            return "421 4.4.2 mx1.example.test idle too long, closing"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Ok"
+
+
+def test_next_message_to_the_same_host_reuses_the_connection(dns_server: DNSServer) -> None:
+    two_mx(dns_server)
+    sink = Sink()
+
+    async def scenario() -> list[list[Outcome]]:
+        async with serving({"127.0.0.2": smtp_server(sink, "mx1.example.test")}) as port:
+            sender = deliverer(dns_server, port)
+            outcomes = []
+            for n in range(3):
+                message = MESSAGE.replace(b"<1@sender.test>", b"<%d@sender.test>" % n)
+                outcomes.append(
+                    await sender.deliver(
+                        sender=SENDER, recipients=["bob@example.test"], message=message
+                    )
+                )
+            await sender.close()
+            return outcomes
+
+    results = run(scenario())
+    assert [o.status for [o] in results] == ["delivered"] * 3
+    assert sink.sessions == 1  # one EHLO: the second and third message came on the same session
+    assert [r.data.count(b"<%d@sender.test>" % n) for n, r in enumerate(sink.received)] == [1] * 3
+
+
+def test_a_cached_connection_the_server_gave_up_is_replaced(dns_server: DNSServer) -> None:
+    two_mx(dns_server)
+    sink = SecondMailRefused()
+
+    async def scenario() -> list[Outcome]:
+        async with serving({"127.0.0.2": smtp_server(sink, "mx1.example.test")}) as port:
+            sender = deliverer(dns_server, port)
+            await sender.deliver(sender=SENDER, recipients=["bob@example.test"], message=MESSAGE)
+            second = await sender.deliver(
+                sender=SENDER, recipients=["carol@example.test"], message=MESSAGE
+            )
+            await sender.close()
+            return second
+
+    [outcome] = run(scenario())
+    assert (outcome.status, outcome.code) == ("delivered", 250)
+    assert sink.sessions == 2  # the refused session was dropped and a new one opened at once
+    assert [r.rcpt_tos for r in sink.received] == [["bob@example.test"], ["carol@example.test"]]
+
+
+def test_a_clear_text_session_is_not_reused_for_mail_that_requires_tls(
+    dns_server: DNSServer,
+) -> None:
+    two_mx(dns_server)
+    dns_server.add("strict.test", "MX", "10 mx1.example.test.")
+    sink = Sink()
+
+    async def scenario() -> list[Outcome]:
+        async with serving({"127.0.0.2": smtp_server(sink, "mx1.example.test")}) as port:
+            lookups = Lookups(make_resolver([("127.0.0.1", dns_server.port)], timeout=2.0))
+            policies = TlsPolicies(lookups, required_domains=["strict.test"], mta_sts=False)
+            sender = deliverer(dns_server, port, tls_policies=policies)
+            await sender.deliver(sender=SENDER, recipients=["bob@example.test"], message=MESSAGE)
+            strict = await sender.deliver(
+                sender=SENDER, recipients=["bob@strict.test"], message=MESSAGE
+            )
+            await sender.close()
+            return strict
+
+    [outcome] = run(scenario())
+    assert (outcome.status, outcome.enhanced) == ("deferred", "4.7.4")
+    assert "STARTTLS" in outcome.reply
+    assert [r.rcpt_tos for r in sink.received] == [["bob@example.test"]]

@@ -19,6 +19,7 @@ from smtpy.queue import (
     Result,
     claim_due,
     enqueue,
+    enqueue_claimed,
     message_data,
     new_queue_id,
     next_delay,
@@ -134,6 +135,25 @@ def test_enqueue_then_claim_returns_due_rows_once(db: Database) -> None:
     again = claim_due(db, node="b", limit=10, now=T + LEASE_SECONDS)
     assert sorted(c.id for c in again) == sorted(c.id for c in claimed)
     assert {delivery(db, c.id)["lease_owner"] for c in again} == {"b"}  # type: ignore[index]
+
+
+def test_enqueue_claimed_leases_the_deliveries_to_the_receiving_node(db: Database) -> None:
+    msg = message("x@dest.test", "y@other.test")
+    with db.transaction():
+        claimed = enqueue_claimed(db, msg, node="a")
+    assert sorted(c.recipient for c in claimed) == ["x@dest.test", "y@other.test"]
+    first = next(c for c in claimed if c.recipient == "x@dest.test")
+    assert message_data(db, first.message_id) == msg.data
+    assert (first.queue_id, first.sender, first.attempts) == (msg.queue_id, msg.sender, 0)
+    assert first.envelope_sender == "SRS0=xxxx=TT=sender.test=carol@mx.test0"
+    assert {delivery(db, c.id)["lease_owner"] for c in claimed} == {"a"}  # type: ignore[index]
+
+    # Nobody else takes them while node a holds the lease; if a dies, anyone does.
+    assert claim_due(db, node="b", limit=10, now=T + LEASE_SECONDS - 1) == []
+    again = claim_due(db, node="b", limit=10, now=T + LEASE_SECONDS)
+    assert sorted(c.id for c in again) == sorted(c.id for c in claimed)
+    # What the claim reads back is what the receiving node had in memory.
+    assert sorted(again, key=lambda c: c.id) == sorted(claimed, key=lambda c: c.id)
 
 
 def test_rows_not_yet_due_are_not_claimed(db: Database) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from smtpy.admin.aliases import add_alias, domain_rules
 from smtpy.admin.domains import add_domain
+from smtpy.queue import NewMessage
 from smtpy.receive import Handler, Policy, crlf_line_endings, server_factory
 from smtpy.route import DomainRules
 from smtpy.srs import SRS
@@ -37,7 +38,12 @@ T = TypeVar("T")
 class Server:
     port: int
     store: StoreThread
-    queued: list[None] = field(default_factory=list)
+    queued: list[NewMessage] = field(default_factory=list)
+
+    async def queue(self, message: NewMessage) -> None:
+        """What the daemon's delivery worker does first: commit durably; then count it."""
+        await self.store.enqueue(message)
+        self.queued.append(message)
 
 
 @pytest.fixture
@@ -67,10 +73,9 @@ async def smtp_server(
             max_message_size=MAX_SIZE,
             plus_separator="+",
         ),
-        store=store,
+        queue=server.queue,
         rules_for=rules_for,
         srs=SRS_,
-        on_queued=lambda: server.queued.append(None),
     )
     loop = asyncio.get_running_loop()
     listener = await loop.create_server(

@@ -84,3 +84,14 @@ def test_content_at_the_limit_is_kept() -> None:
 def test_longest_line_counts_the_crlf() -> None:
     data, _ = feed_in_chunks(b"ab\r\n" + b"c" * 1000 + b"\r\nd\r\n.\r\n", [500])
     assert data.longest_line() == 1002
+
+
+@given(
+    st.lists(
+        st.binary(max_size=40).map(lambda b: b.lstrip(b".")).filter(lambda b: b"\r\n" not in b),
+        max_size=8,
+    )
+)
+def test_longest_line_is_the_longest_crlf_terminated_line(lines: list[bytes]) -> None:
+    data, _ = feed_in_chunks(b"".join(line + b"\r\n" for line in lines) + b".\r\n", [7])
+    assert data.longest_line() == max((len(line) + 2 for line in lines), default=0)

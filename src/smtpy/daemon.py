@@ -191,10 +191,9 @@ class Daemon:
                     max_message_size=settings.max_message_size,
                     plus_separator=settings.plus_separator,
                 ),
-                store=writer,
+                queue=worker.queue,
                 rules_for=rules.get,
                 srs=srs,
-                on_queued=worker.wake,
                 guard=guard,
                 scanner=scanner_from_settings(settings),
                 events=upkeep.events,
@@ -232,6 +231,7 @@ class Daemon:
             worker_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker_task
+            await deliverer.close()
             for server in self._servers:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(server.wait_closed(), STOP_GRACE)

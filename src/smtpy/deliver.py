@@ -47,6 +47,11 @@ How a delivery goes (RFC 5321 §5, RFC 7505, RFC 7435):
 - Any exception that is not about the remote side (a bug) → every recipient
   deferred with the error's type and text, logged; never a bounce by accident.
 
+Connections are reused (`smtpy.connection_cache`): after a transaction the
+session stays open for two seconds, and the next delivery to the same address
+with the same TLS requirements starts at MAIL FROM. One that died while idle
+is replaced by a new connection, at once and without counting as a failure.
+
 Concurrency: at most `per_domain_limit` deliveries run at once for one
 destination domain, so a slow MX holds back only its own domain's mail.
 """
@@ -73,6 +78,7 @@ from aiosmtplib import (
     SMTPResponseException,
 )
 
+from smtpy.connection_cache import QUIT_TIMEOUT, ConnectionCache, quit_politely
 from smtpy.dns import DNSPermanentError, DNSTemporaryError, Lookups, NoSuchDomain, NullMX
 from smtpy.mtasts import OPPORTUNISTIC, TlsPolicies, TlsPolicy, verified_context
 
@@ -93,9 +99,6 @@ MAX_ADDRESSES = 10
 
 SMTPS_PORT = 465
 """A relay on this port with `relay_tls` speaks implicit TLS (RFC 8314)."""
-
-QUIT_TIMEOUT = 5.0
-"""Seconds to wait for the reply to QUIT; the message is settled by then."""
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 _QUOTED_LOCAL = re.compile(r'^"(?:[^"\\]|\\.)*"')
@@ -195,6 +198,7 @@ class Deliverer:
         self._command_timeout = command_timeout
         self._per_domain_limit = per_domain_limit
         self._limits: dict[str, tuple[asyncio.Semaphore, int]] = {}
+        self._connections = ConnectionCache(per_key=per_domain_limit)
         # RFC 7435: opportunistic TLS authenticates nobody, so verifies nothing.
         self._opportunistic_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self._opportunistic_tls.check_hostname = False
@@ -257,6 +261,10 @@ class Deliverer:
                 log.exception("delivery to %s failed unexpectedly", domain)
                 text = f"internal error: {type(exc).__name__}: {exc}"
                 return [_outcome(r, "deferred", None, text, None, "4.3.0") for r in recipients]
+
+    async def close(self) -> None:
+        """QUIT the connections kept open for reuse (at shutdown)."""
+        await self._connections.close()
 
     async def route(self, domain: str) -> Route:
         """Where mail for `domain` goes: the relay, a domain literal, or its MX hosts.
@@ -417,6 +425,21 @@ class Deliverer:
         """Run one SMTP session; raise _HostFailed if this address should be skipped."""
         remote = f"{host}[{address}]"
         server_name = None if _is_ip(host) else host
+        key = (address, port, server_name, tls.level)
+        cached = self._connections.take(key)
+        if cached is not None:
+            try:
+                outcomes = await self._transaction(cached.smtp, remote, envelope)
+            except (_HostFailed, SMTPException, OSError) as exc:
+                # It died while idle (before DATA, so nothing was sent): open a new one.
+                log.info("%s: cached connection failed (%s); reconnecting", remote, exc)
+                cached.smtp.close()
+            except BaseException:
+                cached.smtp.close()
+                raise
+            else:
+                self._connections.give(key, cached, reusable=_reusable(outcomes))
+                return outcomes
         implicit_tls = self._relay_tls and port == SMTPS_PORT
         smtp: aiosmtplib.SMTP | None = None
         try:
@@ -447,16 +470,19 @@ class Deliverer:
                     await self._starttls(smtp, remote, server_name, tls)
                 if self._relay_username is not None:
                     await self._login(smtp, remote)
-                return await self._transaction(smtp, remote, envelope)
+                outcomes = await self._transaction(smtp, remote, envelope)
             except _HostFailed:
                 raise
             except (SMTPException, OSError) as exc:
                 raise self._network_failure(
                     exc, remote, connected=True, tls_required=tls.level == "required"
                 ) from None
-        finally:
+        except BaseException:
             if smtp is not None:
-                await _quit(smtp)
+                await quit_politely(smtp)
+            raise
+        self._connections.give(key, self._connections.open(smtp), reusable=_reusable(outcomes))
+        return outcomes
 
     async def _open_socket(self, address: str, port: int, remote: str) -> socket.socket:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -775,12 +801,6 @@ async def _rset(smtp: aiosmtplib.SMTP) -> None:
         await smtp.execute_command(b"RSET", timeout=QUIT_TIMEOUT)
 
 
-async def _quit(smtp: aiosmtplib.SMTP) -> None:
-    """QUIT politely if still connected; always close."""
-    try:
-        if smtp.is_connected:
-            await smtp.execute_command(b"QUIT", timeout=QUIT_TIMEOUT)
-    except (SMTPException, OSError):
-        pass
-    finally:
-        smtp.close()
+def _reusable(outcomes: Sequence[Outcome]) -> bool:
+    """Whether the session may carry another transaction: the server did not say 421."""
+    return all(o.code != 421 for o in outcomes)

@@ -61,43 +61,6 @@ class NewMessage:
     log: Sequence[LogEvent] = ()  # message-log rows written in the same transaction
 
 
-def enqueue(db: Database, message: NewMessage) -> int:
-    """Insert a message and its deliveries (inside the caller's transaction)."""
-    message_id = db.insert(
-        "INSERT INTO messages (queue_id, sender, client_ip, client_helo, smtputf8, size, received_at, data)"
-        " VALUES (:queue_id, :sender, :client_ip, :client_helo, :smtputf8, :size, :received_at, :data)"
-        " RETURNING id",
-        {
-            "queue_id": message.queue_id,
-            "sender": message.sender,
-            "client_ip": message.client_ip,
-            "client_helo": message.client_helo,
-            "smtputf8": message.smtputf8,
-            "size": len(message.data),
-            "received_at": message.received_at,
-            "data": message.data,
-        },
-    )
-    db.executemany(
-        "INSERT INTO deliveries (message_id, original_recipient, recipient, domain, envelope_sender,"
-        " status, attempts, next_attempt_at, created_at, updated_at) VALUES (:message_id,"
-        " :original_recipient, :recipient, :domain, :envelope_sender, 'queued', 0, :now, :now, :now)",
-        [
-            {
-                "message_id": message_id,
-                "original_recipient": d.original_recipient,
-                "recipient": d.recipient,
-                "domain": d.domain,
-                "envelope_sender": d.envelope_sender,
-                "now": message.received_at,
-            }
-            for d in message.deliveries
-        ],
-    )
-    write_events(db, message.log)
-    return message_id
-
-
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """A delivery a worker now holds, with what it needs to send it."""
@@ -113,6 +76,82 @@ class Claimed:
     sender: str
     received_at: float
     smtputf8: bool
+
+
+def enqueue(db: Database, message: NewMessage) -> int:
+    """Insert a message and its deliveries, due now (inside the caller's transaction)."""
+    return _insert(db, message, lease_owner=None, next_attempt_at=message.received_at)[0]
+
+
+def enqueue_claimed(
+    db: Database, message: NewMessage, *, node: str, lease: float = LEASE_SECONDS
+) -> list[Claimed]:
+    """Insert a message with its deliveries already leased to `node`, and return them.
+
+    The node that received the message delivers it at once from memory, with
+    no claim round trip; should it die, the lease runs out and any node
+    delivers the message, as it would a claimed one.
+    """
+    _, claimed = _insert(
+        db, message, lease_owner=node, next_attempt_at=message.received_at + lease
+    )
+    return claimed
+
+
+def _insert(
+    db: Database, message: NewMessage, *, lease_owner: str | None, next_attempt_at: float
+) -> tuple[int, list[Claimed]]:
+    message_id = db.insert(
+        "INSERT INTO messages (queue_id, sender, client_ip, client_helo, smtputf8, size, received_at, data)"
+        " VALUES (:queue_id, :sender, :client_ip, :client_helo, :smtputf8, :size, :received_at, :data)"
+        " RETURNING id",
+        {
+            "queue_id": message.queue_id,
+            "sender": message.sender,
+            "client_ip": message.client_ip,
+            "client_helo": message.client_helo,
+            "smtputf8": message.smtputf8,
+            "size": len(message.data),
+            "received_at": message.received_at,
+            "data": message.data,
+        },
+    )
+    claimed = []
+    for d in message.deliveries:
+        delivery_id = db.insert(
+            "INSERT INTO deliveries (message_id, original_recipient, recipient, domain,"
+            " envelope_sender, status, attempts, next_attempt_at, lease_owner, created_at,"
+            " updated_at) VALUES (:message_id, :original_recipient, :recipient, :domain,"
+            " :envelope_sender, 'queued', 0, :next_attempt_at, :lease_owner, :now, :now)"
+            " RETURNING id",
+            {
+                "message_id": message_id,
+                "original_recipient": d.original_recipient,
+                "recipient": d.recipient,
+                "domain": d.domain,
+                "envelope_sender": d.envelope_sender,
+                "next_attempt_at": next_attempt_at,
+                "lease_owner": lease_owner,
+                "now": message.received_at,
+            },
+        )
+        claimed.append(
+            Claimed(
+                id=delivery_id,
+                message_id=message_id,
+                queue_id=message.queue_id,
+                original_recipient=d.original_recipient,
+                recipient=d.recipient,
+                domain=d.domain,
+                envelope_sender=d.envelope_sender,
+                attempts=0,
+                sender=message.sender,
+                received_at=message.received_at,
+                smtputf8=message.smtputf8,
+            )
+        )
+    write_events(db, message.log)
+    return message_id, claimed
 
 
 def claim_due(

@@ -55,12 +55,5 @@ class DataBuffer:
 
     def longest_line(self) -> int:
         """Length of the longest line, CRLF included (RFC 5321 4.5.3.1.6: at most 1000)."""
-        buf = self._buf
-        longest = 0
-        start = 2
-        while True:
-            end = buf.find(b"\r\n", start)
-            if end < 0:
-                return max(longest, len(buf) - start)
-            longest = max(longest, end + 2 - start)
-            start = end + 2
+        *ended, last = bytes(self._buf[2:]).split(b"\r\n")
+        return max(max(map(len, ended), default=-2) + 2, len(last))

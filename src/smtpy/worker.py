@@ -31,6 +31,7 @@ from smtpy.queue import (
     NewMessage,
     claim_due,
     enqueue,
+    enqueue_claimed,
     message_data,
     new_queue_id,
     record_results,
@@ -182,30 +183,69 @@ class DeliveryWorker:
         self._busy: Counter[str] = Counter()  # transactions in flight per destination domain
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._reserved = 0  # slots promised to messages being queued here (`queue`)
+        # Whether due work may be waiting in the store: a claim filled every free
+        # slot, or a message was queued without being handed over. A slot that
+        # frees up then claims at once; otherwise the poll finds retries coming due.
+        self._backlog = True
 
     def wake(self) -> None:
         """New mail was queued here: look for due work now instead of at the next poll."""
+        self._backlog = True
         self._wake.set()
+
+    async def queue(self, message: NewMessage) -> None:
+        """Queue a message received here; return once it is durably committed.
+
+        When this node has a free slot for each of its destinations, the
+        deliveries are committed already leased to it and start at once with
+        the message in memory: no claim, no reading the message back.
+        Otherwise they are queued due now and claimed like any other.
+        """
+        wanted = len(message.deliveries)
+        saturated = self._saturated()
+        if not self._room(wanted) or any(d.domain in saturated for d in message.deliveries):
+            await self.store.enqueue(message)
+            self.wake()
+            return
+        self._reserved += wanted
+        try:
+            claims = await self.store.write(
+                partial(enqueue_claimed, message=message, node=self.settings.node)
+            )
+        finally:
+            self._reserved -= wanted
+        await self._start(group_claims(claims), data=message.data)
+
+    def _room(self, deliveries: int) -> bool:
+        """Whether this node has slots for `deliveries` more deliveries at once."""
+        if self._stopping:
+            return False
+        taken = len(self._inflight) + self._reserved
+        return taken + deliveries <= self.settings.concurrency
 
     async def run(self) -> None:
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
             while not self._stopping:
                 self._wake.clear()
-                free = self.settings.concurrency - len(self._inflight)
+                free = self.settings.concurrency - len(self._inflight) - self._reserved
                 claimed: list[Claimed] = []
                 if free > 0:
+                    saturated = self._saturated()
                     try:
                         claimed = await self.store.write(
                             partial(
                                 claim_due,
                                 node=self.settings.node,
                                 limit=free,
-                                exclude_domains=self._saturated(),
+                                exclude_domains=saturated,
                             )
                         )
                     except Exception as exc:
                         logger.error("claim_failed", error=str(exc))
+                    else:  # what was left out or did not fit is still waiting
+                        self._backlog = bool(saturated) or len(claimed) == free
                 await self._start(group_claims(claimed))
                 if claimed and len(claimed) == free:
                     await asyncio.sleep(0)  # more may be due: go round again at once
@@ -220,11 +260,13 @@ class DeliveryWorker:
         limit = self.settings.destination_concurrency
         return [domain for domain, busy in self._busy.items() if busy >= limit]
 
-    async def _start(self, groups: list[list[Claimed]]) -> None:
+    async def _start(self, groups: list[list[Claimed]], data: bytes | None = None) -> None:
         """Deliver each group, within each destination's limit; give the rest back to the queue.
 
         A delivery that waited here for a slow destination's slot would hold one
         of the node's slots, and enough of them would stall every other domain.
+        `data` is the message's content when the groups all belong to a message
+        still in memory.
         """
         surplus: list[int] = []
         for group in groups:
@@ -235,10 +277,11 @@ class DeliveryWorker:
             self._busy[domain] += 1
             for claim in group:
                 self._inflight[claim.id] = claim
-            task = asyncio.create_task(self._deliver(group))
+            task = asyncio.create_task(self._deliver(group, data))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         if surplus:
+            self._backlog = True
             try:
                 await self.store.write(
                     partial(release_leases, node=self.settings.node, ids=surplus)
@@ -274,10 +317,11 @@ class DeliveryWorker:
                 except Exception as exc:
                     logger.error("lease_renewal_failed", error=str(exc))
 
-    async def _deliver(self, group: list[Claimed]) -> None:
+    async def _deliver(self, group: list[Claimed], data: bytes | None = None) -> None:
         first = group[0]
         try:
-            data = await self.reader.call(lambda db: message_data(db, first.message_id))
+            if data is None:
+                data = await self.reader.call(lambda db: message_data(db, first.message_id))
             if data is None:
                 return  # deleted by an admin meanwhile
             sign_domain = split_address(first.original_recipient)[1]
@@ -337,7 +381,8 @@ class DeliveryWorker:
             if not self._stopping:
                 for claim in group:
                     self._inflight.pop(claim.id, None)
-                self.wake()  # a slot is free: claim more due work now, not at the next poll
+                if self._backlog:
+                    self._wake.set()  # a slot is free: claim waiting work now, not at the next poll
 
     async def _sealer(self, signer: Signer) -> Signer | None:
         """The keys that ARC-seal: the alias domain's, or the configured sealing domain's."""
