@@ -19,8 +19,9 @@ import pytest
 from smtpy.admin.aliases import add_alias, domain_rules
 from smtpy.admin.domains import add_domain
 from smtpy.queue import NewMessage
-from smtpy.receive import Handler, Policy, crlf_line_endings, server_factory
+from smtpy.receive import Handler, Policy, server_factory
 from smtpy.route import DomainRules
+from smtpy.smtpdata import crlf_line_endings
 from smtpy.srs import SRS
 from smtpy.store.db import Database
 from smtpy.storethread import StoreThread

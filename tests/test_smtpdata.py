@@ -7,7 +7,7 @@ import smtplib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smtpy.smtpdata import DataBuffer
+from smtpy.smtpdata import DataBuffer, crlf_line_endings, data_block
 
 
 def feed_in_chunks(
@@ -95,3 +95,18 @@ def test_longest_line_counts_the_crlf() -> None:
 def test_longest_line_is_the_longest_crlf_terminated_line(lines: list[bytes]) -> None:
     data, _ = feed_in_chunks(b"".join(line + b"\r\n" for line in lines) + b".\r\n", [7])
     assert data.longest_line() == max((len(line) + 2 for line in lines), default=0)
+
+
+@given(st.binary(max_size=300))
+def test_data_block_comes_back_as_the_crlf_content(content: bytes) -> None:
+    block = data_block(content)
+    assert block.endswith(b"\r\n.\r\n")
+    data = DataBuffer(limit=None)
+    assert data.feed(block) == b""
+    assert data.done
+    expected = crlf_line_endings(content)
+    assert data.content() == expected + (b"" if expected.endswith(b"\r\n") else b"\r\n")
+
+
+def test_data_block_stuffs_a_dot_at_the_start_of_any_line() -> None:
+    assert data_block(b".a\r\nb\r\n.\r\n..c") == b"..a\r\nb\r\n..\r\n...c\r\n.\r\n"

@@ -76,11 +76,13 @@ from aiosmtplib import (
     SMTPHeloError,
     SMTPResponse,
     SMTPResponseException,
+    SMTPServerDisconnected,
 )
 
 from smtpy.connection_cache import QUIT_TIMEOUT, ConnectionCache, quit_politely
 from smtpy.dns import DNSPermanentError, DNSTemporaryError, Lookups, NoSuchDomain, NullMX
 from smtpy.mtasts import OPPORTUNISTIC, TlsPolicies, TlsPolicy, verified_context
+from smtpy.smtpdata import data_block
 
 if TYPE_CHECKING:
     from smtpy.config import Settings
@@ -647,12 +649,13 @@ class Deliverer:
             return [o for o in outcomes if o is not None]
 
         try:
-            reply = await smtp.data(message, timeout=self._command_timeout)
+            reply = await _data(smtp, message, seconds=self._command_timeout)
         except SMTPResponseException as exc:
             reply = SMTPResponse(exc.code, exc.message)
         except (SMTPException, OSError) as exc:
             # The message may or may not have arrived: retry later (a duplicate
-            # at worst), never elsewhere at once.
+            # at worst), never elsewhere at once. The session is in an unknown state.
+            smtp.close()
             text = f"lost connection with {remote} while sending the message: {exc}"
             for index in accepted:
                 outcomes[index] = _outcome(
@@ -794,6 +797,26 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+async def _data(smtp: aiosmtplib.SMTP, message: bytes, *, seconds: float) -> SMTPResponse:
+    """DATA, then the message; the reply to the message (2xx, 4xx or 5xx alike).
+
+    aiosmtplib's `data()` rewrites line endings and dot-stuffs with two
+    regular expressions over the whole message (1.3 ms for 100 KB), where
+    `data_block` counts line endings and makes one replace, the message being
+    in CRLF form already. Each reply is awaited at most `seconds`. The session
+    belongs to this delivery alone, so the reply read after the write can only
+    be the reply to it.
+    """
+    start = await smtp.execute_command(b"DATA", timeout=seconds)
+    if start.code != 354:
+        raise SMTPResponseException(start.code, start.message)
+    protocol = smtp.protocol
+    if protocol is None:
+        raise SMTPServerDisconnected("connection lost after DATA")
+    protocol.write(data_block(message))
+    return await protocol.read_response(timeout=seconds)
 
 
 async def _rset(smtp: aiosmtplib.SMTP) -> None:

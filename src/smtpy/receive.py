@@ -34,7 +34,7 @@ from smtpy.recipients import Accepted, RulesFor, decide
 from smtpy.rewrite import MAX_RECEIVED, count_received, protocol, received_header
 from smtpy.scan import Scanner
 from smtpy.sign import split_fields
-from smtpy.smtpdata import DataBuffer
+from smtpy.smtpdata import DataBuffer, crlf_line_endings
 from smtpy.srs import SRS, SRSError
 
 if TYPE_CHECKING:
@@ -84,7 +84,6 @@ _HAS_ENHANCED = re.compile(r"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}\b")
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 # Control characters, and the lone surrogates aiosmtpd makes of invalid UTF-8.
 _BAD_ADDRESS = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
-_LINE_ENDING = re.compile(rb"\r\n|\r|\n")
 
 
 def with_enhanced_code(reply: str) -> str:
@@ -615,15 +614,6 @@ class Handler(_ScannedPerConnection):
     async def handle_exception(self, error: Exception) -> str:
         logger.error("session_error", error_type=type(error).__name__, error=str(error)[:200])
         return "451 4.3.0 Temporary failure, please try again later"
-
-
-def crlf_line_endings(data: bytes) -> bytes:
-    """Bare CR and LF become CRLF, as the message will go on the wire (aiosmtplib
-    converts them when sending): what is stored, signed and sent is then the same."""
-    crlf = data.count(b"\r\n")
-    if crlf == data.count(b"\r") == data.count(b"\n"):
-        return data
-    return _LINE_ENDING.sub(b"\r\n", data)
 
 
 def _printable(address: str) -> str:

@@ -8,11 +8,37 @@ does, so no second message can be smuggled in behind a fake end of data
 `DataBuffer` collects what the client sends in chunks of any size, so the
 server reads the socket in large reads instead of one line at a time; it keeps
 at most `limit` bytes and then only remembers that the limit was passed.
+`data_block` is the other direction, for sending.
 """
 
 from __future__ import annotations
 
+import re
+
 END = b"\r\n.\r\n"
+_LINE_ENDING = re.compile(rb"\r\n|\r|\n")
+
+
+def crlf_line_endings(data: bytes) -> bytes:
+    """Bare CR and LF become CRLF, the only line ending SMTP has (RFC 5321 2.3.8).
+
+    Receiving stores messages in this form, so what is stored, signed and sent
+    is the same; the check that there is nothing to change is two counts.
+    """
+    crlf = data.count(b"\r\n")
+    if crlf == data.count(b"\r") == data.count(b"\n"):
+        return data
+    return _LINE_ENDING.sub(b"\r\n", data)
+
+
+def data_block(content: bytes) -> bytes:
+    """`content` as it is sent after DATA: CRLF lines, dot-stuffed, ended by `.<CRLF>`."""
+    content = crlf_line_endings(content)
+    if not content.endswith(b"\r\n"):
+        content += b"\r\n"
+    if content.startswith(b"."):
+        content = b"." + content
+    return content.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
 class DataBuffer:
