@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from aiosmtpd.smtp import SMTP
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from smtpy.admin.aliases import add_alias, domain_rules
 from smtpy.admin.domains import add_domain
 from smtpy.queue import NewMessage
-from smtpy.receive import Handler, Policy, server_factory
+from smtpy.receive import Handler, Policy, SmtpServer, server_factory
 from smtpy.route import DomainRules
 from smtpy.smtpdata import crlf_line_endings
 from smtpy.srs import SRS
@@ -788,3 +791,44 @@ def test_starttls_and_the_received_header_says_so(
         rb"\tby mx\.forwarder\.test \(smtpy\) with ESMTPS \(version=TLSv1\.[23] cipher=[A-Z0-9_-]+\) id ",
         header,
     ), header
+
+
+# -- MAIL FROM / RCPT TO paths ------------------------------------------------------
+
+_PATH_PIECES = st.sampled_from(
+    ["<", ">", "@", ".", "a", "Z", "9", "-", "+", "=", "_", "'", '"', "\\", " ", "[", "]", ":",
+     ",", "(", ")", "é", "example", "test", " SIZE=100", "\t"]
+)
+
+
+@given(st.lists(_PATH_PIECES, max_size=14).map("".join))
+@example("<a.b+c@example.test> SIZE=100")
+@example("<a..b@example.test>")
+@example("<.a@example.test>")
+@example("<a@-example.test>")
+@example("<aaaaaaaaa@example.test>")  # over the limit of 8 set below
+@example("<a@example.test.>")
+@example("<a@example.test> (comment) SIZE=1")
+@settings(max_examples=500, deadline=None)
+def test_fast_address_parsing_agrees_with_aiosmtpd(arg: str) -> None:
+    """The fast path for plain `<local@domain>` gives what aiosmtpd's parser gives."""
+    server = SmtpServer(Handler.__new__(Handler), hostname=HOSTNAME)
+    server.local_part_limit = 8
+
+    def parsed(parse: Callable[[str], object]) -> object:
+        try:
+            return parse(arg)
+        except Exception as exc:  # aiosmtpd's parser fails on some inputs: the same way
+            return type(exc)
+
+    assert parsed(server._getaddr) == parsed(lambda a: SMTP._getaddr(server, a))
+
+
+def test_plain_paths_take_the_fast_path() -> None:
+    server = SmtpServer(Handler.__new__(Handler), hostname=HOSTNAME)
+    server.local_part_limit = 64
+    assert server._getaddr("<bob.smith+tag@mail.example-1.test>  SIZE=10") == (
+        "bob.smith+tag@mail.example-1.test",
+        "SIZE=10",
+    )
+    assert server._getaddr("<" + "x" * 65 + "@example.test>") == (None, None)  # RFC 5321 limit

@@ -82,6 +82,8 @@ _ENHANCED_BY_CODE = {
 }
 _HAS_ENHANCED = re.compile(r"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}\b")
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_SIMPLE_PATH = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
 # Control characters, and the lone surrogates aiosmtpd makes of invalid UTF-8.
 _BAD_ADDRESS = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
@@ -139,6 +141,24 @@ class SmtpServer(_ScannedPerConnection, SMTP):
     _queued = 0  # messages this session got a 250 for
     _refused = 0  # 4xx and 5xx replies this session got
     _ended = False
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """The address of MAIL FROM / RCPT TO and the rest of the line.
+
+        `<local@domain>` with a dot-atom local part and a plain domain, nearly
+        every path in practice, is taken as it is; anything else goes through
+        aiosmtpd's RFC 5322 parser, which builds a class on each call.
+        """
+        simple = _SIMPLE_PATH.match(arg)
+        if simple is not None:
+            rest = arg[simple.end() :].lstrip(" \t")
+            if not rest.startswith("("):  # a comment follows: the parser skips it
+                address = simple.group(1)
+                local_part = address.rpartition("@")[0]
+                if self.local_part_limit and len(local_part) > self.local_part_limit:
+                    return None, None
+                return address, rest
+        return super()._getaddr(arg)
 
     @property
     def _guard(self) -> ConnectionGuard | None:
