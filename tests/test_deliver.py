@@ -913,6 +913,18 @@ def test_per_domain_limit_does_not_stall_other_domains(dns_server: DNSServer) ->
 # -- connection reuse -------------------------------------------------------------
 
 
+async def one_then_another(
+    dns_server: DNSServer, sink: Sink, recipient: str, **options: Any
+) -> list[Outcome]:
+    """Deliver to bob@example.test, then to `recipient` through the same Deliverer (and MX)."""
+    async with serving({"127.0.0.2": smtp_server(sink, "mx1.example.test")}) as port:
+        sender = deliverer(dns_server, port, **options)
+        await sender.deliver(sender=SENDER, recipients=["bob@example.test"], message=MESSAGE)
+        second = await sender.deliver(sender=SENDER, recipients=[recipient], message=MESSAGE)
+        await sender.close()
+        return second
+
+
 class SecondMailRefused(Sink):
     """Answers the second MAIL FROM of a session with 421, as a server closing an idle session."""
 
@@ -958,17 +970,7 @@ def test_a_cached_connection_the_server_gave_up_is_replaced(dns_server: DNSServe
     two_mx(dns_server)
     sink = SecondMailRefused()
 
-    async def scenario() -> list[Outcome]:
-        async with serving({"127.0.0.2": smtp_server(sink, "mx1.example.test")}) as port:
-            sender = deliverer(dns_server, port)
-            await sender.deliver(sender=SENDER, recipients=["bob@example.test"], message=MESSAGE)
-            second = await sender.deliver(
-                sender=SENDER, recipients=["carol@example.test"], message=MESSAGE
-            )
-            await sender.close()
-            return second
-
-    [outcome] = run(scenario())
+    [outcome] = run(one_then_another(dns_server, sink, "carol@example.test"))
     assert (outcome.status, outcome.code) == ("delivered", 250)
     assert sink.sessions == 2  # the refused session was dropped and a new one opened at once
     assert [r.rcpt_tos for r in sink.received] == [["bob@example.test"], ["carol@example.test"]]
@@ -981,19 +983,9 @@ def test_a_clear_text_session_is_not_reused_for_mail_that_requires_tls(
     dns_server.add("strict.test", "MX", "10 mx1.example.test.")
     sink = Sink()
 
-    async def scenario() -> list[Outcome]:
-        async with serving({"127.0.0.2": smtp_server(sink, "mx1.example.test")}) as port:
-            lookups = Lookups(make_resolver([("127.0.0.1", dns_server.port)], timeout=2.0))
-            policies = TlsPolicies(lookups, required_domains=["strict.test"], mta_sts=False)
-            sender = deliverer(dns_server, port, tls_policies=policies)
-            await sender.deliver(sender=SENDER, recipients=["bob@example.test"], message=MESSAGE)
-            strict = await sender.deliver(
-                sender=SENDER, recipients=["bob@strict.test"], message=MESSAGE
-            )
-            await sender.close()
-            return strict
-
-    [outcome] = run(scenario())
+    lookups = Lookups(make_resolver([("127.0.0.1", dns_server.port)], timeout=2.0))
+    policies = TlsPolicies(lookups, required_domains=["strict.test"], mta_sts=False)
+    [outcome] = run(one_then_another(dns_server, sink, "bob@strict.test", tls_policies=policies))
     assert (outcome.status, outcome.enhanced) == ("deferred", "4.7.4")
     assert "STARTTLS" in outcome.reply
     assert [r.rcpt_tos for r in sink.received] == [["bob@example.test"]]

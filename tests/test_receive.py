@@ -9,7 +9,7 @@ import datetime
 import re
 import smtplib
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -795,6 +795,16 @@ def test_starttls_and_the_received_header_says_so(
 
 # -- MAIL FROM / RCPT TO paths ------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def server() -> Iterator[SmtpServer]:
+    """A server object, for its address parsing only (on a loop of its own, closed after)."""
+    loop = asyncio.new_event_loop()
+    try:
+        yield SmtpServer(Handler.__new__(Handler), hostname=HOSTNAME, loop=loop)
+    finally:
+        loop.close()
+
+
 _PATH_PIECES = st.sampled_from(
     ["<", ">", "@", ".", "a", "Z", "9", "-", "+", "=", "_", "'", '"', "\\", " ", "[", "]", ":",
      ",", "(", ")", "é", "example", "test", " SIZE=100", "\t"]
@@ -810,9 +820,8 @@ _PATH_PIECES = st.sampled_from(
 @example("<a@example.test.>")
 @example("<a@example.test> (comment) SIZE=1")
 @settings(max_examples=500, deadline=None)
-def test_fast_address_parsing_agrees_with_aiosmtpd(arg: str) -> None:
+def test_fast_address_parsing_agrees_with_aiosmtpd(server: SmtpServer, arg: str) -> None:
     """The fast path for plain `<local@domain>` gives what aiosmtpd's parser gives."""
-    server = SmtpServer(Handler.__new__(Handler), hostname=HOSTNAME)
     server.local_part_limit = 8
 
     def parsed(parse: Callable[[str], object]) -> object:
@@ -824,8 +833,7 @@ def test_fast_address_parsing_agrees_with_aiosmtpd(arg: str) -> None:
     assert parsed(server._getaddr) == parsed(lambda a: SMTP._getaddr(server, a))
 
 
-def test_plain_paths_take_the_fast_path() -> None:
-    server = SmtpServer(Handler.__new__(Handler), hostname=HOSTNAME)
+def test_plain_paths_take_the_fast_path(server: SmtpServer) -> None:
     server.local_part_limit = 64
     assert server._getaddr("<bob.smith+tag@mail.example-1.test>  SIZE=10") == (
         "bob.smith+tag@mail.example-1.test",
