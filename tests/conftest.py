@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,11 +25,29 @@ POSTGRES_URL = os.environ.get("SMTPY_TEST_POSTGRES_URL", "")
 BACKENDS = ["sqlite", "postgresql"]
 
 
-def _admin(url: str, sql: str) -> None:
+def postgres_admin(url: str, sql: str) -> None:
+    """Run one statement outside a transaction (CREATE/DROP DATABASE)."""
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql)  # type: ignore[arg-type]
+
+
+def drop_database(url: str, name: str) -> None:
+    """DROP DATABASE, also when an autovacuum worker is in it for a moment.
+
+    FORCE ends the test's own sessions, but only a superuser may end
+    autovacuum's: that refusal is retried for a few seconds.
+    """
+    import psycopg
+
+    for _attempt in range(25):
+        try:
+            postgres_admin(url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            return
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse):
+            time.sleep(0.2)
+    postgres_admin(url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def _with_db(url: str, name: str) -> str:
@@ -43,11 +62,11 @@ def postgres_template(worker_id: str) -> Iterator[str]:
     from smtpy.store.migrate import upgrade
 
     name = f"smtpy_tpl_{worker_id}_{os.getpid()}"
-    _admin(POSTGRES_URL, f"DROP DATABASE IF EXISTS {name}")
-    _admin(POSTGRES_URL, f"CREATE DATABASE {name}")
+    postgres_admin(POSTGRES_URL, f"DROP DATABASE IF EXISTS {name}")
+    postgres_admin(POSTGRES_URL, f"CREATE DATABASE {name}")
     upgrade(_with_db(POSTGRES_URL, name))
     yield name
-    _admin(POSTGRES_URL, f"DROP DATABASE IF EXISTS {name}")
+    drop_database(POSTGRES_URL, name)
 
 
 @pytest.fixture(scope="session")
@@ -63,9 +82,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         return
     template = request.getfixturevalue("postgres_template")
     name = f"smtpy_t_{uuid.uuid4().hex[:12]}"
-    _admin(POSTGRES_URL, f"CREATE DATABASE {name} TEMPLATE {template}")
+    postgres_admin(POSTGRES_URL, f"CREATE DATABASE {name} TEMPLATE {template}")
     yield _with_db(POSTGRES_URL, name)
-    _admin(POSTGRES_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    drop_database(POSTGRES_URL, name)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import drop_database, postgres_admin
 from smtpy.errors import SchemaOutdated
 from smtpy.store.db import SCHEMA_REVISION, Database
 from smtpy.store.migrate import head_revision, sqlalchemy_url
@@ -59,22 +60,15 @@ def test_fresh_sqlite_store_is_created_and_migrated(tmp_path: Path) -> None:
 # -- PostgreSQL: never migrated behind the operator's back ----------------------------------
 
 
-def _admin(sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(sql)  # type: ignore[arg-type]
-
-
 @pytest.fixture
 def empty_postgres() -> Iterator[str]:
     """A PostgreSQL database with no tables at all."""
     if not POSTGRES_URL:
         pytest.skip("SMTPY_TEST_POSTGRES_URL is not set")
     name = f"smtpy_empty_{uuid.uuid4().hex[:12]}"
-    _admin(f"CREATE DATABASE {name}")
+    postgres_admin(POSTGRES_URL, f"CREATE DATABASE {name}")
     yield f"{POSTGRES_URL.rpartition('/')[0]}/{name}"
-    _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    drop_database(POSTGRES_URL, name)
 
 
 def smtpy(url: str, *args: str) -> subprocess.CompletedProcess[str]:
