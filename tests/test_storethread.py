@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import POSTGRES_URL, _admin
+from conftest import POSTGRES_URL, postgres_admin
 from smtpy.errors import StoreError
 from smtpy.queue import NewDelivery, NewMessage, new_queue_id
 from smtpy.store.db import Database
@@ -186,7 +186,7 @@ def test_enqueue_fails_while_the_schema_is_broken_and_works_again_after(
 def test_reconnects_after_the_connection_broke(store_url: str, store: StoreThread) -> None:
     async def scenario() -> None:
         pid = await store.call(lambda db: db.scalar("SELECT pg_backend_pid()"))
-        _admin(POSTGRES_URL, f"SELECT pg_terminate_backend({int(pid)})")
+        postgres_admin(POSTGRES_URL, f"SELECT pg_terminate_backend({int(pid)})")
         with pytest.raises(StoreError):
             await store.enqueue(message(1))
         # The next job finds a new connection.
