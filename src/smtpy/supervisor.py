@@ -64,7 +64,6 @@ PRELOAD = (
     "smtpy.upkeep",
     "smtpy.metrics",
     "aiosmtplib",
-    "dkim",
     "psycopg",
 )
 

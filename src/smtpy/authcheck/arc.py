@@ -24,8 +24,6 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
-import dkim
-
 from smtpy.authcheck import dkimcrypto
 from smtpy.authcheck.dkimverify import THREAD_THRESHOLD
 from smtpy.authcheck.headers import Field, Parsed, parse
@@ -118,6 +116,8 @@ def _verify(parsed: Parsed, keys: FetchedKeys) -> ArcChain:
     fast = _verify_fast(parsed, keys)
     if fast is not None:
         return fast
+    import dkim  # dkimpy, for what the OpenSSL path leaves to it: loaded only then
+
     try:
         cv, results, reason = dkim.ARC(parsed.data, logger=_quiet).verify(dnsfunc=keys.dnsfunc())
     except dkim.DKIMException as exc:

@@ -16,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Literal
-
-import dkim
+from typing import TYPE_CHECKING, Literal
 
 from smtpy.authcheck import dkimcrypto
 from smtpy.authcheck.headers import Parsed, parse
 from smtpy.authcheck.keys import FetchedKeys, fetch_keys, key_name, parse_tags
 from smtpy.dns import Lookups
+
+if TYPE_CHECKING:
+    import dkim
 
 __all__ = ["MAX_SIGNATURES", "THREAD_THRESHOLD", "DkimResult", "verify_signatures"]
 
@@ -92,7 +93,7 @@ def _verify_all(
     signatures: list[tuple[int, dict[bytes, bytes]]],
     keys: FetchedKeys,
 ) -> list[DkimResult]:
-    verifier: dkim.DKIM | None = None
+    verifier: dkim.DKIM | None = None  # dkimpy, made on the first signature it must verify
     results = []
     for index, (position, tags) in enumerate(signatures):
         domain = _text(tags.get(b"d")).lower()
@@ -120,6 +121,8 @@ def _verify_all(
         if fast is not None:
             results.append(result(*fast))
             continue
+        import dkim  # dkimpy, for what the OpenSSL path leaves to it: loaded only then
+
         if verifier is None:
             verifier = dkim.DKIM(parsed.data, logger=_quiet)
         try:
