@@ -108,9 +108,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="time per figure")
     args = parser.parse_args()
-    import structlog
+    from smtpy import log
 
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # no info lines
+    log.configure("error")  # no info lines
     asyncio.run(main_async(max(0.1, min(args.seconds, 5.0))))
 
 

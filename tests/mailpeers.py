@@ -127,8 +127,14 @@ class _Handler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         host = _local_host(server)
         delay = self.peers.delays.get(host, self.peers.data_delay)
-        if delay:
-            await asyncio.sleep(delay)
+        in_data = self.peers.in_data
+        in_data[host] += 1
+        self.peers.most_in_data[host] = max(self.peers.most_in_data[host], in_data[host])
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+        finally:
+            in_data[host] -= 1
         reply = self.peers.data_reply
         self.peers._log(Reply(host, "DATA", None, reply))
         if reply.startswith("2"):
@@ -163,6 +169,8 @@ class MailPeers:
         self.data_reply = OK_DATA
         self.data_delay = 0.0  # seconds each DATA takes, to keep deliveries in flight
         self.delays: dict[str, float] = {}  # the same for one host
+        self.in_data: collections.Counter[str] = collections.Counter()  # DATA phases now, per host
+        self.most_in_data: collections.Counter[str] = collections.Counter()  # the most at once
         self._lock = threading.Condition()
         self._received: list[Received] = []
         self._replies: list[Reply] = []

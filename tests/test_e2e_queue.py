@@ -219,6 +219,28 @@ def test_a_slow_destination_holds_back_only_its_own_mail(forwarder: Forwarder) -
     assert time.monotonic() - sent < 1.5, "mail for a fast domain waited for a slow one"
 
 
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_a_busy_destination_gets_its_limit_and_every_message(forwarder: Forwarder) -> None:
+    """Mail beyond a destination's limit waits for a free slot; none is sent twice or lost."""
+    forwarder.alias(f"busy@{DOMAIN}", "someone@dest1.test")
+    forwarder.peers.delays[DEST1] = 0.4
+    daemon = forwarder.start(delivery_concurrency="4", destination_concurrency="2")
+    ids = [f"<busy-{n}@sender.test>" for n in range(9)]
+    for mid in ids:
+        assert (
+            send(
+                daemon.port,
+                SENDER,
+                [f"busy@{DOMAIN}"],
+                make_message(message_id=mid, to=f"busy@{DOMAIN}"),
+            )
+            == {}
+        )
+    forwarder.peers.wait_for_ids(ids)
+    assert forwarder.peers.most_in_data[DEST1] == 2
+    assert message_id_counts(forwarder.peers.received) == dict.fromkeys(ids, 1)
+
+
 # -- two nodes on one PostgreSQL ---------------------------------------------------------
 
 

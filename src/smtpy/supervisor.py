@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from smtpy import listeners, log
 from smtpy.config import Settings
 from smtpy.errors import SmtpyError
+from smtpy.store.db import dialect
 
 logger = log.get("smtpy.supervisor")
 
@@ -64,7 +65,6 @@ PRELOAD = (
     "smtpy.upkeep",
     "smtpy.metrics",
     "aiosmtplib",
-    "psycopg",
 )
 
 
@@ -104,7 +104,7 @@ class Supervisor:
             tls_context(self.settings)  # a bad certificate fails here, once, not in every process
             self._resume_deliveries()
             metrics_dir = self._share_metrics()
-            _preload()
+            _preload(postgres=dialect(self.settings.database_url) == "postgresql")
             self._sockets = listeners.bind(self.settings.listen)
             for index in range(1, self.processes + 1):
                 self._start(index, ready_write)
@@ -243,13 +243,11 @@ class Supervisor:
     # -- a serving process -------------------------------------------------
 
     def _child_main(self, index: int, ready_write: int) -> int:
-        import structlog
-
         from smtpy.daemon import Daemon
 
         os.environ.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-        structlog.contextvars.bind_contextvars(process=index)  # on every event of this process
+        log.bind(process=index)  # on every event of this process
         settings = self.settings.model_copy(update={"node_name": self.node_name(index)})
 
         def ready(status: str) -> None:
@@ -279,8 +277,10 @@ class Supervisor:
             sys.stderr.flush()
 
 
-def _preload() -> None:
+def _preload(*, postgres: bool) -> None:
     """Import what serving needs before the forks, so the processes share those pages.
+
+    The PostgreSQL driver only for a PostgreSQL store: a SQLite one never loads it.
 
     `gc.freeze()` keeps the collector from writing to the imported objects'
     headers in each process, which would copy the shared pages one by one.
@@ -288,7 +288,7 @@ def _preload() -> None:
     import gc
     import importlib
 
-    for module in PRELOAD:
+    for module in (*PRELOAD, "psycopg") if postgres else PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
     gc.freeze()

@@ -2,9 +2,11 @@
 
 One scheduler per node claims due deliveries in batches (up to the free
 concurrency), groups those of one message with the same destination domain
-into one SMTP transaction, and runs the transactions as tasks. Results and
-any bounce they cause are written in one transaction. A heartbeat renews the
-leases of what is in flight; stopping returns it to the queue at once.
+into one SMTP transaction, and runs the transactions as tasks, at most
+`destination_concurrency` at once per destination domain; a group beyond that
+waits in memory, still leased, for the next free slot of its destination.
+Results and any bounce they cause are written in one transaction. A heartbeat
+renews the leases of what is held; stopping returns it to the queue at once.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +49,7 @@ logger = log.get("smtpy.deliver")
 POLL_SECONDS = 1.0
 HEARTBEAT_SECONDS = 30.0
 SIGNER_TTL = 30.0
+WAITING_DATA_MAX = 256 * 1024  # a waiting group keeps a message this small in memory
 
 
 @dataclass(frozen=True)
@@ -119,9 +122,7 @@ def group_claims(claims: Sequence[Claimed]) -> list[list[Claimed]]:
 def unforwardable(group: Sequence[Claimed], reason: str) -> list[Outcome]:
     """A permanent failure for every recipient of a message that cannot be prepared to send."""
     reply = f"message cannot be forwarded: {reason}"
-    return [
-        Outcome(claim.recipient, "failed", None, reply[:300], None, "5.6.0") for claim in group
-    ]
+    return [Outcome(claim.recipient, "failed", None, reply[:300], None, "5.6.0") for claim in group]
 
 
 def bounce_message(
@@ -179,8 +180,13 @@ class DeliveryWorker:
         self.deliverer = deliverer
         self.signers = signers
         self._wake = asyncio.Event()
-        self._inflight: dict[int, Claimed] = {}
+        self._inflight: dict[int, Claimed] = {}  # leased here: running or waiting
+        self._running = 0  # deliveries in transactions now (at most settings.concurrency)
         self._busy: Counter[str] = Counter()  # transactions in flight per destination domain
+        # Groups leased here waiting for a slot of their destination, with their
+        # message when it is small; a finished transaction starts the next at once.
+        self._waiting: dict[str, deque[tuple[list[Claimed], bytes | None]]] = {}
+        self._waiting_count = 0  # deliveries in _waiting (at most settings.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._reserved = 0  # slots promised to messages being queued here (`queue`)
@@ -197,14 +203,13 @@ class DeliveryWorker:
     async def queue(self, message: NewMessage) -> None:
         """Queue a message received here; return once it is durably committed.
 
-        When this node has a free slot for each of its destinations, the
-        deliveries are committed already leased to it and start at once with
-        the message in memory: no claim, no reading the message back.
+        When this node can take every delivery (a free slot, or room to wait
+        for its busy destination), they are committed already leased to it and
+        go out with the message in memory: no claim, no reading it back.
         Otherwise they are queued due now and claimed like any other.
         """
         wanted = len(message.deliveries)
-        saturated = self._saturated()
-        if not self._room(wanted) or any(d.domain in saturated for d in message.deliveries):
+        if not self._can_take(message.deliveries):
             await self.store.enqueue(message)
             self.wake()
             return
@@ -217,19 +222,31 @@ class DeliveryWorker:
             self._reserved -= wanted
         await self._start(group_claims(claims), data=message.data)
 
+    def _can_take(self, deliveries: Sequence[NewDelivery]) -> bool:
+        """Whether `deliveries` can start here now or wait for their busy destination."""
+        if self._stopping:
+            return False
+        limit = self.settings.destination_concurrency
+        waiting = sum(1 for d in deliveries if self._busy[d.domain] >= limit)
+        if waiting and (
+            self._waiting_count + waiting > self.settings.concurrency
+            or any(len(self._waiting.get(d.domain, ())) >= limit for d in deliveries)
+        ):
+            return False
+        return self._room(len(deliveries) - waiting)
+
     def _room(self, deliveries: int) -> bool:
         """Whether this node has slots for `deliveries` more deliveries at once."""
         if self._stopping:
             return False
-        taken = len(self._inflight) + self._reserved
-        return taken + deliveries <= self.settings.concurrency
+        return self._running + self._reserved + deliveries <= self.settings.concurrency
 
     async def run(self) -> None:
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
             while not self._stopping:
                 self._wake.clear()
-                free = self.settings.concurrency - len(self._inflight) - self._reserved
+                free = self.settings.concurrency - self._running - self._reserved
                 claimed: list[Claimed] = []
                 if free > 0:
                     saturated = self._saturated()
@@ -263,23 +280,31 @@ class DeliveryWorker:
     async def _start(self, groups: list[list[Claimed]], data: bytes | None = None) -> None:
         """Deliver each group, within each destination's limit; give the rest back to the queue.
 
-        A delivery that waited here for a slow destination's slot would hold one
-        of the node's slots, and enough of them would stall every other domain.
-        `data` is the message's content when the groups all belong to a message
-        still in memory.
+        A group whose destination is at its limit waits here for one of its
+        slots, up to that limit again; waiting does not take one of the node's
+        slots, so a slow destination never stalls the others. What cannot wait
+        goes back to the queue. `data` is the message's content when the
+        groups all belong to a message still in memory.
         """
         surplus: list[int] = []
+        limit = self.settings.destination_concurrency
         for group in groups:
             domain = group[0].domain
-            if self._busy[domain] >= self.settings.destination_concurrency:
-                surplus.extend(claim.id for claim in group)
+            if self._busy[domain] < limit:
+                self._launch(group, data)
                 continue
-            self._busy[domain] += 1
-            for claim in group:
-                self._inflight[claim.id] = claim
-            task = asyncio.create_task(self._deliver(group, data))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            waiting = self._waiting.setdefault(domain, deque())
+            if (
+                len(waiting) < limit
+                and self._waiting_count + len(group) <= self.settings.concurrency
+            ):
+                kept = data if data is not None and len(data) <= WAITING_DATA_MAX else None
+                waiting.append((group, kept))
+                self._waiting_count += len(group)
+                for claim in group:
+                    self._inflight[claim.id] = claim
+            else:
+                surplus.extend(claim.id for claim in group)
         if surplus:
             self._backlog = True
             try:
@@ -288,6 +313,26 @@ class DeliveryWorker:
                 )
             except Exception as exc:  # the leases run out and the deliveries come back
                 logger.error("release_failed", deliveries=len(surplus), error=str(exc))
+
+    def _launch(self, group: list[Claimed], data: bytes | None) -> None:
+        self._busy[group[0].domain] += 1
+        self._running += len(group)
+        for claim in group:
+            self._inflight[claim.id] = claim
+        task = asyncio.create_task(self._deliver(group, data))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _next_waiting(self, domain: str) -> None:
+        """A transaction to `domain` finished: start the group waiting for its slot."""
+        waiting = self._waiting.get(domain)
+        if not waiting:
+            return
+        group, data = waiting.popleft()
+        if not waiting:
+            del self._waiting[domain]
+        self._waiting_count -= len(group)
+        self._launch(group, data)
 
     async def stop(self, grace: float = 10.0) -> None:
         """Let in-flight transactions finish for `grace` seconds, then return the rest to the queue."""
@@ -298,6 +343,8 @@ class DeliveryWorker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        self._waiting.clear()
+        self._waiting_count = 0
         ids = list(self._inflight)  # with those settled during the grace: release skips them
         if ids:
             returned = await self.store.call(
@@ -375,12 +422,14 @@ class DeliveryWorker:
                 error=str(exc)[:300],
             )
         finally:
+            self._running -= len(group)
             self._busy[first.domain] -= 1
             if self._busy[first.domain] <= 0:
                 del self._busy[first.domain]
             if not self._stopping:
                 for claim in group:
                     self._inflight.pop(claim.id, None)
+                self._next_waiting(first.domain)
                 if self._backlog:
                     self._wake.set()  # a slot is free: claim waiting work now, not at the next poll
 

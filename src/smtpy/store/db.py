@@ -49,12 +49,17 @@ def sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///"))
 
 
+def dialect(url: str) -> str:
+    """The store a database URL names: "sqlite" or "postgresql"."""
+    return "sqlite" if url.startswith("sqlite:") else "postgresql"
+
+
 class Database:
     """A connection to the store with small helpers for plain SQL."""
 
     def __init__(self, url: str, *, check_schema: bool = True) -> None:
         self.url = url
-        self.dialect = "sqlite" if url.startswith("sqlite:") else "postgresql"
+        self.dialect = dialect(url)
         self._sql_cache: dict[str, str] = {}
         self._depth = (
             0  # nesting of transaction(): 0 outside, 1 in the transaction, >1 in savepoints
