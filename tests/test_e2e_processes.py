@@ -70,6 +70,12 @@ def test_two_processes_share_the_work_and_stop_cleanly(forwarder: Forwarder) -> 
         "node-0.2",
     }
 
+    # Once the processes serve, the supervisor is a small program of its own.
+    assert daemon.proc is not None
+    status = Path(f"/proc/{daemon.proc.pid}/status").read_text()
+    rss_kb = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+    assert rss_kb < 30_000, f"the supervisor holds {rss_kb} kB"
+
     stream = Stream([daemon.port], count=80, threads=8).start()
     accepted = stream.join()
     assert len(accepted) == 80

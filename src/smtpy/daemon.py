@@ -27,6 +27,7 @@ from smtpy.errors import ConfigError, SmtpyError
 from smtpy.route import DomainRules
 from smtpy.srs import SRS
 from smtpy.storethread import StoreThread
+from smtpy.watcher import PROCESS_VAR, notify_systemd
 
 logger = log.get("smtpy.daemon")
 
@@ -87,17 +88,6 @@ def _inbound_checker(settings: Settings, lookups: Any) -> Any:
             from_rewrite=settings.from_rewrite,
         ),
     )
-
-
-def notify_systemd(state: str) -> None:
-    """sd_notify(3) without a dependency: a datagram to $NOTIFY_SOCKET."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(state.encode(), address)
 
 
 class Daemon:
@@ -282,6 +272,11 @@ def run(settings: Settings, *, reload: Callable[[], Settings] | None = None) -> 
     With SMTPY_PROCESSES above 1 a supervisor runs that many serving processes.
     """
     log.configure(settings.log_level)
+    restarted = os.environ.pop(PROCESS_VAR, None)
+    if restarted is not None:  # one of several serving processes, started again
+        from smtpy.supervisor import serve_restarted
+
+        return serve_restarted(settings, restarted, reload)
     processes = settings.process_count()
     if processes > 1:
         from smtpy.supervisor import Supervisor

@@ -10,20 +10,18 @@ Events carry the queue id, addresses and remote replies; never message bodies,
 keys or secrets. Each line goes out in one write, so the lines of several
 serving processes sharing stderr never interleave.
 
-Our own few lines rather than a logging framework: a serving process imports
-nothing for its logs (structlog brought rich and pygments, 5 MB in each
-process) and an event costs one dict and one `json` call.
+Our own few lines rather than a logging framework: a process imports nothing
+but `json` for its logs (structlog brought rich and pygments, 5 MB in each
+serving process; the supervisor's watcher imports this module too) and an
+event costs one dict and one `json` call.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
-import traceback
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
@@ -72,9 +70,7 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
     as_json = (not sys.stderr.isatty()) if json is None else json
     _threshold = LEVELS.get(level, LEVELS["info"])
     colour = sys.stderr.isatty()
-    _render = _json if as_json else partial(_console, colour=colour)
-    # aiosmtpd logs every command at INFO through the standard library: keep it quiet.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    _render = _json if as_json else lambda record: _console(record, colour=colour)
 
 
 def bind(**fields: Any) -> None:
@@ -113,6 +109,8 @@ def _emit(level: str, event: str, fields: dict[str, Any]) -> None:
     record = {**_context, **fields, "event": event, "level": level}
     record["timestamp"] = _timestamp()
     if exc_info:
+        import traceback
+
         record["exception"] = traceback.format_exc().rstrip()
     stream = sys.stderr
     stream.write(_render(record) + "\n")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import re
 import ssl
 import time
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from smtpy.authcheck.inbound import InboundChecker, SpfCheck
 
 logger = log.get("smtpy.receive")
+# aiosmtpd logs every command at INFO through the standard library: keep it quiet.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 # Replies, generic and tagged (RFC 3463); details go to the log.
 OK_SENDER = "250 2.1.0 Sender OK"

@@ -12,10 +12,10 @@ them, and watches them:
   returns its in-flight deliveries to the queue, and the supervisor exits 0
   once all have. SIGHUP goes to every process (reload without dropping
   sessions).
-- A process that dies is started again at once; its deliveries come back
-  to the queue as it starts. A process that keeps dying (more than
-  `MAX_RESTARTS` in `RESTART_WINDOW` seconds) or reports a configuration
-  error stops the whole daemon with its exit code, as systemd expects.
+- Once every process serves, the supervisor becomes a small program of its
+  own (`smtpy.watcher`, by exec): it starts a process that dies again at
+  once, and stops the daemon when one keeps dying or reports a configuration
+  error.
 
 Nothing but the supervisor's own bookkeeping runs in the parent: no thread is
 started before the forks, and the store is touched only to resume the
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -34,20 +35,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from smtpy import listeners, log
 from smtpy.config import Settings
 from smtpy.errors import SmtpyError
 from smtpy.store.db import dialect
+from smtpy.watcher import SIGNALS, STATE_VAR, Child, Watcher, notify_systemd, reap
 
 logger = log.get("smtpy.supervisor")
 
 READY_TIMEOUT = 60.0
-STOP_TIMEOUT = 30.0  # after SIGTERM, before SIGKILL
-RESTART_WINDOW = 60.0
-MAX_RESTARTS = 5
-_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 # The modules a serving process imports as it starts.
 PRELOAD = (
     "smtpy.receive",
@@ -68,13 +65,6 @@ PRELOAD = (
 )
 
 
-@dataclass
-class _Child:
-    index: int
-    pid: int
-    started: float
-
-
 class Supervisor:
     def __init__(
         self,
@@ -86,18 +76,17 @@ class Supervisor:
         self.settings = settings
         self.processes = processes
         self._reload = reload
-        self._children: dict[int, _Child] = {}
-        self._restarts: list[float] = []
+        self._children: dict[int, Child] = {}
         self._sockets: list[socket.socket] = []
 
     def node_name(self, index: int) -> str:
         return f"{self.settings.node_name}.{index}"
 
     def run(self) -> int:
-        from smtpy.daemon import notify_systemd, tls_context
+        from smtpy.daemon import tls_context
 
         # Signals wait (sigtimedwait) from now on: a SIGTERM during start-up stops cleanly.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         ready_read, ready_write = os.pipe()
         metrics_dir: str | None = None
         try:
@@ -106,11 +95,19 @@ class Supervisor:
             metrics_dir = self._share_metrics()
             _preload(postgres=dialect(self.settings.database_url) == "postgresql")
             self._sockets = listeners.bind(self.settings.listen)
+            watcher = Watcher(
+                command=[sys.executable, *sys.orig_argv[1:]],
+                sockets=[sock.fileno() for sock in self._sockets],
+                ready=(ready_read, ready_write),
+                children=self._children,
+                metrics_dir=metrics_dir,
+                log_level=self.settings.log_level,
+            )
             for index in range(1, self.processes + 1):
                 self._start(index, ready_write)
             code = self._wait_ready(ready_read)
             if code is not None:
-                return self._stop_all(code)
+                return watcher.stop_all(code)
             addresses = ", ".join(f"{h}:{p}" for h, p in self.settings.listen)
             logger.info(
                 "started",
@@ -119,9 +116,9 @@ class Supervisor:
                 node=self.settings.node_name,
             )
             notify_systemd(f"READY=1\nSTATUS={self.processes} processes listening on {addresses}")
-            code = self._watch(ready_write)
-            notify_systemd("STOPPING=1")
-            return self._stop_all(code)
+            _become(watcher)  # returns only if the exec failed: watch from here
+            metrics_dir = None  # the watcher removes it
+            return watcher.run()
         finally:
             if metrics_dir is not None:
                 shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -129,7 +126,7 @@ class Supervisor:
             os.close(ready_write)
             for sock in self._sockets:
                 sock.close()
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 
     # -- the parent --------------------------------------------------------
 
@@ -160,7 +157,7 @@ class Supervisor:
         pid = os.fork()
         if pid == 0:
             os._exit(self._child_main(index, ready_write))
-        self._children[pid] = _Child(index, pid, time.monotonic())
+        self._children[pid] = Child(index, pid, time.monotonic())
 
     def _wait_ready(self, ready_read: int) -> int | None:
         """Wait until every process serves; an exit code if one failed instead."""
@@ -173,7 +170,7 @@ class Supervisor:
                     waiting.discard(byte)
             if not waiting:
                 break
-            for pid, code in _reap():
+            for pid, code in reap():
                 child = self._children.pop(pid, None)
                 if child is not None:
                     logger.error("process_failed_to_start", process=child.index, exit_code=code)
@@ -182,99 +179,86 @@ class Supervisor:
             if remaining <= 0:
                 logger.error("start_timeout", waiting=sorted(waiting), seconds=READY_TIMEOUT)
                 return 1
-            info = signal.sigtimedwait(_SIGNALS, min(remaining, 0.05))
+            info = signal.sigtimedwait(SIGNALS, min(remaining, 0.05))
             if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
                 return 0
         return None
 
-    def _watch(self, ready_write: int) -> int:
-        """Until SIGTERM: forward SIGHUP, start again what dies; the exit code to stop with."""
-        while True:
-            info = signal.sigtimedwait(_SIGNALS, 5.0)
-            signo = info.si_signo if info is not None else None
-            if signo in (signal.SIGTERM, signal.SIGINT):
-                logger.info("stopping", processes=len(self._children))
-                return 0
-            if signo == signal.SIGHUP:
-                self._signal_all(signal.SIGHUP)
-                continue
-            for pid, code in _reap():
-                child = self._children.pop(pid, None)
-                if child is None:
-                    continue
-                logger.error("process_died", process=child.index, pid=pid, exit_code=code)
-                if code == 2:  # a configuration error: starting again would fail the same way
-                    return 2
-                now = time.monotonic()
-                self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW]
-                if len(self._restarts) >= MAX_RESTARTS:
-                    logger.error(
-                        "giving_up", reason=f"{MAX_RESTARTS} restarts in {RESTART_WINDOW:.0f} s"
-                    )
-                    return 1
-                self._restarts.append(now)
-                self._start(child.index, ready_write)
-
-    def _stop_all(self, code: int) -> int:
-        self._signal_all(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while self._children and time.monotonic() < deadline:
-            for pid, child_code in _reap():
-                if self._children.pop(pid, None) is not None and child_code:
-                    code = code or child_code
-            if self._children:
-                signal.sigtimedwait([signal.SIGCHLD], 0.1)
-        if self._children:
-            logger.error("killing", processes=sorted(c.index for c in self._children.values()))
-            self._signal_all(signal.SIGKILL)
-            for pid in list(self._children):
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
-            self._children.clear()
-            code = code or 1
-        logger.info("stopped", exit_code=code)
-        return code
-
-    def _signal_all(self, signo: int) -> None:
-        for pid in self._children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signo)
-
     # -- a serving process -------------------------------------------------
 
     def _child_main(self, index: int, ready_write: int) -> int:
-        from smtpy.daemon import Daemon
+        return serve_process(
+            self.settings,
+            index,
+            sockets=self._sockets,
+            ready_write=ready_write,
+            reload=self._reload,
+        )
 
-        os.environ.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-        log.bind(process=index)  # on every event of this process
-        settings = self.settings.model_copy(update={"node_name": self.node_name(index)})
 
-        def ready(status: str) -> None:
-            os.write(ready_write, bytes([index]))
+def serve_process(
+    settings: Settings,
+    index: int,
+    *,
+    sockets: list[socket.socket],
+    ready_write: int,
+    reload: Callable[[], Settings] | None,
+) -> int:
+    """Serving process `index` (forked, or started again by the watcher); its exit code."""
+    from smtpy.daemon import Daemon
 
-        try:
-            daemon = Daemon(
-                settings,
-                reload=self._reload,
-                sockets=self._sockets,
-                ready=ready,
-                serve_metrics=index == 1,
-            )
-            return asyncio.run(daemon.serve())
-        except SmtpyError as exc:
-            print(f"smtpy: error: {exc}", file=sys.stderr)
-            return exc.exit_code
-        except KeyboardInterrupt:
-            return 0
-        except BaseException as exc:
-            logger.error(
-                "process_crashed", process=index, error_type=type(exc).__name__, error=str(exc)
-            )
-            return 1
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
+    os.environ.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+    log.bind(process=index)  # on every event of this process
+    settings = settings.model_copy(update={"node_name": f"{settings.node_name}.{index}"})
+
+    def ready(status: str) -> None:
+        os.write(ready_write, bytes([index]))
+
+    try:
+        daemon = Daemon(
+            settings, reload=reload, sockets=sockets, ready=ready, serve_metrics=index == 1
+        )
+        return asyncio.run(daemon.serve())
+    except SmtpyError as exc:
+        print(f"smtpy: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 0
+    except BaseException as exc:
+        logger.error(
+            "process_crashed", process=index, error_type=type(exc).__name__, error=str(exc)
+        )
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def serve_restarted(settings: Settings, spec: str, reload: Callable[[], Settings] | None) -> int:
+    """A serving process the watcher started again: its index and descriptors are in `spec`."""
+    given = json.loads(spec)
+    sockets = [socket.socket(fileno=fd) for fd in given["sockets"]]
+    return serve_process(
+        settings, given["index"], sockets=sockets, ready_write=given["ready"], reload=reload
+    )
+
+
+def _become(watcher: Watcher) -> None:
+    """Replace this process with the small watcher program (keeping its pid and children).
+
+    The sockets and the ready pipe stay open across the exec, for the
+    processes the watcher starts again. Returns only if the exec failed.
+    """
+    for fd in (*watcher.sockets, *watcher.ready):
+        os.set_inheritable(fd, True)
+    env = {**os.environ, STATE_VAR: watcher.to_json()}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, [sys.executable, "-P", "-m", "smtpy.watcher"], env)  # noqa: S606
+    except OSError as exc:
+        logger.warning("watcher_exec_failed", error=str(exc), consequence="watching from here")
 
 
 def _preload(*, postgres: bool) -> None:
@@ -292,17 +276,3 @@ def _preload(*, postgres: bool) -> None:
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
     gc.freeze()
-
-
-def _reap() -> list[tuple[int, int]]:
-    """(pid, exit code) of every child that ended, without waiting."""
-    ended: list[tuple[int, int]] = []
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return ended
-        if pid == 0:
-            return ended
-        code = os.waitstatus_to_exitcode(status)
-        ended.append((pid, code if code >= 0 else 1))  # killed by a signal: a failure
