@@ -12,9 +12,11 @@ times faster than dkimpy's pure-Python RSA, and byte-identical to it
 
 What is signed:
 
-- The message as it goes on the wire: LF line endings are turned into CRLF
-  and a body that does not end with a line break gets one (SMTP adds it), so
-  the signature verifies on what the receiver sees. Header fields and body
+- The message as it goes on the wire: bare LF and CR line endings become
+  CRLF (`smtpy.smtpdata.crlf_line_endings`, as DATA sends them) and a body
+  that does not end with a line break gets one (SMTP adds it), so the
+  signature verifies on what the receiver sees. A caller that has the
+  message in CRLF form already says so (`crlf=True`) and saves the scan. Header fields and body
   may hold 8-bit UTF-8 (RFC 6532): canonicalization works on bytes.
 - The header fields of `SIGNED_HEADERS` that the message has, each occurrence,
   in message order, plus one more `from` than there are From fields
@@ -49,6 +51,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 
 from smtpy.dkimkeys import Algorithm, check_algorithm, load_private_key, validate_selector
 from smtpy.errors import InvalidInput
+from smtpy.smtpdata import crlf_line_endings
 
 __all__ = [
     "OVERSIGNED_HEADERS",
@@ -63,7 +66,6 @@ __all__ = [
     "message_body_hash",
     "signed_names",
     "split_fields",
-    "to_crlf",
 ]
 
 #: Header fields signed when present: RFC 6376 §5.4.1's list plus
@@ -159,18 +161,25 @@ class Signer:
         return next((key for key in self._keys if key.a_tag == "rsa-sha256"), None)
 
     def sign(
-        self, message: bytes, *, timestamp: int | None = None, body_hash: bytes | None = None
+        self,
+        message: bytes,
+        *,
+        timestamp: int | None = None,
+        body_hash: bytes | None = None,
+        crlf: bool = False,
     ) -> bytes:
         """Return the DKIM-Signature header fields for `message`, one per key.
 
         The result ends with CRLF and goes in front of the message; `message`
         may use LF or CRLF line endings. `timestamp` (Unix seconds, default
         now) goes into t=. `body_hash` is `message_body_hash(message)` when the
-        caller has it already (the ARC seal needs the same one).
+        caller has it already (the ARC seal needs the same one); `crlf` that
+        the message has CRLF line endings only (no need to check).
         """
         if not self._keys:
             return b""
-        message = to_crlf(message)
+        if not crlf:
+            message = crlf_line_endings(message)
         fields, body = split_fields(message)
         names = signed_names(fields)
         header_data = canonical_headers(fields, names)
@@ -230,23 +239,16 @@ def _check_domain(domain: str) -> str:
     return name
 
 
-def message_body_hash(message: bytes) -> bytes:
+def message_body_hash(message: bytes, *, crlf: bool = False) -> bytes:
     """The bh= value of a message: base64 SHA-256 of its relaxed canonical body."""
-    message = to_crlf(message)
+    if not crlf:
+        message = crlf_line_endings(message)
     if message.startswith(_CRLF):
         body = message[2:]
     else:
         end = message.find(b"\r\n\r\n")
         body = b"" if end == -1 else message[end + 4 :]
     return base64.b64encode(hashlib.sha256(canonical_body(body)).digest())
-
-
-def to_crlf(message: bytes) -> bytes:
-    """Turn every bare LF into CRLF (the form the message has on the wire)."""
-    lf = message.count(b"\n")
-    if lf and lf != message.count(_CRLF):
-        message = message.replace(_CRLF, b"\n").replace(b"\n", _CRLF)
-    return message
 
 
 def split_fields(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:

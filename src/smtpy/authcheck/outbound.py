@@ -16,6 +16,7 @@ from __future__ import annotations
 from smtpy.authcheck.fromrewrite import rewrite_from, wants_rewrite
 from smtpy.authcheck.seal import seal
 from smtpy.sign import Signer, message_body_hash
+from smtpy.smtpdata import crlf_line_endings
 
 __all__ = ["outgoing"]
 
@@ -32,9 +33,11 @@ def outgoing(
     """The message as it goes on the wire to one alias's destinations."""
     if from_display is not None and len(signer) and wants_rewrite(data):
         data = rewrite_from(data, address=alias, display=from_display)
+    # Line endings checked once here, not by each signature (a scan of the message each).
+    data = crlf_line_endings(data)
     key = sealer.seal_key() if sealer is not None else None
     if key is None:
-        return signer.sign(data) + data
-    body_hash = message_body_hash(data)  # once for both: the signatures cover the same body
-    signed = signer.sign(data, body_hash=body_hash) + data
-    return seal(signed, key, authserv_id=authserv_id, body_hash=body_hash) + signed
+        return signer.sign(data, crlf=True) + data
+    body_hash = message_body_hash(data, crlf=True)  # once for both: they cover the same body
+    signed = signer.sign(data, body_hash=body_hash, crlf=True) + data
+    return seal(signed, key, authserv_id=authserv_id, body_hash=body_hash, crlf=True) + signed

@@ -33,8 +33,8 @@ from smtpy.sign import (
     fold,
     signed_names,
     split_fields,
-    to_crlf,
 )
+from smtpy.smtpdata import crlf_line_endings
 
 __all__ = ["MAX_INSTANCE", "chain_status", "seal"]
 
@@ -83,12 +83,15 @@ def seal(
     authserv_id: str,
     timestamp: int | None = None,
     body_hash: bytes | None = None,
+    crlf: bool = False,
 ) -> bytes:
     """The ARC set for `message` signed with `key`, CRLF-terminated fields to put
     on top of it; b"" when the message cannot be sealed (see the module doc).
 
-    `body_hash` is `smtpy.sign.message_body_hash(message)` if the caller has it."""
-    message = to_crlf(message)
+    `body_hash` is `smtpy.sign.message_body_hash(message)` if the caller has it;
+    `crlf` says the message has CRLF line endings only (no need to check)."""
+    if not crlf:
+        message = crlf_line_endings(message)
     fields, body = split_fields(message)
     results = _own_results(fields, authserv_id)
     if results is None:
