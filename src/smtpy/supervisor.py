@@ -79,9 +79,6 @@ class Supervisor:
         self._children: dict[int, Child] = {}
         self._sockets: list[socket.socket] = []
 
-    def node_name(self, index: int) -> str:
-        return f"{self.settings.node_name}.{index}"
-
     def run(self) -> int:
         from smtpy.daemon import tls_context
 

@@ -293,13 +293,12 @@ class DeliveryWorker:
             if self._busy[domain] < limit:
                 self._launch(group, data)
                 continue
-            waiting = self._waiting.setdefault(domain, deque())
             if (
-                len(waiting) < limit
+                len(self._waiting.get(domain, ())) < limit
                 and self._waiting_count + len(group) <= self.settings.concurrency
             ):
                 kept = data if data is not None and len(data) <= WAITING_DATA_MAX else None
-                waiting.append((group, kept))
+                self._waiting.setdefault(domain, deque()).append((group, kept))
                 self._waiting_count += len(group)
                 for claim in group:
                     self._inflight[claim.id] = claim
