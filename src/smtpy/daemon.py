@@ -146,6 +146,8 @@ class Daemon:
 
             from smtpy import metrics
 
+            if settings.metrics_listen is not None:
+                metrics.enable()  # every process counts; the first one serves the sums
             lookups = Lookups(
                 make_resolver(settings.dns_nameservers, timeout=settings.dns_timeout),
                 observe=metrics.dns_observed,

@@ -1,7 +1,8 @@
 """Prometheus metrics of `smtpy serve`, served on GET /metrics when SMTPY_METRICS_LISTEN is set.
 
 Counters and histograms live in prometheus_client's default registry and are
-updated where things happen, at the cost of one increment:
+updated where things happen, at the cost of one increment; without
+SMTPY_METRICS_LISTEN nothing is counted and prometheus_client is not loaded:
 
     smtpy_smtp_sessions_total                       SMTP connections accepted
     smtpy_messages_total{result, reason}            received / discarded / rejected /
@@ -32,14 +33,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.registry import Collector
-
 from smtpy import log
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import GaugeMetricFamily
+
     from smtpy.store.db import Database
     from smtpy.storethread import StoreThread
 
@@ -50,65 +49,100 @@ QUEUE_STATES = ("active", "deferred", "held")  # as smtpy.queue.queue_depth coun
 _REQUEST_LIMIT = 8192
 _REQUEST_TIMEOUT = 5.0
 
-SESSIONS = Counter("smtpy_smtp_sessions", "SMTP connections accepted.")
-MESSAGES = Counter(
-    "smtpy_messages",
-    "Messages received or discarded, and refusals (per recipient at RCPT), by result and reason.",
-    ["result", "reason"],
-)
-DELIVERIES = Counter("smtpy_deliveries", "Delivery attempts per recipient, by result.", ["result"])
-DELIVERY_SECONDS = Histogram(
-    "smtpy_delivery_duration_seconds",
-    "Duration of one delivery transaction (MX lookup, connection, SMTP).",
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
-)
-DNS_SECONDS = Histogram(
-    "smtpy_dns_lookup_duration_seconds",
-    "Duration of DNS queries sent to the resolvers, by record type.",
-    ["type"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
 
-_RECEIVED = MESSAGES.labels("received", "queued")
-_DISCARDED = MESSAGES.labels("discarded", "discard_rule")
-# Children by label value: `labels()` costs more than the increment itself.
-_DELIVERY_RESULTS = {r: DELIVERIES.labels(r) for r in ("delivered", "deferred", "failed")}
-_DNS_TYPES: dict[str, Any] = {}
+class _Metrics:
+    """The counters and histograms, in prometheus_client's default registry."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.sessions = Counter("smtpy_smtp_sessions", "SMTP connections accepted.")
+        self.messages = Counter(
+            "smtpy_messages",
+            "Messages received or discarded, and refusals (per recipient at RCPT), "
+            "by result and reason.",
+            ["result", "reason"],
+        )
+        deliveries = Counter(
+            "smtpy_deliveries", "Delivery attempts per recipient, by result.", ["result"]
+        )
+        self.deliveries = deliveries
+        self.delivery_seconds = Histogram(
+            "smtpy_delivery_duration_seconds",
+            "Duration of one delivery transaction (MX lookup, connection, SMTP).",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+        )
+        self.dns_seconds = Histogram(
+            "smtpy_dns_lookup_duration_seconds",
+            "Duration of DNS queries sent to the resolvers, by record type.",
+            ["type"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.received = self.messages.labels("received", "queued")
+        self.discarded = self.messages.labels("discarded", "discard_rule")
+        # Children by label value: `labels()` costs more than the increment itself.
+        self.delivery_results = {
+            r: deliveries.labels(r) for r in ("delivered", "deferred", "failed")
+        }
+        self.dns_types: dict[str, Any] = {}
+
+
+_metrics: _Metrics | None = None  # None: nothing is counted (no SMTPY_METRICS_LISTEN)
+
+
+def enable() -> None:
+    """Count from now on (SMTPY_METRICS_LISTEN is set); loads prometheus_client.
+
+    Without a listener nobody could read the counters: the hooks below do
+    nothing, and a serving process does not load prometheus_client at all.
+    """
+    global _metrics
+    if _metrics is None:
+        _metrics = _Metrics()
 
 
 # -- what the pipeline calls ----------------------------------------------------------
 
 
 def session_opened() -> None:
-    SESSIONS.inc()
+    if _metrics is not None:
+        _metrics.sessions.inc()
 
 
 def message_received() -> None:
-    _RECEIVED.inc()
+    if _metrics is not None:
+        _metrics.received.inc()
 
 
 def message_discarded() -> None:
-    _DISCARDED.inc()
+    if _metrics is not None:
+        _metrics.discarded.inc()
 
 
 def message_refused(reply: str, reason: str) -> None:
     """A refusal sent to a client: `rejected` for 5xx, `tempfail` for 4xx."""
-    MESSAGES.labels("tempfail" if reply[:1] == "4" else "rejected", reason).inc()
+    if _metrics is not None:
+        result = "tempfail" if reply[:1] == "4" else "rejected"
+        _metrics.messages.labels(result, reason).inc()
 
 
 def deliveries_done(results: Sequence[str], seconds: float) -> None:
     """One transaction's results (one per recipient) and how long it took."""
+    if _metrics is None:
+        return
     for result in results:
-        child = _DELIVERY_RESULTS.get(result)
-        (child or DELIVERIES.labels(result)).inc()
-    DELIVERY_SECONDS.observe(seconds)
+        child = _metrics.delivery_results.get(result)
+        (child or _metrics.deliveries.labels(result)).inc()
+    _metrics.delivery_seconds.observe(seconds)
 
 
 def dns_observed(rtype: str, seconds: float) -> None:
     """`Lookups(observe=…)`: one query answered or failed."""
-    child = _DNS_TYPES.get(rtype)
+    if _metrics is None:
+        return
+    child = _metrics.dns_types.get(rtype)
     if child is None:
-        child = _DNS_TYPES.setdefault(rtype, DNS_SECONDS.labels(rtype))
+        child = _metrics.dns_types.setdefault(rtype, _metrics.dns_seconds.labels(rtype))
     child.observe(seconds)
 
 
@@ -130,13 +164,17 @@ def queue_snapshot(db: Database, *, now: float) -> QueueSnapshot:
     return QueueSnapshot(counts, oldest, now)
 
 
-class QueueCollector(Collector):
-    """Yields the queue gauges from the latest snapshot (refreshed by the server)."""
+class QueueCollector:
+    """Yields the queue gauges from the latest snapshot (refreshed by the server).
+
+    A prometheus_client collector: an object with `collect()`."""
 
     def __init__(self) -> None:
         self.snapshot: QueueSnapshot | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        from prometheus_client.core import GaugeMetricFamily
+
         snapshot = self.snapshot
         if snapshot is None:
             return
@@ -207,6 +245,8 @@ class MetricsServer:
 
     async def render(self) -> bytes:
         """The text exposition format, with a queue snapshot at most `cache_seconds` old."""
+        from prometheus_client.exposition import generate_latest
+
         snapshot = self._collector.snapshot
         if snapshot is None or self._clock() - snapshot.taken_at >= self._cache_seconds:
             await self._refresh()
@@ -235,6 +275,8 @@ class MetricsServer:
             if len(request) >= 2 and request[0] in ("GET", "HEAD"):
                 path = request[1].split("?", 1)[0]
                 if path == "/metrics":
+                    from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
                     body = await self.render()
                     status, media_type = "200 OK", CONTENT_TYPE_LATEST
                 else:
@@ -260,10 +302,12 @@ def _registry() -> CollectorRegistry:
     Under a supervisor (SMTPY_PROCESSES > 1) each serving process keeps its
     counters in that directory and the first one serves them all, summed.
     """
+    from prometheus_client import REGISTRY, CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # set by the supervisor
     if not directory:
         return REGISTRY
-    from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]

@@ -90,7 +90,10 @@ class Supervisor:
             tls_context(self.settings)  # a bad certificate fails here, once, not in every process
             self._resume_deliveries()
             metrics_dir = self._share_metrics()
-            _preload(postgres=dialect(self.settings.database_url) == "postgresql")
+            _preload(
+                postgres=dialect(self.settings.database_url) == "postgresql",
+                metrics=metrics_dir is not None,
+            )
             self._sockets = listeners.bind(self.settings.listen)
             watcher = Watcher(
                 command=[sys.executable, *sys.orig_argv[1:]],
@@ -258,10 +261,11 @@ def _become(watcher: Watcher) -> None:
         logger.warning("watcher_exec_failed", error=str(exc), consequence="watching from here")
 
 
-def _preload(*, postgres: bool) -> None:
+def _preload(*, postgres: bool, metrics: bool) -> None:
     """Import what serving needs before the forks, so the processes share those pages.
 
-    The PostgreSQL driver only for a PostgreSQL store: a SQLite one never loads it.
+    The PostgreSQL driver only for a PostgreSQL store, prometheus_client only
+    with SMTPY_METRICS_LISTEN: a process without them never loads them.
 
     `gc.freeze()` keeps the collector from writing to the imported objects'
     headers in each process, which would copy the shared pages one by one.
@@ -269,7 +273,12 @@ def _preload(*, postgres: bool) -> None:
     import gc
     import importlib
 
-    for module in (*PRELOAD, "psycopg") if postgres else PRELOAD:
+    wanted = (
+        *PRELOAD,
+        *(["psycopg"] if postgres else []),
+        *(["prometheus_client"] if metrics else []),
+    )
+    for module in wanted:
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
     gc.freeze()
