@@ -23,6 +23,7 @@ from mailpeers import (
     message_id_counts,
     send,
 )
+from smtpy.store.db import SCHEMA_REVISION, Database
 from test_e2e_queue import Stream
 from test_metrics import samples, scrape, value
 
@@ -143,3 +144,21 @@ def test_a_process_that_cannot_start_stops_the_daemon(forwarder: Forwarder, tmp_
     with pytest.raises(AssertionError, match="exited with 2 at start-up"):
         daemon.start()
     assert "SMTPY_TLS_CERT" in daemon.log_tail()
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_a_new_store_is_created_without_the_migration_tools(
+    forwarder: Forwarder, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'new' / 'smtpy.db'}"
+    daemon = forwarder.start(processes="2", database_url=url)
+    pids = wait_for_children(daemon, 2)
+    with Database(url, check_schema=False) as db:
+        assert db.schema_revision() == SCHEMA_REVISION
+    # The migrations ran in a process of their own: neither the supervisor nor
+    # a serving process carries SQLAlchemy and Alembic (about 30 MB) for life.
+    assert daemon.proc is not None
+    for pid in (daemon.proc.pid, *pids):
+        assert "/sqlalchemy/" not in Path(f"/proc/{pid}/maps").read_text()
+    # Stopped at once, maybe before every process serves: still a clean stop.
+    assert daemon.stop() == 0, daemon.log_tail()

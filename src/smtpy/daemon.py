@@ -26,6 +26,7 @@ from smtpy.config import Settings
 from smtpy.errors import ConfigError, SmtpyError
 from smtpy.route import DomainRules
 from smtpy.srs import SRS
+from smtpy.store.db import Database
 from smtpy.storethread import StoreThread
 from smtpy.watcher import PROCESS_VAR, notify_systemd
 
@@ -279,6 +280,7 @@ def run(settings: Settings, *, reload: Callable[[], Settings] | None = None) -> 
         from smtpy.supervisor import serve_restarted
 
         return serve_restarted(settings, restarted, reload)
+    Database.prepare(settings.database_url)  # a new store: created without staying bigger
     processes = settings.process_count()
     if processes > 1:
         from smtpy.supervisor import Supervisor

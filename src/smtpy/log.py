@@ -11,24 +11,27 @@ keys or secrets. Each line goes out in one write, so the lines of several
 serving processes sharing stderr never interleave.
 
 Our own few lines rather than a logging framework: a process imports nothing
-but `json` for its logs (structlog brought rich and pygments, 5 MB in each
-serving process; the supervisor's watcher imports this module too) and an
-event costs one dict and one `json` call.
+for its logs but `json`, and that only with its first JSON line (structlog
+brought rich and pygments, 5 MB in each serving process; the supervisor's
+small watcher imports this module too, and `typing` only for the type
+checker), and an event costs one dict and one `json` call.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # `typing` itself costs the watcher half a megabyte
+if TYPE_CHECKING:
+    from typing import Any
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 _COLOURS = {"debug": "\x1b[2m", "info": "\x1b[32m", "warning": "\x1b[33m", "error": "\x1b[31;1m"}
 _RESET = "\x1b[0m"
 
-_encode = json.JSONEncoder(default=repr).encode  # bytes and other odd values: their repr
+_encode: Callable[[object], str] | None = None
 
 
 def _timestamp() -> str:
@@ -37,6 +40,11 @@ def _timestamp() -> str:
 
 
 def _json(record: dict[str, Any]) -> str:
+    global _encode
+    if _encode is None:
+        import json
+
+        _encode = json.JSONEncoder(default=repr).encode  # bytes and other odd values: their repr
     return _encode(record)
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -40,7 +39,7 @@ from smtpy import listeners, log
 from smtpy.config import Settings
 from smtpy.errors import SmtpyError
 from smtpy.store.db import dialect
-from smtpy.watcher import SIGNALS, STATE_VAR, Child, Watcher, notify_systemd, reap
+from smtpy.watcher import SIGNALS, Child, Watcher, notify_systemd, parse_process_spec, reap
 
 logger = log.get("smtpy.supervisor")
 
@@ -208,6 +207,10 @@ def serve_process(
     from smtpy.daemon import Daemon
 
     os.environ.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
+    # Until the daemon's own handlers are in place: SIGTERM stops this process
+    # cleanly (KeyboardInterrupt, exit 0), SIGHUP has nothing to reload yet.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     log.bind(process=index)  # on every event of this process
     settings = settings.model_copy(update={"node_name": f"{settings.node_name}.{index}"})
@@ -237,11 +240,9 @@ def serve_process(
 
 def serve_restarted(settings: Settings, spec: str, reload: Callable[[], Settings] | None) -> int:
     """A serving process the watcher started again: its index and descriptors are in `spec`."""
-    given = json.loads(spec)
-    sockets = [socket.socket(fileno=fd) for fd in given["sockets"]]
-    return serve_process(
-        settings, given["index"], sockets=sockets, ready_write=given["ready"], reload=reload
-    )
+    index, fds, ready = parse_process_spec(spec)
+    sockets = [socket.socket(fileno=fd) for fd in fds]
+    return serve_process(settings, index, sockets=sockets, ready_write=ready, reload=reload)
 
 
 def _become(watcher: Watcher) -> None:
@@ -252,11 +253,11 @@ def _become(watcher: Watcher) -> None:
     """
     for fd in (*watcher.sockets, *watcher.ready):
         os.set_inheritable(fd, True)
-    env = {**os.environ, STATE_VAR: watcher.to_json()}
+    argv = [sys.executable, "-P", "-m", "smtpy.watcher", *watcher.to_args()]
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execve(sys.executable, [sys.executable, "-P", "-m", "smtpy.watcher"], env)  # noqa: S606
+        os.execv(sys.executable, argv)  # noqa: S606
     except OSError as exc:
         logger.warning("watcher_exec_failed", error=str(exc), consequence="watching from here")
 

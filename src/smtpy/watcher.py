@@ -4,8 +4,10 @@
 the serving processes, which share those pages. Once they all serve, it
 replaces itself (exec) with this module, so the supervisor no longer holds a
 copy of every page the processes have since written to: about 20 MB less
-with two processes. It imports nothing but the standard library and
-`smtpy.log`.
+with two processes. It imports nothing but a few modules of the standard
+library and `smtpy.log`; its state comes on its command line (which `ps`
+shows), not as JSON, since `json` and the `re` it needs would double what
+it imports.
 
 From then on it forwards SIGHUP to every process, sends SIGTERM to all on
 SIGTERM (and SIGKILL after `STOP_TIMEOUT` seconds), and starts a process that
@@ -19,11 +21,11 @@ descriptors are its sockets). A process that keeps dying (more than
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterable
 
 from smtpy import log
 
@@ -33,8 +35,7 @@ STOP_TIMEOUT = 30.0  # after SIGTERM, before SIGKILL
 RESTART_WINDOW = 60.0
 MAX_RESTARTS = 5
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
-STATE_VAR = "SMTPY_SUPERVISOR_STATE"  # the watcher's state, across its exec
-PROCESS_VAR = "SMTPY_SERVING_PROCESS"  # a restarted process: its index and descriptors
+PROCESS_VAR = "SMTPY_SERVING_PROCESS"  # a restarted process: "index;socket,socket;ready"
 
 
 def notify_systemd(state: str) -> None:
@@ -132,9 +133,7 @@ class Watcher:
     def restart(self, index: int) -> None:
         """Start serving process `index` again: `smtpy serve` anew, as that process."""
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-        env[PROCESS_VAR] = json.dumps(
-            {"index": index, "sockets": self.sockets, "ready": self.ready[1]}
-        )
+        env[PROCESS_VAR] = process_spec(index, self.sockets, self.ready[1])
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -171,34 +170,59 @@ class Watcher:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signo)
 
-    # -- across the exec ----------------------------------------------------
+    # -- across the exec: the watcher's command line ------------------------
 
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "command": self.command,
-                "sockets": self.sockets,
-                "ready": list(self.ready),
-                "children": [[c.index, c.pid, c.started] for c in self.children.values()],
-                "restarts": self.restarts,
-                "metrics_dir": self.metrics_dir,
-                "log_level": self.log_level,
-            }
-        )
+    def to_args(self) -> list[str]:
+        """`key=value` words, then `--` and the daemon's command line."""
+        children = ",".join(f"{c.index}:{c.pid}:{c.started!r}" for c in self.children.values())
+        return [
+            f"sockets={_join(self.sockets)}",
+            f"ready={_join(self.ready)}",
+            f"children={children}",
+            f"restarts={_join(self.restarts)}",
+            f"log_level={self.log_level}",
+            *([f"metrics_dir={self.metrics_dir}"] if self.metrics_dir is not None else []),
+            "--",
+            *self.command,
+        ]
 
     @classmethod
-    def from_json(cls, text: str) -> Watcher:
-        state = json.loads(text)
-        children = [Child(index, pid, started) for index, pid, started in state["children"]]
+    def from_args(cls, args: list[str]) -> Watcher:
+        end = args.index("--")
+        state = dict(word.split("=", 1) for word in args[:end])
+        children = [
+            Child(int(index), int(pid), float(started))
+            for index, pid, started in (c.split(":") for c in _split(state["children"]))
+        ]
+        read, write = (int(fd) for fd in _split(state["ready"]))
         return cls(
-            command=state["command"],
-            sockets=state["sockets"],
-            ready=(state["ready"][0], state["ready"][1]),
+            command=args[end + 1 :],
+            sockets=[int(fd) for fd in _split(state["sockets"])],
+            ready=(read, write),
             children={c.pid: c for c in children},
-            restarts=state["restarts"],
-            metrics_dir=state["metrics_dir"],
+            restarts=[float(t) for t in _split(state["restarts"])],
+            metrics_dir=state.get("metrics_dir"),
             log_level=state["log_level"],
         )
+
+
+def process_spec(index: int, sockets: list[int], ready: int) -> str:
+    """What `PROCESS_VAR` tells a restarted serving process."""
+    return f"{index};{_join(sockets)};{ready}"
+
+
+def parse_process_spec(spec: str) -> tuple[int, list[int], int]:
+    """(index, listening sockets, ready pipe) from `PROCESS_VAR`."""
+    index, sockets, ready = spec.split(";")
+    return int(index), [int(fd) for fd in _split(sockets)], int(ready)
+
+
+def _join(values: Iterable[object]) -> str:
+    return ",".join(repr(v) for v in values)
+
+
+def _split(text: str) -> list[str]:
+    return text.split(",") if text else []
 
 
 def reap() -> list[tuple[int, int]]:
@@ -217,7 +241,7 @@ def reap() -> list[tuple[int, int]]:
 
 def main() -> int:
     """The supervisor after its exec: watch until SIGTERM, stop everything, clean up."""
-    watcher = Watcher.from_json(os.environ.pop(STATE_VAR))
+    watcher = Watcher.from_args(sys.argv[1:])
     log.configure(watcher.log_level)
     return watcher.run()
 

@@ -234,6 +234,13 @@ class Database:
 
     # -- schema -----------------------------------------------------------
 
+    @classmethod
+    def prepare(cls, url: str) -> None:
+        """What a daemon does before it opens the store: `ensure_schema` with
+        the migrations, if any are due, in a child process."""
+        with cls(url, check_schema=False) as db:
+            db.ensure_schema(in_child=True)
+
     def schema_revision(self) -> str | None:
         try:
             if self.dialect == "sqlite":
@@ -249,15 +256,19 @@ class Database:
             return None
         return None if value is None else str(value)
 
-    def ensure_schema(self) -> None:
-        """Create or upgrade a SQLite store; refuse an outdated PostgreSQL schema."""
+    def ensure_schema(self, *, in_child: bool = False) -> None:
+        """Create or upgrade a SQLite store; refuse an outdated PostgreSQL schema.
+
+        `in_child`: run the migrations in a child process, for a process that
+        lives long (see `smtpy.store.migrate`).
+        """
         revision = self.schema_revision()
         if revision == SCHEMA_REVISION:
             return
         if self.dialect == "sqlite":
-            from smtpy.store.migrate import upgrade
+            from smtpy.store.migrate import upgrade, upgrade_in_child
 
-            upgrade(self.url)
+            (upgrade_in_child if in_child else upgrade)(self.url)
             return
         if revision is None:
             raise SchemaOutdated(
