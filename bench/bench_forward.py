@@ -25,6 +25,10 @@ Stacks:
   on a UNIX socket (RSA-2048, relaxed/relaxed) and postsrsd 1.x as its TCP
   canonical maps. Configuration templates: bench/postfix/.
 - postfix-bare: the same Postfix without milter and SRS, for reference.
+- libraries-only: `bench/relay_floor.py`, the libraries smtpy is built on and
+  nothing else (aiosmtpd in, three RSA-2048 signatures, aiosmtplib out; no
+  queue, SRS or checks), with as many processes as smtpy: the floor under
+  smtpy's figures, for reference.
 
 Before the timed runs each stack forwards one message to a dumping sink and
 the script checks it: SRS0 envelope sender, the alias's destination, and a
@@ -64,6 +68,7 @@ SESSIONS = 10
 SIZES = (2 * 1024, 100 * 1024)
 COUNTS = {False: {2 * 1024: 2000, 100 * 1024: 500}, True: {2 * 1024: 300, 100 * 1024: 100}}
 TARGETS = {2 * 1024: 2.0, 100 * 1024: 1.0}
+
 
 def sender_dns() -> Any:
     """A DNS server on loopback (the test suite's) with the sender domain's SPF and DMARC."""
@@ -475,6 +480,49 @@ class SmtpyStack(Stack):
 
     def dkim_txt(self) -> bytes | None:
         return self._txt
+
+
+class LibrariesOnlyStack(Stack):
+    """`relay_floor.py`: what aiosmtpd, three signatures and aiosmtplib cost alone."""
+
+    name = "libraries-only"
+
+    def __init__(self, work: Path, sink_port: int, processes: int) -> None:
+        super().__init__(work, sink_port)
+        self.processes = processes
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log_path = self.work / "libraries-only.log"
+        with log_path.open("ab") as output:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable, str(HERE / "relay_floor.py"), "--port", str(self.port),
+                    "--sink-port", str(self.sink_port), "--destination", DESTINATION,
+                    "--processes", str(self.processes),
+                ],
+                stdout=output, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        wait_smtp(
+            self.port,
+            30,
+            "relay_floor.py",
+            alive=lambda: self.proc is not None and self.proc.poll() is None,
+        )
+
+    def stop(self) -> None:
+        stop_process(self.proc, grace=15)
+        self.proc = None
+
+    def roots(self) -> list[int]:
+        return [self.proc.pid] if self.proc is not None else []
+
+    def queued(self) -> int:
+        return 0  # no queue: the sink's count says what arrived
+
+    @property
+    def signs(self) -> bool:
+        return False  # its signatures are the cost, not valid DKIM; no SRS
 
 
 class PostfixStack(Stack):
@@ -958,6 +1006,14 @@ def print_report(results: list[Result], checks: dict[str, Check], args: argparse
                 f"  {size_label(size):>6}: throughput {ratio:.2f}x  target >= {target:.1f}x  "
                 f"{'MET' if ratio >= target else 'NOT MET'}{extra}{rounds}"
             )
+        floor_rows = {size: r for (stack, size), r in merged.items() if stack == "libraries-only"}
+        for size in SIZES:
+            f, p = floor_rows.get(size), stack_rows.get(size)
+            if f and p and p.rate:
+                print(
+                    f"  {size_label(size):>6}: libraries-only (aiosmtpd, 3 RSA signatures, aiosmtplib;"
+                    f" nothing of smtpy's own) {f.rate / p.rate:.2f}x the stack"
+                )
         s_pss = max((r.peak_pss_kb for r in results if r.stack == "smtpy"), default=0)
         p_pss = max((r.peak_pss_kb for r in results if r.stack == "postfix+dkim+srs"), default=0)
         if p_pss:
@@ -980,6 +1036,9 @@ def main() -> int:
     )
     parser.add_argument("--only", choices=("smtpy", "postfix"), help="run one side only")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare-Postfix reference")
+    parser.add_argument(
+        "--no-floor", action="store_true", help="skip the libraries-only reference (relay_floor.py)"
+    )
     parser.add_argument("--rounds", type=int, default=1, help="repeat every run; report the median")
     parser.add_argument("--count-2k", type=int, help="messages of 2 KB (default 2000, quick 300)")
     parser.add_argument(
@@ -1030,6 +1089,12 @@ def main() -> int:
         factories: list[Callable[[int], Stack]] = []
         if args.only != "postfix":
             factories.append(lambda port: SmtpyStack(work, port, smtpy, args.processes))
+            if not args.no_floor:
+                # As many processes as smtpy runs (its default is one; 0 is one per core).
+                floor_processes = (
+                    (os.cpu_count() or 1) if args.processes == 0 else args.processes or 1
+                )
+                factories.append(lambda port: LibrariesOnlyStack(work, port, floor_processes))
         if args.only != "smtpy":
             factories.append(lambda port: PostfixStack(work, port, dkim_srs=True))
             if not args.no_bare:
