@@ -279,6 +279,10 @@ def test_deferred_sets_the_next_attempt_from_the_schedule(db: Database) -> None:
         (451, "mx.dest.test", "451 4.3.0 reply")
     }
 
+    [claim] = claim_due(db, node="a", limit=1, now=now)
+    record(db, [result(claim, "delivered")], now=now + 1)  # the fifth attempt succeeds
+    assert count(db, "deliveries") == count(db, "messages") == count(db, "attempts") == 0
+
 
 def test_next_delay_repeats_the_last_step() -> None:
     assert [next_delay(SCHEDULE, n) for n in range(6)] == [60, 60, 300, 3600, 3600, 3600]

@@ -318,25 +318,10 @@ def record_results(
     bounce in the same transaction.
     """
     now = time.time() if now is None else now
-    lock = " FOR UPDATE" if db.dialect == "postgresql" else ""
     failed: list[AttemptResult] = []
     done_messages: set[int] = set()
     for r in results:
         d = r.delivery
-        if db.one(f"SELECT id FROM deliveries WHERE id = :id{lock}", {"id": d.id}) is None:
-            continue
-        db.execute(
-            "INSERT INTO attempts (delivery_id, at, remote_host, code, reply, result)"
-            " VALUES (:id, :at, :host, :code, :reply, :result)",
-            {
-                "id": d.id,
-                "at": now,
-                "host": r.remote_host,
-                "code": r.code,
-                "reply": r.reply[:1000],
-                "result": r.result,
-            },
-        )
         outcome = r
         if r.result == "deferred" and now - d.received_at >= lifetime:
             outcome = AttemptResult(
@@ -348,7 +333,7 @@ def record_results(
                 "4.4.7" if r.enhanced.startswith("4") else r.enhanced,
             )
         if outcome.result == "deferred":
-            db.execute(
+            kept = db.execute(
                 "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = :next, lease_owner = NULL,"
                 " last_code = :code, last_error = :reply, updated_at = :now"
                 " WHERE id = :id AND lease_owner = :node",
@@ -361,24 +346,50 @@ def record_results(
                     "node": node,
                 },
             )
+            if kept:  # its history, for `smtpy queue show`
+                db.execute(
+                    "INSERT INTO attempts (delivery_id, at, remote_host, code, reply, result)"
+                    " VALUES (:id, :at, :host, :code, :reply, :result)",
+                    {
+                        "id": d.id,
+                        "at": now,
+                        "host": r.remote_host,
+                        "code": r.code,
+                        "reply": r.reply[:1000],
+                        "result": r.result,
+                    },
+                )
+            continue
+        # A final outcome: the delivery goes, with the attempts before this one
+        # (this one is in the message log). Removed meanwhile: nothing to settle.
+        if d.attempts:
+            db.execute("DELETE FROM attempts WHERE delivery_id = :id", {"id": d.id})
+        if not db.execute("DELETE FROM deliveries WHERE id = :id", {"id": d.id}):
             continue
         if outcome.result == "failed":
             failed.append(outcome)
-        db.execute("DELETE FROM attempts WHERE delivery_id = :id", {"id": d.id})
-        db.execute("DELETE FROM deliveries WHERE id = :id", {"id": d.id})
         done_messages.add(d.message_id)
-    for message_id in done_messages:
+    for message_id in sorted(done_messages):  # one order: nodes locking messages never deadlock
         delete_if_done(db, message_id)
     return Settled(failed)
 
 
 def delete_if_done(db: Database, message_id: int) -> bool:
-    """Remove a message once none of its deliveries is pending."""
-    pending = db.scalar("SELECT count(*) FROM deliveries WHERE message_id = :m", {"m": message_id})
-    if pending:
-        return False
-    db.execute("DELETE FROM messages WHERE id = :m", {"m": message_id})
-    return True
+    """Remove a message once none of its deliveries is pending.
+
+    On PostgreSQL the message row is locked first: two nodes settling the last
+    two deliveries of one message at once would each still see the other's
+    and both keep the message; the second waits for the first and sees.
+    """
+    if db.dialect == "postgresql":
+        db.one("SELECT id FROM messages WHERE id = :m FOR UPDATE", {"m": message_id})
+    return bool(
+        db.execute(
+            "DELETE FROM messages WHERE id = :m"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_id = :m)",
+            {"m": message_id},
+        )
+    )
 
 
 def queue_depth(db: Database, *, now: float) -> tuple[dict[str, int], float | None]:
