@@ -406,7 +406,30 @@ class Stack:
         return True
 
 
-class SmtpyStack(Stack):
+class ProcessStack(Stack):
+    """A stack that is one process tree, started by `launch`."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def launch(self, cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        with log_path.open("ab") as output:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=output, stderr=subprocess.STDOUT)
+        wait_smtp(
+            self.port,
+            30,
+            Path(cmd[1] if cmd[0] == sys.executable else cmd[0]).name,
+            alive=lambda: self.proc is not None and self.proc.poll() is None,
+        )
+
+    def stop(self) -> None:
+        stop_process(self.proc, grace=20)
+        self.proc = None
+
+    def roots(self) -> list[int]:
+        return [self.proc.pid] if self.proc is not None else []
+
+
+class SmtpyStack(ProcessStack):
     name = "smtpy"
 
     def __init__(self, work: Path, sink_port: int, smtpy: str, processes: int | None) -> None:
@@ -414,7 +437,6 @@ class SmtpyStack(Stack):
         self.smtpy = smtpy
         self.dir = work / "smtpy"
         self.db = self.dir / "smtpy.db"
-        self.proc: subprocess.Popen[bytes] | None = None
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SMTPY_")}
         # The sender's domain publishes SPF and DMARC, as real senders do; smtpy
         # checks them on every message (and caches the answers per their TTL).
@@ -449,23 +471,7 @@ class SmtpyStack(Stack):
                     and "k=rsa" in record["value"]
                 ):
                     self._txt = record["value"].encode()
-        with (self.dir / "serve.log").open("ab") as output:
-            self.proc = subprocess.Popen(
-                [self.smtpy, "serve"], env=self.env, stdout=output, stderr=subprocess.STDOUT
-            )
-        wait_smtp(
-            self.port,
-            30,
-            "smtpy serve",
-            alive=lambda: self.proc is not None and self.proc.poll() is None,
-        )
-
-    def stop(self) -> None:
-        stop_process(self.proc, grace=20)
-        self.proc = None
-
-    def roots(self) -> list[int]:
-        return [self.proc.pid] if self.proc is not None else []
+        self.launch([self.smtpy, "serve"], self.dir / "serve.log", self.env)
 
     def queued(self) -> int:
         try:
@@ -482,7 +488,7 @@ class SmtpyStack(Stack):
         return self._txt
 
 
-class LibrariesOnlyStack(Stack):
+class LibrariesOnlyStack(ProcessStack):
     """`relay_floor.py`: what aiosmtpd, three signatures and aiosmtplib cost alone."""
 
     name = "libraries-only"
@@ -490,32 +496,16 @@ class LibrariesOnlyStack(Stack):
     def __init__(self, work: Path, sink_port: int, processes: int) -> None:
         super().__init__(work, sink_port)
         self.processes = processes
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        log_path = self.work / "libraries-only.log"
-        with log_path.open("ab") as output:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable, str(HERE / "relay_floor.py"), "--port", str(self.port),
-                    "--sink-port", str(self.sink_port), "--destination", DESTINATION,
-                    "--processes", str(self.processes),
-                ],
-                stdout=output, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        wait_smtp(
-            self.port,
-            30,
-            "relay_floor.py",
-            alive=lambda: self.proc is not None and self.proc.poll() is None,
-        )
-
-    def stop(self) -> None:
-        stop_process(self.proc, grace=15)
-        self.proc = None
-
-    def roots(self) -> list[int]:
-        return [self.proc.pid] if self.proc is not None else []
+        self.launch(
+            [
+                sys.executable, str(HERE / "relay_floor.py"), "--port", str(self.port),
+                "--sink-port", str(self.sink_port), "--destination", DESTINATION,
+                "--processes", str(self.processes),
+            ],
+            self.work / "libraries-only.log",
+        )  # fmt: skip
 
     def queued(self) -> int:
         return 0  # no queue: the sink's count says what arrived

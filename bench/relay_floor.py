@@ -71,12 +71,22 @@ class Relay:
         for name in SIGNATURES:  # each signs what the previous one produced, as ARC chains
             headers += name.encode() + b": b=" + self.sign(headers + data) + b"\r\n"
         async with self.slots:
-            client = self.idle.pop() if self.idle else None
-            if client is None:
-                client = aiosmtplib.SMTP(hostname="127.0.0.1", port=self.sink_port, start_tls=False)
-                await client.connect()
-            await client.sendmail(sender, [self.destination], headers + data)
-            self.idle.append(client)
+            while True:
+                kept = self.idle.pop() if self.idle else None
+                client = kept or aiosmtplib.SMTP(
+                    hostname="127.0.0.1", port=self.sink_port, start_tls=False
+                )
+                try:
+                    if kept is None:
+                        await client.connect()
+                    await client.sendmail(sender, [self.destination], headers + data)
+                except (aiosmtplib.SMTPException, OSError):
+                    client.close()
+                    if kept is None:
+                        raise
+                    continue  # the sink closed a kept connection: the next one, or a new one
+                self.idle.append(client)
+                return
 
 
 async def serve(sock: socket.socket, sink_port: int, destination: str) -> None:
