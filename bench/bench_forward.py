@@ -411,14 +411,14 @@ class ProcessStack(Stack):
 
     proc: subprocess.Popen[bytes] | None = None
 
-    def launch(self, cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def launch(
+        self, what: str, cmd: list[str], log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
+        """Start `cmd` (`what`, for errors) logging to `log_path`; return once it greets."""
         with log_path.open("ab") as output:
             self.proc = subprocess.Popen(cmd, env=env, stdout=output, stderr=subprocess.STDOUT)
         wait_smtp(
-            self.port,
-            30,
-            Path(cmd[1] if cmd[0] == sys.executable else cmd[0]).name,
-            alive=lambda: self.proc is not None and self.proc.poll() is None,
+            self.port, 30, what, alive=lambda: self.proc is not None and self.proc.poll() is None
         )
 
     def stop(self) -> None:
@@ -471,7 +471,7 @@ class SmtpyStack(ProcessStack):
                     and "k=rsa" in record["value"]
                 ):
                     self._txt = record["value"].encode()
-        self.launch([self.smtpy, "serve"], self.dir / "serve.log", self.env)
+        self.launch("smtpy serve", [self.smtpy, "serve"], self.dir / "serve.log", self.env)
 
     def queued(self) -> int:
         try:
@@ -499,6 +499,7 @@ class LibrariesOnlyStack(ProcessStack):
 
     def start(self) -> None:
         self.launch(
+            "relay_floor.py",
             [
                 sys.executable, str(HERE / "relay_floor.py"), "--port", str(self.port),
                 "--sink-port", str(self.sink_port), "--destination", DESTINATION,
