@@ -33,7 +33,7 @@ from bench_sign import make_message  # noqa: E402
 
 from authworld import make_key  # noqa: E402
 from dnsserver import DNSServer  # noqa: E402
-from smtpy.authcheck.inbound import AuthPolicy, InboundChecker  # noqa: E402
+from smtpy.checks.authentication import AuthPolicy, InboundChecker  # noqa: E402
 from smtpy.dns import Lookups, make_resolver, parse_nameservers  # noqa: E402
 
 HOST = "mx.bench.example"

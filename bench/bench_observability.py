@@ -24,8 +24,8 @@ from pathlib import Path
 
 from smtpy import log, metrics
 from smtpy.dns import Lookups, make_resolver
-from smtpy.mtasts import TlsPolicies
-from smtpy.queue import NewDelivery, NewMessage, enqueue
+from smtpy.outbound.tls_policy import TlsPolicies
+from smtpy.queue.queries import NewDelivery, NewMessage, enqueue
 from smtpy.store.db import Database
 
 

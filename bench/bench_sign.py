@@ -1,4 +1,4 @@
-"""Benchmark `smtpy.sign.Signer`: DKIM signatures per second.
+"""Benchmark `smtpy.dkim.sign.Signer`: DKIM signatures per second.
 
     .venv/bin/python bench/bench_sign.py [--seconds 0.5]
 
@@ -6,7 +6,7 @@ Prints signatures per second for RSA-2048 and Ed25519 over a 2 KB and a
 100 KB message (one key per Signer, so one signature per call), then for one
 Signer holding both keys, and dkimpy's own `dkim.sign` (pure-Python RSA) on
 the 2 KB message for comparison. Then what the delivery worker does per
-message (`smtpy.authcheck.outbound.outgoing`): DKIM sign + ARC seal with
+message (`smtpy.outbound.prepare.outgoing`): DKIM sign + ARC seal with
 RSA-2048 (three private-key operations), messages per second, next to the
 seal alone and dkimpy's `dkim.arc_sign`. Each figure runs for a bounded time.
 """
@@ -21,10 +21,10 @@ from functools import partial
 import dkim
 from cryptography.hazmat.primitives import serialization
 
-from smtpy.authcheck.outbound import outgoing
-from smtpy.authcheck.seal import seal
-from smtpy.dkimkeys import generate_key
-from smtpy.sign import Signer, SigningKey
+from smtpy.dkim.arc_seal import seal
+from smtpy.dkim.keys import generate_key
+from smtpy.dkim.sign import Signer, SigningKey
+from smtpy.outbound.prepare import outgoing
 
 AUTHSERV_ID = "smtpy.example.net"
 RESULTS = (

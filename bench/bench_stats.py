@@ -25,10 +25,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from smtpy.admin.log import LogFilter, recent
+from smtpy.admin.messages import LogFilter, recent
 from smtpy.admin.stats import compute
 from smtpy.admin.status import status
-from smtpy.msglog import LogEvent, prune, refresh_statistics, write_events
+from smtpy.queue.message_log import LogEvent, prune, refresh_statistics, write_events
 from smtpy.store.db import Database
 
 DAYS = 30
@@ -100,7 +100,7 @@ def fill_sqlite(db: Database, rows: int, now: float) -> None:
 def fill_postgres(url: str, rows: int, now: float) -> None:
     import psycopg
 
-    from smtpy.msglog import LogEvent as Row
+    from smtpy.queue.message_log import LogEvent as Row
 
     columns = list(Row.__dataclass_fields__)
     with psycopg.connect(url) as conn, conn.cursor() as cursor:

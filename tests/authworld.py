@@ -13,7 +13,7 @@ import dns.resolver
 from cryptography.hazmat.primitives import serialization
 
 from dnsserver import DNSServer
-from smtpy.dkimkeys import GeneratedKey, generate_key
+from smtpy.dkim.keys import GeneratedKey, generate_key
 from smtpy.dns import Lookups, make_resolver, parse_nameservers
 
 T = TypeVar("T")

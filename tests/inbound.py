@@ -15,12 +15,12 @@ from typing import Any
 
 from smtpy.admin.aliases import add_alias, domain_rules
 from smtpy.admin.domains import add_domain
-from smtpy.limits import ConnectionGuard
-from smtpy.receive import Handler, Policy, server_factory
-from smtpy.route import DomainRules
-from smtpy.scan import Scanner
-from smtpy.srs import SRS
-from smtpy.storethread import StoreThread
+from smtpy.checks.limits import ConnectionGuard
+from smtpy.checks.scanners import Scanner
+from smtpy.queue.writer import StoreThread
+from smtpy.route.aliases import DomainRules
+from smtpy.route.srs import SRS
+from smtpy.smtp.handler import Handler, Policy, server_factory
 
 HOSTNAME = "mx.forwarder.test"
 BANNER = f"220 {HOSTNAME} smtpy"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from smtpy.addresses import (
+from smtpy.errors import InvalidInput
+from smtpy.mail.addresses import (
     Address,
     display_domain,
     local_key,
@@ -13,7 +14,6 @@ from smtpy.addresses import (
     split_address,
     validate_local_part,
 )
-from smtpy.errors import InvalidInput
 
 
 @pytest.mark.parametrize(

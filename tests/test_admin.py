@@ -10,7 +10,7 @@ import pytest
 from dnsserver import DNSServer
 from smtpy.admin import aliases, domains, keys
 from smtpy.errors import Conflict, InvalidInput, NotFound
-from smtpy.route import resolve
+from smtpy.route.aliases import resolve
 from smtpy.store.db import Database
 
 HOST = "mx.forwarder.test"

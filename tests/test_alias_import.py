@@ -16,7 +16,7 @@ from smtpy.admin.alias_import import (
     parse_virtual_map,
 )
 from smtpy.errors import NotFound
-from smtpy.route import resolve
+from smtpy.route.aliases import resolve
 from smtpy.store.db import Database
 
 POSTFIX_MAP = """\

@@ -9,9 +9,9 @@ import pytest
 
 from authworld import lookups_for, make_key, message, run
 from dnsserver import DNSServer
-from smtpy.authcheck.dkimverify import verify_signatures
-from smtpy.authcheck.dmarc import aligned, lookup_policy, organizational_domain
-from smtpy.authcheck.inbound import AuthPolicy, InboundChecker, Verdict, from_domain
+from smtpy.checks.authentication import AuthPolicy, InboundChecker, Verdict, from_domain
+from smtpy.checks.dkim import verify_signatures
+from smtpy.checks.dmarc import aligned, lookup_policy, organizational_domain
 from smtpy.dns import DNSTemporaryError
 
 HOST = "mx.forwarder.test"

@@ -8,13 +8,13 @@ from email import message_from_bytes, policy
 
 import pytest
 
-from smtpy.authcheck.arc import ArcChain, ArcSet
-from smtpy.authcheck.dkimverify import DkimResult
-from smtpy.authcheck.dmarc import DmarcOutcome, evaluate, parse_record
-from smtpy.authcheck.fromrewrite import decide, decision_field, rewrite_from, wants_rewrite
-from smtpy.authcheck.inbound import decide_action
-from smtpy.authcheck.results import authentication_results, remove_forged_results
-from smtpy.authcheck.spf import SpfResult
+from smtpy.checks.arc import ArcChain, ArcSet
+from smtpy.checks.auth_results import authentication_results, remove_forged_results
+from smtpy.checks.authentication import decide_action
+from smtpy.checks.dkim import DkimResult
+from smtpy.checks.dmarc import DmarcOutcome, evaluate, parse_record
+from smtpy.checks.spf import SpfResult
+from smtpy.outbound.from_rewrite import decide, decision_field, rewrite_from, wants_rewrite
 
 # -- the From-rewrite rule: every combination ---------------------------------------------
 
@@ -144,7 +144,7 @@ def test_untrusted_or_non_passing_sealers_do_not_vouch() -> None:
 
 
 def test_dmarc_evaluation_alignment() -> None:
-    from smtpy.authcheck.dmarc import DmarcPolicy
+    from smtpy.checks.dmarc import DmarcPolicy
 
     relaxed = DmarcPolicy("sender.test", "sender.test", "reject", "reject", "r", "r", 100, "")
     strict = DmarcPolicy("sender.test", "sender.test", "reject", "reject", "s", "s", 100, "")
@@ -225,6 +225,6 @@ def test_only_results_claiming_our_name_are_removed() -> None:
 )
 def test_what_counts_as_a_sealer_seeing_dmarc_pass(results: bytes, passes: bool) -> None:
     """Text a sender controls (quoted local parts, comments) never vouches."""
-    from smtpy.authcheck.arc import reports_dmarc_pass
+    from smtpy.checks.arc import reports_dmarc_pass
 
     assert reports_dmarc_pass(results) is passes

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from authworld import lookups_for, run
 from dnsserver import DNSServer
-from smtpy.authcheck.inbound import AuthPolicy, InboundChecker, Verdict
-from smtpy.authcheck.spf import check_host
+from smtpy.checks.authentication import AuthPolicy, InboundChecker, Verdict
+from smtpy.checks.spf import check_host
 
 SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

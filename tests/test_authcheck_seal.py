@@ -1,4 +1,4 @@
-"""ARC sealing on delivery (smtpy.authcheck.seal, smtpy.authcheck.outbound), verified
+"""ARC sealing on delivery (smtpy.dkim.arc_seal, smtpy.outbound.prepare), verified
 with dkimpy's ARC verifier against keys published on the loopback DNS server."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import pytest
 
 from authworld import Key, dnsfunc_for, make_key, message
 from dnsserver import DNSServer
-from smtpy.authcheck.outbound import outgoing
-from smtpy.authcheck.seal import seal
-from smtpy.sign import Signer, SigningKey
+from smtpy.dkim.arc_seal import seal
+from smtpy.dkim.sign import Signer, SigningKey
+from smtpy.outbound.prepare import outgoing
 
 HOST = "mx.forwarder.test"
 
@@ -184,7 +184,7 @@ def chains(dns_server: DNSServer, forwarder_key: Key) -> dict[str, bytes]:
 
 def test_arc_validation_agrees_with_dkimpy(dns_server: DNSServer, forwarder_key: Key) -> None:
     from authworld import lookups_for, run
-    from smtpy.authcheck.arc import verify_chain
+    from smtpy.checks.arc import verify_chain
 
     dnsfunc = dnsfunc_for(dns_server)
     outcomes = {}

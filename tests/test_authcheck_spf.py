@@ -1,4 +1,4 @@
-"""SPF (smtpy.authcheck.spf) against records on the loopback DNS server (RFC 7208)."""
+"""SPF (smtpy.checks.spf) against records on the loopback DNS server (RFC 7208)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import pytest
 
 from dnsserver import DNSServer
-from smtpy.authcheck.spf import SpfResult, check_host
+from smtpy.checks.spf import SpfResult, check_host
 from smtpy.dns import Lookups, make_resolver, parse_nameservers
 
 T = TypeVar("T")

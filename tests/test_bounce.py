@@ -1,4 +1,4 @@
-"""Tests of smtpy.bounce: RFC 3464 DSNs parsed back with the `email` package."""
+"""Tests of smtpy.mail.dsn: RFC 3464 DSNs parsed back with the `email` package."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import email.utils
 
 import pytest
 
-from smtpy.bounce import FailedRecipient, build_dsn, is_bounce
+from smtpy.mail.dsn import FailedRecipient, build_dsn, is_bounce
 
 ARRIVAL = datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.UTC)
 NOW = datetime.datetime(2024, 5, 6, 9, 0, 0, tzinfo=datetime.UTC)

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import smtpy.config
+from smtpy.admin.config_check import check_settings
 from smtpy.config import (
     LoadedSettings,
     Settings,
@@ -20,7 +21,6 @@ from smtpy.config import (
     mask_url,
     parse_host_port,
 )
-from smtpy.config_check import check_settings
 from smtpy.errors import ConfigError
 
 

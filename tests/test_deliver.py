@@ -1,4 +1,4 @@
-"""Tests of smtpy.deliver against real SMTP servers and a real DNS server on loopback.
+"""Tests of smtpy.outbound.deliver against real SMTP servers and a real DNS server on loopback.
 
 Destination "MX hosts" are aiosmtpd servers (or tiny raw asyncio servers for
 misbehaving peers) bound on their own loopback addresses (127.0.0.2,
@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from dnsserver import DNSServer
-from smtpy.deliver import Deliverer, Outcome, Route
 from smtpy.dns import Lookups, make_resolver
-from smtpy.mtasts import TlsPolicies
+from smtpy.outbound.deliver import Deliverer, Outcome, Route
+from smtpy.outbound.tls_policy import TlsPolicies
 
 T = TypeVar("T")
 

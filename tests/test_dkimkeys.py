@@ -1,4 +1,4 @@
-"""Tests of DKIM key generation, TXT records and selectors (smtpy.dkimkeys)."""
+"""Tests of DKIM key generation, TXT records and selectors (smtpy.dkim.keys)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from smtpy.dkimkeys import (
+from smtpy.dkim.keys import (
     GeneratedKey,
     default_selector,
     generate_key,

@@ -1,4 +1,4 @@
-"""DNS blocklists at connect (smtpy.dnsbl), against the loopback DNS server and the real
+"""DNS blocklists at connect (smtpy.checks.dnsbl), against the loopback DNS server and the real
 SMTP server in process: a listed client gets 554 5.7.1 instead of the banner."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 
 from dnsserver import DNSServer
 from inbound import BANNER, Client, Running, scenario, serve_example
+from smtpy.checks.dnsbl import DNSBL, is_listing, query_name
+from smtpy.checks.limits import ConnectionGuard, ConnectionLimits, RateLimiter
 from smtpy.dns import Lookups, make_resolver, parse_nameservers
-from smtpy.dnsbl import DNSBL, is_listing, query_name
-from smtpy.limits import ConnectionGuard, ConnectionLimits, RateLimiter
 
 
 def test_query_names() -> None:

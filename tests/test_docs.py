@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from smtpy import manpage
+from smtpy.cli import manpage
 from smtpy.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,7 +19,7 @@ MAN = ROOT / "man"
 def test_committed_man_page_is_current(name: str) -> None:
     committed = (MAN / name).read_text(encoding="utf-8")
     assert committed == manpage.PAGES[name](), (
-        f"man/{name} is stale: run `python -m smtpy.manpage man` and commit the result"
+        f"man/{name} is stale: run `python -m smtpy.cli.manpage man` and commit the result"
     )
 
 

@@ -312,7 +312,7 @@ def test_each_session_is_one_log_event(forwarder: Forwarder) -> None:
 
 def test_a_queued_message_that_cannot_be_signed_bounces_at_once(forwarder: Forwarder) -> None:
     # DATA refuses such headers now; a queue filled before that (or by hand) still holds some.
-    from smtpy.queue import NewDelivery, NewMessage, enqueue, new_queue_id
+    from smtpy.queue.queries import NewDelivery, NewMessage, enqueue, new_queue_id
     from smtpy.store.db import Database
 
     forwarder.alias(f"team@{DOMAIN}", "bob@dest1.test")

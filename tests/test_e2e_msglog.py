@@ -21,7 +21,7 @@ import pytest
 from conftest import Cli
 from dnsserver import DNSServer
 from mailpeers import DOMAIN, SENDER, Forwarder, forwarding_world, make_message, send, smtp_client
-from smtpy.admin.log import LogFilter, recent
+from smtpy.admin.messages import LogFilter, recent
 from smtpy.store.db import Database
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]

@@ -1,4 +1,4 @@
-"""Limits that hold under abuse (smtpy.limits): the bookkeeping as pure functions, then
+"""Limits that hold under abuse (smtpy.checks.limits): the bookkeeping as pure functions, then
 the real SMTP server in process with a real store, driven by raw clients on loopback."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from inbound import BANNER, Client, Running, scenario, serve_example
-from smtpy.limits import (
+from smtpy.checks.limits import (
     EARLY_TALKER,
     RATE_IP,
     TOO_MANY_CONNECTIONS,
@@ -23,7 +23,7 @@ from smtpy.limits import (
     in_networks,
     parse_networks,
 )
-from smtpy.storethread import StoreThread
+from smtpy.queue.writer import StoreThread
 
 
 class Clock:
@@ -287,7 +287,7 @@ def test_recipient_domain_rate_counts_each_transaction_once(served: str) -> None
 
 
 def test_nodes_share_rate_buckets_through_the_store(store_url: str) -> None:
-    from smtpy.limits import RateSync
+    from smtpy.checks.limits import RateSync
 
     wall = Clock()
     store = StoreThread(store_url, name="rates")
@@ -330,7 +330,7 @@ async def _rows(store: StoreThread) -> list[tuple[str, float]]:
 
 
 def test_rate_sync_failure_keeps_the_count_and_old_rows_are_pruned(store_url: str) -> None:
-    from smtpy.limits import RateSync
+    from smtpy.checks.limits import RateSync
 
     wall = Clock()
     store = StoreThread(store_url, name="rates")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from smtpy.admin.log import Follower, LogFilter, after, recent
+from smtpy.admin.messages import Follower, LogFilter, after, recent
 from smtpy.admin.stats import compute
 from smtpy.admin.status import status
 from smtpy.errors import InvalidInput
-from smtpy.msglog import LogEvent, write_events
-from smtpy.nodes import NodeInfo, heartbeat, stopped
-from smtpy.queue import NewDelivery, NewMessage, enqueue
+from smtpy.queue.message_log import LogEvent, write_events
+from smtpy.queue.nodes import NodeInfo, heartbeat, stopped
+from smtpy.queue.queries import NewDelivery, NewMessage, enqueue
 from smtpy.store.db import Database
 
 DAY = 86400.0

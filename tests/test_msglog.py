@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from smtpy.msglog import (
+from smtpy.checks.recipients import Accepted
+from smtpy.queue.message_log import (
     EventBuffer,
     LogEvent,
     delivery_events,
@@ -14,12 +15,11 @@ from smtpy.msglog import (
     rejected_event,
     write_events,
 )
-from smtpy.nodes import list_nodes
-from smtpy.queue import AttemptResult, Claimed
-from smtpy.recipients import Accepted
+from smtpy.queue.nodes import list_nodes
+from smtpy.queue.queries import AttemptResult, Claimed
+from smtpy.queue.writer import StoreThread
+from smtpy.runtime.upkeep import Upkeep
 from smtpy.store.db import Database
-from smtpy.storethread import StoreThread
-from smtpy.upkeep import Upkeep
 
 
 def claimed(n: int, *, received_at: float = 1000.0, alias: str = "team@example.org") -> Claimed:

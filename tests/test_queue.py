@@ -1,4 +1,4 @@
-"""The queue in the store (smtpy.queue), on SQLite and PostgreSQL."""
+"""The queue in the store (smtpy.queue.queries), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from smtpy.queue import (
+from smtpy.queue.queries import (
     LEASE_SECONDS,
     AttemptResult,
     Claimed,

@@ -1,4 +1,4 @@
-"""Inbound SMTP in process (smtpy.receive): the real server and handler, a real store
+"""Inbound SMTP in process (smtpy.smtp.handler): the real server and handler, a real store
 (SQLite and PostgreSQL) behind a real StoreThread, and real clients on loopback."""
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from hypothesis import strategies as st
 
 from smtpy.admin.aliases import add_alias, domain_rules
 from smtpy.admin.domains import add_domain
-from smtpy.queue import NewMessage
-from smtpy.receive import Handler, Policy, SmtpServer, server_factory
-from smtpy.route import DomainRules
-from smtpy.smtpdata import crlf_line_endings
-from smtpy.srs import SRS
+from smtpy.mail.framing import crlf_line_endings
+from smtpy.queue.queries import NewMessage
+from smtpy.queue.writer import StoreThread
+from smtpy.route.aliases import DomainRules
+from smtpy.route.srs import SRS
+from smtpy.smtp.handler import Handler, Policy, SmtpServer, server_factory
 from smtpy.store.db import Database
-from smtpy.storethread import StoreThread
 
 HOSTNAME = "mx.forwarder.test"
 SRS_ = SRS(secrets=(b"receive test secret",), domain=HOSTNAME)

@@ -1,4 +1,4 @@
-"""RCPT-time decisions (smtpy.recipients) with real alias rules and a real SRS."""
+"""RCPT-time decisions (smtpy.checks.recipients) with real alias rules and a real SRS."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from smtpy.recipients import MAX_DEPTH, Accepted, Decision, Refused, decide
-from smtpy.route import AliasRule, DomainRules, Kind, Mode
-from smtpy.srs import SRS
+from smtpy.checks.recipients import MAX_DEPTH, Accepted, Decision, Refused, decide
+from smtpy.route.aliases import AliasRule, DomainRules, Kind, Mode
+from smtpy.route.srs import SRS
 
 HOSTNAME = "mx.forwarder.test"
 SRS_ = SRS(secrets=(b"recipients test secret",), domain=HOSTNAME)

@@ -1,4 +1,4 @@
-"""The Received header smtpy adds and the loop counter (smtpy.rewrite)."""
+"""The Received header smtpy adds and the loop counter (smtpy.mail.received)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from smtpy.rewrite import MAX_RECEIVED, count_received, header_section, protocol, received_header
+from smtpy.mail.received import (
+    MAX_RECEIVED,
+    count_received,
+    header_section,
+    protocol,
+    received_header,
+)
 
 NOW = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 

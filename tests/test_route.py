@@ -1,4 +1,4 @@
-"""Alias resolution (`smtpy.route.resolve`): exact, then plus-tag, then regex, then catch-all."""
+"""Alias resolution (`smtpy.route.aliases.resolve`): exact, then plus-tag, then regex, then catch-all."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from itertools import count
 import pytest
 
 from smtpy.errors import InvalidInput
-from smtpy.route import (
+from smtpy.route.aliases import (
     AliasRule,
     DomainRules,
     Match,

@@ -1,4 +1,4 @@
-"""Scanner hooks (smtpy.scan) against a real clamd and a real spamd from Debian.
+"""Scanner hooks (smtpy.checks.scanners) against a real clamd and a real spamd from Debian.
 
 clamd runs in the foreground on a UNIX socket with one signature, EICAR's (no
 signature download); spamd listens on loopback TCP with the rules Debian ships
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from inbound import Running, scenario, serve_example
-from smtpy.scan import (
+from smtpy.checks.scanners import (
     SCAN_FAILED,
     SPAM,
     VIRUS,
@@ -74,8 +74,8 @@ def test_spamd_replies() -> None:
 
 
 def test_scanner_from_settings() -> None:
+    from smtpy.checks.scanners import scanner_from_settings
     from smtpy.config import Settings
-    from smtpy.scan import scanner_from_settings
 
     base = {"state_dir": Path("/tmp"), "database_url": "sqlite:///x", "hostname": "mx.test"}
     assert scanner_from_settings(Settings(**base)) is None  # off unless configured

@@ -1,4 +1,4 @@
-"""Tests of the DKIM signer (smtpy.sign).
+"""Tests of the DKIM signer (smtpy.dkim.sign).
 
 Signatures are checked three ways: dkimpy verifies them, they are
 byte-identical to what dkimpy's own `dkim.sign` makes from the same key and
@@ -22,10 +22,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dnsserver import DNSServer
-from smtpy.dkimkeys import GeneratedKey, generate_key
+from smtpy.dkim.keys import GeneratedKey, generate_key
+from smtpy.dkim.sign import Signer, SigningKey
 from smtpy.errors import InvalidInput
-from smtpy.sign import Signer, SigningKey
-from smtpy.smtpdata import crlf_line_endings
+from smtpy.mail.framing import crlf_line_endings
 
 DOMAIN = "example.test"
 

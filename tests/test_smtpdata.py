@@ -7,7 +7,7 @@ import smtplib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smtpy.smtpdata import DataBuffer, crlf_line_endings, data_block
+from smtpy.mail.framing import DataBuffer, crlf_line_endings, data_block
 
 
 def feed_in_chunks(

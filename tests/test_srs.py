@@ -1,4 +1,4 @@
-"""Tests of smtpy.srs, including interoperability with Mail::SRS (the Perl reference)."""
+"""Tests of smtpy.route.srs, including interoperability with Mail::SRS (the Perl reference)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from smtpy.errors import ConfigError, InvalidInput
-from smtpy.srs import (
+from smtpy.route.srs import (
     SRS,
     SRSBadHash,
     SRSError,
@@ -51,7 +51,7 @@ def srs() -> SRS:
 
 
 def reference_hash(secret: bytes, *fields: str, length: int = 4) -> str:
-    """The hash computed independently of smtpy.srs, as libsrs2 does."""
+    """The hash computed independently of smtpy.route.srs, as libsrs2 does."""
     data = b"".join(f.encode().lower() for f in fields)
     mac = hmac.new(secret, data, hashlib.sha1).digest()
     return base64.b64encode(mac).decode()[:length]

@@ -1,4 +1,4 @@
-"""The store thread (smtpy.storethread): group commit, isolation of bad messages, errors."""
+"""The store thread (smtpy.queue.writer): group commit, isolation of bad messages, errors."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 
 from conftest import POSTGRES_URL, postgres_admin
 from smtpy.errors import StoreError
-from smtpy.queue import NewDelivery, NewMessage, new_queue_id
+from smtpy.queue.queries import NewDelivery, NewMessage, new_queue_id
+from smtpy.queue.writer import StoreThread
 from smtpy.store.db import Database
-from smtpy.storethread import StoreThread
 
 
 def message(n: int, *, queue_id: str | None = None, recipients: int = 2) -> NewMessage:

@@ -20,10 +20,10 @@ import pytest
 from conftest import Cli
 from dnsserver import DNSServer
 from mailpeers import forwarding_world, send
-from smtpy.deliver import Deliverer, Outcome
 from smtpy.dns import Lookups, make_resolver
 from smtpy.errors import ConfigError
-from smtpy.mtasts import (
+from smtpy.outbound.deliver import Deliverer, Outcome
+from smtpy.outbound.tls_policy import (
     MtaStsError,
     StsPolicy,
     TlsPolicies,

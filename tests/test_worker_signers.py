@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from smtpy.worker import SignerCache
+from smtpy.queue.scheduler import SignerCache
 
 
 class FakeDatabase:

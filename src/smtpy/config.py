@@ -361,8 +361,8 @@ class Settings(BaseModel):
     @field_validator("tls_required_domains", "arc_trusted_sealers", mode="before")
     @classmethod
     def _domains(cls, value: Any) -> Any:
-        from smtpy.addresses import normalize_domain
         from smtpy.errors import InvalidInput
+        from smtpy.mail.addresses import normalize_domain
 
         try:
             return [normalize_domain(part) for part in _split(value)]
@@ -372,8 +372,8 @@ class Settings(BaseModel):
     @field_validator("arc_seal_domain", mode="before")
     @classmethod
     def _seal_domain(cls, value: Any) -> Any:
-        from smtpy.addresses import normalize_domain
         from smtpy.errors import InvalidInput
+        from smtpy.mail.addresses import normalize_domain
 
         if value is None or (isinstance(value, str) and not value.strip()):
             return None
@@ -385,7 +385,7 @@ class Settings(BaseModel):
     @field_validator("limit_exempt_networks", mode="before")
     @classmethod
     def _networks(cls, value: Any) -> Any:
-        from smtpy.limits import parse_networks
+        from smtpy.checks.limits import parse_networks
 
         parts = _split(value)
         parse_networks(parts)
@@ -434,8 +434,8 @@ class Settings(BaseModel):
     @field_validator("hostname")
     @classmethod
     def _hostname(cls, value: str) -> str:
-        from smtpy.addresses import normalize_domain
         from smtpy.errors import InvalidInput
+        from smtpy.mail.addresses import normalize_domain
 
         name = value.strip().rstrip(".").lower()
         if name and "." not in name and name.isascii() and name.replace("-", "").isalnum():

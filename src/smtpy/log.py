@@ -1,7 +1,7 @@
 """Structured logs: one JSON object per line when stderr is not a terminal
 (journald, log shippers), readable `key=value` lines on one.
 
-    logger = log.get("smtpy.deliver")
+    logger = log.get("smtpy.outbound.deliver")
     logger.info("delivered", queue_id=qid, recipient=rcpt, code=250)
     {"queue_id": "…", "recipient": "…", "code": 250, "event": "delivered",
      "level": "info", "timestamp": "2026-11-27T07:53:14.007269Z"}

@@ -39,13 +39,13 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import GaugeMetricFamily
 
+    from smtpy.queue.writer import StoreThread
     from smtpy.store.db import Database
-    from smtpy.storethread import StoreThread
 
 logger = log.get("smtpy.metrics")
 
 QUEUE_CACHE_SECONDS = 5.0
-QUEUE_STATES = ("active", "deferred", "held")  # as smtpy.queue.queue_depth counts them
+QUEUE_STATES = ("active", "deferred", "held")  # as smtpy.queue.queries.queue_depth counts them
 _REQUEST_LIMIT = 8192
 _REQUEST_TIMEOUT = 5.0
 
@@ -158,7 +158,7 @@ class QueueSnapshot:
 
 def queue_snapshot(db: Database, *, now: float) -> QueueSnapshot:
     """Pending deliveries by state and the oldest one's creation time (one indexed query)."""
-    from smtpy.queue import queue_depth
+    from smtpy.queue.queries import queue_depth
 
     counts, oldest = queue_depth(db, now=now)
     return QueueSnapshot(counts, oldest, now)

@@ -34,10 +34,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from smtpy.addresses import normalize_domain, parse_address
 from smtpy.admin.aliases import AliasInfo, add_alias, find_alias
 from smtpy.admin.domains import domain_id
 from smtpy.errors import InvalidInput, NotFound
+from smtpy.mail.addresses import normalize_domain, parse_address
 from smtpy.store.db import Database
 
 # What a Postfix virtual map may hold that smtpy cannot express, by first character.

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from smtpy.addresses import (
+from smtpy.admin.domains import domain_id
+from smtpy.errors import Conflict, InvalidInput, NotFound
+from smtpy.mail.addresses import (
     display_domain,
     local_key,
     normalize_domain,
@@ -16,9 +18,7 @@ from smtpy.addresses import (
     split_address,
     validate_local_part,
 )
-from smtpy.admin.domains import domain_id
-from smtpy.errors import Conflict, InvalidInput, NotFound
-from smtpy.route import (
+from smtpy.route.aliases import (
     CATCHALL,
     AliasRule,
     DomainRules,

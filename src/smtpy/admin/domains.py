@@ -7,9 +7,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from smtpy.addresses import display_domain, normalize_domain
 from smtpy.admin.records import DnsRecord, Finding, KeyRecord, judge, required_records
 from smtpy.errors import Conflict, InvalidInput, NotFound
+from smtpy.mail.addresses import display_domain, normalize_domain
 from smtpy.store.db import Database
 
 DEFAULT_ORGANIZATION = "default"

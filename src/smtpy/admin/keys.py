@@ -6,9 +6,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from smtpy.addresses import display_domain
 from smtpy.admin.domains import domain_id
 from smtpy.errors import Conflict, InvalidInput, NotFound
+from smtpy.mail.addresses import display_domain
 from smtpy.store.db import Database
 
 ALGORITHMS = ("rsa", "ed25519")
@@ -86,7 +86,7 @@ def create_key(
     bits: int = 2048,
 ) -> KeyInfo:
     """Generate and store an active key (inside the caller's transaction, if any)."""
-    from smtpy.dkimkeys import default_selector, generate_key, validate_selector
+    from smtpy.dkim.keys import default_selector, generate_key, validate_selector
 
     if algorithm not in ALGORITHMS:
         raise InvalidInput(f"algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")

@@ -154,7 +154,7 @@ def list_messages(
         )
     result = list(messages.values())
     if domain is not None:
-        from smtpy.addresses import normalize_domain
+        from smtpy.mail.addresses import normalize_domain
 
         wanted = normalize_domain(domain)
         result = [m for m in result if wanted in domains[m.id]]
@@ -337,7 +337,7 @@ def delete(
     progress: Progress | None = None,
 ) -> int:
     """Remove messages without a bounce; the message log records each as discarded."""
-    from smtpy.msglog import LogEvent, write_events
+    from smtpy.queue.message_log import LogEvent, write_events
 
     now = time.time() if now is None else now
 
@@ -380,9 +380,9 @@ def bounce(
     """Give up on these messages now: each pending delivery fails and the sender gets a DSN."""
     from dataclasses import replace
 
-    from smtpy.msglog import delivery_events, write_events
-    from smtpy.queue import AttemptResult, Claimed, enqueue
-    from smtpy.worker import bounce_message
+    from smtpy.queue.message_log import delivery_events, write_events
+    from smtpy.queue.queries import AttemptResult, Claimed, enqueue
+    from smtpy.queue.scheduler import bounce_message
 
     now = time.time() if now is None else now
 

@@ -2,7 +2,7 @@
 
 Read from the store only, so it works from any machine that reaches it and
 sees every node sharing a PostgreSQL store: nodes and their heartbeat
-(`smtpy.nodes`), queue depth by state, the oldest queued message, the last
+(`smtpy.queue.nodes`), queue depth by state, the oldest queued message, the last
 delivery, and the delivery error rate of the last `RECENT_SECONDS` from the
 message log. `up` is false when no node has sent a heartbeat recently: the
 CLI then exits 1, a check a monitoring script can use.
@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from smtpy.nodes import STALE_AFTER, is_up, list_nodes
-from smtpy.queue import queue_depth
+from smtpy.queue.nodes import STALE_AFTER, is_up, list_nodes
+from smtpy.queue.queries import queue_depth
 from smtpy.store.db import Database
 
 RECENT_SECONDS = 900.0  # the window of the recent error rate

@@ -35,7 +35,7 @@ def show(ctx: typer.Context, json: JsonOption = False) -> None:
 @app.command("check")
 def check(ctx: typer.Context) -> None:
     """Validate the settings and the files they name; exit 1 with the reason if one is wrong."""
-    from smtpy.config_check import check_settings
+    from smtpy.admin.config_check import check_settings
     from smtpy.errors import CheckFailed, SmtpyError
 
     try:

@@ -11,13 +11,13 @@ from smtpy.cli.context import state
 from smtpy.cli.output import JsonOption, print_json
 
 if TYPE_CHECKING:
-    from smtpy.doctor import Finding
+    from smtpy.admin.doctor import Finding
 
 
 def doctor(ctx: typer.Context, json: JsonOption = False) -> None:
     """Check settings, store, DNS resolvers, listen ports, the TLS certificate and the
     hostname's forward and reverse DNS; say what to do about each problem. Exits 1 on a failure."""
-    from smtpy.doctor import Finding, run_checks
+    from smtpy.admin.doctor import Finding, run_checks
     from smtpy.errors import ConfigError
 
     try:

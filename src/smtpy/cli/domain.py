@@ -138,8 +138,8 @@ def records(ctx: typer.Context, name: DomainArg, json: JsonOption = False) -> No
 @app.command("verify")
 def verify(ctx: typer.Context, name: DomainArg, json: JsonOption = False) -> None:
     """Look the records up in DNS. Exit 0 when ownership and MX are in place, 1 otherwise."""
-    from smtpy.addresses import display_domain
     from smtpy.admin.domains import verify_domain
+    from smtpy.mail.addresses import display_domain
 
     st = state(ctx)
     settings = st.settings

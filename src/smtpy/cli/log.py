@@ -86,7 +86,7 @@ def log(
     Each line: time, event, queue id, client, sender, recipient (alias) and where
     it went, size, reason of a rejection, remote host and reply, delay.
     """
-    from smtpy.admin.log import Follower, LogFilter, last_id, recent
+    from smtpy.admin.messages import Follower, LogFilter, last_id, recent
 
     flt = LogFilter.make(since=since, domain=domain, alias=alias, queue_id=queue_id, event=event)
     with state(ctx).database() as db:

@@ -101,7 +101,7 @@ def show(
 ) -> None:
     """Show a message: envelope, every attempt with the remote's exact reply, and its headers."""
     from smtpy.admin.queue import show_message
-    from smtpy.rewrite import header_section
+    from smtpy.mail.received import header_section
 
     with state(ctx).database() as db:
         message, attempts, data = show_message(db, queue_id)

@@ -10,7 +10,7 @@ from smtpy.cli.context import state
 from smtpy.cli.output import JsonOption, print_json
 
 if TYPE_CHECKING:
-    from smtpy.explain import Explanation
+    from smtpy.admin.explain import Explanation
 
 app = typer.Typer(help="Explain how smtpy routes mail, without sending any.", no_args_is_help=True)
 
@@ -34,7 +34,7 @@ def explain(
 ) -> None:
     """Show the RCPT reply, the matching rule, destinations, SRS sender, From rewrite, MX hosts and TLS policy."""
     from smtpy import log
-    from smtpy.explain import explain_route
+    from smtpy.admin.explain import explain_route
 
     log.configure("error")  # what the daemon would log goes into the explanation instead
     result = explain_route(state(ctx).settings, address, sender=sender)

@@ -10,7 +10,7 @@ from smtpy.cli.context import state
 def serve(ctx: typer.Context) -> None:
     """Receive mail for the served domains and forward it (runs until SIGTERM)."""
     from smtpy.config import load
-    from smtpy.daemon import run
+    from smtpy.runtime.daemon import run
 
     st = state(ctx)
     raise typer.Exit(run(st.settings, reload=lambda: load(st.config_file).settings))

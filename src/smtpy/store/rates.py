@@ -1,7 +1,7 @@
 """Message-rate buckets shared by the nodes through the store (table `rate_limits`).
 
 A node adds what it spent since its last sync, for many keys in one
-transaction, and learns each key's level across all nodes; `smtpy.limits`
+transaction, and learns each key's level across all nodes; `smtpy.checks.limits`
 does the rest in memory. A row's level drains at the key's rate, so a row
 untouched for longer than a bucket takes to drain is worth nothing and is
 pruned.

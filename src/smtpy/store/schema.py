@@ -197,7 +197,7 @@ class Node(SQLModel, table=True):
 
 
 class RateLimit(SQLModel, table=True):
-    """A message-rate bucket shared by the nodes (`smtpy.limits.RateSync`).
+    """A message-rate bucket shared by the nodes (`smtpy.checks.limits.RateSync`).
 
     `key` is "KIND:VALUE" (ip:192.0.2.1, sender_domain:example.org, …); `used`
     is how many tokens are spent as of `updated_at`, draining at the kind's

@@ -1,0 +1,1 @@
+"""Checks on incoming mail: limits, recipients, SPF, DKIM, DMARC, ARC, DNSBL and scanners."""

@@ -1,0 +1,1 @@
+"""DKIM and ARC: key material, signing, verifying and the ARC seal (pure, on OpenSSL)."""

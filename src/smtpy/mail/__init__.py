@@ -1,0 +1,1 @@
+"""Mail as data: addresses, SMTP DATA framing, header fields, the Received header and DSNs (pure)."""

@@ -1,0 +1,415 @@
+"""The queue in the store: enqueue, claim with a lease, record results.
+
+A message is stored once; each destination is a delivery row. A worker claims
+due rows by moving `next_attempt_at` past its lease and writing its node name
+in `lease_owner`; if the node dies, the row simply becomes due again when the
+lease runs out. On PostgreSQL the claim uses `FOR UPDATE SKIP LOCKED`, so any
+number of nodes share one queue with no coordinator. A node that restarts
+releases its own leases at once.
+
+Delivery states: queued (due or waiting), held (by an admin), and the final
+ones, which remove the delivery: a message leaves the store when none of its
+deliveries is pending.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from smtpy.queue.message_log import LogEvent, write_events
+from smtpy.store.db import Database
+
+LEASE_SECONDS = 90.0
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_queue_id(now: float | None = None) -> str:
+    """A 16-character id that sorts by arrival time (48 bits of milliseconds, 32 random)."""
+    value = (int((time.time() if now is None else now) * 1000) << 32) | int.from_bytes(
+        os.urandom(4), "big"
+    )
+    chars = []
+    for _ in range(16):
+        value, digit = divmod(value, 32)
+        chars.append(_CROCKFORD[digit])
+    return "".join(reversed(chars))
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    original_recipient: str
+    recipient: str
+    domain: str
+    envelope_sender: str
+
+
+@dataclass(slots=True)
+class NewMessage:
+    queue_id: str
+    sender: str
+    data: bytes
+    deliveries: Sequence[NewDelivery]
+    client_ip: str | None = None
+    client_helo: str | None = None
+    smtputf8: bool = False
+    received_at: float = field(default_factory=time.time)
+    log: Sequence[LogEvent] = ()  # message-log rows written in the same transaction
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A delivery a worker now holds, with what it needs to send it."""
+
+    id: int
+    message_id: int
+    queue_id: str
+    original_recipient: str
+    recipient: str
+    domain: str
+    envelope_sender: str
+    attempts: int
+    sender: str
+    received_at: float
+    smtputf8: bool
+
+
+def enqueue(db: Database, message: NewMessage) -> int:
+    """Insert a message and its deliveries, due now (inside the caller's transaction)."""
+    return _insert(db, message, lease_owner=None, next_attempt_at=message.received_at)[0]
+
+
+def enqueue_claimed(
+    db: Database, message: NewMessage, *, node: str, lease: float = LEASE_SECONDS
+) -> list[Claimed]:
+    """Insert a message with its deliveries already leased to `node`, and return them.
+
+    The node that received the message delivers it at once from memory, with
+    no claim round trip; should it die, the lease runs out and any node
+    delivers the message, as it would a claimed one.
+    """
+    _, claimed = _insert(
+        db, message, lease_owner=node, next_attempt_at=message.received_at + lease
+    )
+    return claimed
+
+
+def _insert(
+    db: Database, message: NewMessage, *, lease_owner: str | None, next_attempt_at: float
+) -> tuple[int, list[Claimed]]:
+    message_id = db.insert(
+        "INSERT INTO messages (queue_id, sender, client_ip, client_helo, smtputf8, size, received_at, data)"
+        " VALUES (:queue_id, :sender, :client_ip, :client_helo, :smtputf8, :size, :received_at, :data)"
+        " RETURNING id",
+        {
+            "queue_id": message.queue_id,
+            "sender": message.sender,
+            "client_ip": message.client_ip,
+            "client_helo": message.client_helo,
+            "smtputf8": message.smtputf8,
+            "size": len(message.data),
+            "received_at": message.received_at,
+            "data": message.data,
+        },
+    )
+    claimed = []
+    for d in message.deliveries:
+        delivery_id = db.insert(
+            "INSERT INTO deliveries (message_id, original_recipient, recipient, domain,"
+            " envelope_sender, status, attempts, next_attempt_at, lease_owner, created_at,"
+            " updated_at) VALUES (:message_id, :original_recipient, :recipient, :domain,"
+            " :envelope_sender, 'queued', 0, :next_attempt_at, :lease_owner, :now, :now)"
+            " RETURNING id",
+            {
+                "message_id": message_id,
+                "original_recipient": d.original_recipient,
+                "recipient": d.recipient,
+                "domain": d.domain,
+                "envelope_sender": d.envelope_sender,
+                "next_attempt_at": next_attempt_at,
+                "lease_owner": lease_owner,
+                "now": message.received_at,
+            },
+        )
+        claimed.append(
+            Claimed(
+                id=delivery_id,
+                message_id=message_id,
+                queue_id=message.queue_id,
+                original_recipient=d.original_recipient,
+                recipient=d.recipient,
+                domain=d.domain,
+                envelope_sender=d.envelope_sender,
+                attempts=0,
+                sender=message.sender,
+                received_at=message.received_at,
+                smtputf8=message.smtputf8,
+            )
+        )
+    write_events(db, message.log)
+    return message_id, claimed
+
+
+def claim_due(
+    db: Database,
+    *,
+    node: str,
+    limit: int,
+    exclude_domains: Collection[str] = (),
+    now: float | None = None,
+    lease: float = LEASE_SECONDS,
+) -> list[Claimed]:
+    """Take up to `limit` due deliveries for this node, leased for `lease` seconds.
+
+    Deliveries to `exclude_domains` (destinations already busy at their
+    concurrency limit on this node) stay in the queue for whoever is free.
+    """
+    now = time.time() if now is None else now
+    lock = " FOR UPDATE SKIP LOCKED" if db.dialect == "postgresql" else ""
+    params: dict[str, Any] = {"node": node, "until": now + lease, "now": now, "limit": limit}
+    excluded = ""
+    if exclude_domains:
+        params.update({f"x{n}": domain for n, domain in enumerate(exclude_domains)})
+        excluded = (
+            " AND domain NOT IN (" + ", ".join(f":x{n}" for n in range(len(exclude_domains))) + ")"
+        )
+    with db.transaction():
+        rows = db.all(
+            "UPDATE deliveries SET lease_owner = :node, next_attempt_at = :until WHERE id IN ("
+            f" SELECT id FROM deliveries WHERE status = 'queued' AND next_attempt_at <= :now{excluded}"
+            f" ORDER BY next_attempt_at LIMIT :limit{lock})"
+            " RETURNING id, message_id, original_recipient, recipient, domain, envelope_sender, attempts",
+            params,
+        )
+        if not rows:
+            return []
+        ids = sorted({row["message_id"] for row in rows})
+        params = {f"m{i}": mid for i, mid in enumerate(ids)}
+        placeholders = ", ".join(f":m{i}" for i in range(len(ids)))
+        messages = {
+            m["id"]: m
+            for m in db.all(
+                f"SELECT id, queue_id, sender, received_at, smtputf8 FROM messages WHERE id IN ({placeholders})",
+                params,
+            )
+        }
+    claimed = []
+    for row in rows:
+        message = messages[row["message_id"]]
+        claimed.append(
+            Claimed(
+                id=row["id"],
+                message_id=row["message_id"],
+                queue_id=message["queue_id"],
+                original_recipient=row["original_recipient"],
+                recipient=row["recipient"],
+                domain=row["domain"],
+                envelope_sender=row["envelope_sender"],
+                attempts=int(row["attempts"]),
+                sender=message["sender"],
+                received_at=float(message["received_at"]),
+                smtputf8=bool(message["smtputf8"]),
+            )
+        )
+    return claimed
+
+
+def message_data(db: Database, message_id: int) -> bytes | None:
+    data = db.scalar("SELECT data FROM messages WHERE id = :id", {"id": message_id})
+    return None if data is None else bytes(data)
+
+
+def renew_leases(
+    db: Database,
+    *,
+    node: str,
+    ids: Sequence[int],
+    now: float | None = None,
+    lease: float = LEASE_SECONDS,
+) -> None:
+    """Keep in-flight deliveries leased while a slow remote is still talking."""
+    if not ids:
+        return
+    now = time.time() if now is None else now
+    params: dict[str, Any] = {f"i{n}": i for n, i in enumerate(ids)}
+    params.update({"node": node, "until": now + lease})
+    placeholders = ", ".join(f":i{n}" for n in range(len(ids)))
+    db.execute(
+        f"UPDATE deliveries SET next_attempt_at = :until WHERE lease_owner = :node AND status = 'queued'"
+        f" AND id IN ({placeholders})",
+        params,
+    )
+
+
+def release_leases(
+    db: Database,
+    *,
+    node: str,
+    ids: Sequence[int] | None = None,
+    prefix: bool = False,
+    now: float | None = None,
+) -> int:
+    """Make this node's leased deliveries due now (at start-up, or when stopping).
+
+    With `prefix`, every lease owner whose name starts with `node` is released
+    (the serving processes `NODE.1`, `NODE.2` … of a supervisor).
+    """
+    now = time.time() if now is None else now
+    params: dict[str, Any] = {"node": node, "now": now}
+    where = "lease_owner = :node AND status = 'queued'"
+    if prefix:
+        params["length"] = len(node)
+        where = "substr(lease_owner, 1, :length) = :node AND status = 'queued'"
+    if ids is not None:
+        if not ids:
+            return 0
+        params.update({f"i{n}": i for n, i in enumerate(ids)})
+        where += " AND id IN (" + ", ".join(f":i{n}" for n in range(len(ids))) + ")"
+    return db.execute(
+        f"UPDATE deliveries SET lease_owner = NULL, next_attempt_at = :now WHERE {where}",
+        params,
+    )
+
+
+Result = Literal["delivered", "deferred", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    delivery: Claimed
+    result: Result
+    code: int | None
+    reply: str
+    remote_host: str | None
+    enhanced: str
+
+
+def next_delay(schedule: Sequence[int], attempts: int) -> int:
+    """Seconds until the next attempt after `attempts` attempts (the last delay repeats)."""
+    return schedule[min(max(attempts, 1), len(schedule)) - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What became of a batch of attempts: the deliveries that now need a bounce."""
+
+    failed: list[AttemptResult]
+
+
+def record_results(
+    db: Database,
+    results: Sequence[AttemptResult],
+    *,
+    node: str,
+    schedule: Sequence[int],
+    lifetime: float,
+    now: float | None = None,
+) -> Settled:
+    """Write the outcome of attempts (inside the caller's transaction).
+
+    Deferred deliveries older than `lifetime` fail. Deliveries that reach a
+    final state are removed, and a message with nothing left pending goes too.
+    A delivery removed meanwhile (by an admin, or by the node that took over an
+    expired lease) is skipped. Returns the failed ones so the caller can queue a
+    bounce in the same transaction.
+    """
+    now = time.time() if now is None else now
+    failed: list[AttemptResult] = []
+    done_messages: set[int] = set()
+    for r in results:
+        d = r.delivery
+        outcome = r
+        if r.result == "deferred" and now - d.received_at >= lifetime:
+            outcome = AttemptResult(
+                d,
+                "failed",
+                r.code,
+                r.reply,
+                r.remote_host,
+                "4.4.7" if r.enhanced.startswith("4") else r.enhanced,
+            )
+        if outcome.result == "deferred":
+            kept = db.execute(
+                "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = :next, lease_owner = NULL,"
+                " last_code = :code, last_error = :reply, updated_at = :now"
+                " WHERE id = :id AND lease_owner = :node",
+                {
+                    "id": d.id,
+                    "next": now + next_delay(schedule, d.attempts + 1),
+                    "code": r.code,
+                    "reply": r.reply[:1000],
+                    "now": now,
+                    "node": node,
+                },
+            )
+            if kept:  # its history, for `smtpy queue show`
+                db.execute(
+                    "INSERT INTO attempts (delivery_id, at, remote_host, code, reply, result)"
+                    " VALUES (:id, :at, :host, :code, :reply, :result)",
+                    {
+                        "id": d.id,
+                        "at": now,
+                        "host": r.remote_host,
+                        "code": r.code,
+                        "reply": r.reply[:1000],
+                        "result": r.result,
+                    },
+                )
+            continue
+        # A final outcome: the delivery goes, with the attempts before this one
+        # (this one is in the message log). Removed meanwhile: nothing to settle.
+        if d.attempts:
+            db.execute("DELETE FROM attempts WHERE delivery_id = :id", {"id": d.id})
+        if not db.execute("DELETE FROM deliveries WHERE id = :id", {"id": d.id}):
+            continue
+        if outcome.result == "failed":
+            failed.append(outcome)
+        done_messages.add(d.message_id)
+    for message_id in sorted(done_messages):  # one order: nodes locking messages never deadlock
+        delete_if_done(db, message_id)
+    return Settled(failed)
+
+
+def delete_if_done(db: Database, message_id: int) -> bool:
+    """Remove a message once none of its deliveries is pending.
+
+    On PostgreSQL the message row is locked first: two nodes settling the last
+    two deliveries of one message at once would each still see the other's
+    and both keep the message; the second waits for the first and sees.
+    """
+    if db.dialect == "postgresql":
+        db.one("SELECT id FROM messages WHERE id = :m FOR UPDATE", {"m": message_id})
+    return bool(
+        db.execute(
+            "DELETE FROM messages WHERE id = :m"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_id = :m)",
+            {"m": message_id},
+        )
+    )
+
+
+def queue_depth(db: Database, *, now: float) -> tuple[dict[str, int], float | None]:
+    """Pending deliveries by state (active, deferred, held) and the oldest one's creation time.
+
+    Deferred: tried at least once and waiting for its next attempt; active:
+    due now or in flight. One query over the deliveries still in the queue.
+    """
+    rows = db.all(
+        "SELECT CASE WHEN status = 'held' THEN 'held'"
+        " WHEN attempts > 0 AND next_attempt_at > :now AND lease_owner IS NULL THEN 'deferred'"
+        " ELSE 'active' END AS state, count(*) AS n, min(created_at) AS oldest"
+        " FROM deliveries WHERE status IN ('queued', 'held') GROUP BY 1",
+        {"now": now},
+    )
+    counts = {"active": 0, "deferred": 0, "held": 0}
+    oldest: float | None = None
+    for row in rows:
+        counts[str(row["state"])] = int(row["n"])
+        if row["oldest"] is not None:
+            value = float(row["oldest"])
+            oldest = value if oldest is None else min(oldest, value)
+    return counts, oldest

@@ -1,0 +1,488 @@
+"""Delivery workers: claim due deliveries, sign, send, record, bounce.
+
+One scheduler per node claims due deliveries in batches (up to the free
+concurrency), groups those of one message with the same destination domain
+into one SMTP transaction, and runs the transactions as tasks, at most
+`destination_concurrency` at once per destination domain; a group beyond that
+waits in memory, still leased, for the next free slot of its destination.
+Results and any bounce they cause are written in one transaction. A heartbeat
+renews the leases of what is held; stopping returns it to the queue at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter, defaultdict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+
+from smtpy import log, metrics
+from smtpy.dkim.sign import Signer, SigningKey
+from smtpy.errors import InvalidInput
+from smtpy.mail.addresses import split_address
+from smtpy.outbound.deliver import Deliverer, Outcome
+from smtpy.outbound.prepare import outgoing
+from smtpy.queue.message_log import delivery_events, write_events
+from smtpy.queue.queries import (
+    AttemptResult,
+    Claimed,
+    NewDelivery,
+    NewMessage,
+    claim_due,
+    enqueue,
+    enqueue_claimed,
+    message_data,
+    new_queue_id,
+    record_results,
+    release_leases,
+    renew_leases,
+)
+from smtpy.queue.writer import StoreThread
+from smtpy.store.db import Database
+
+logger = log.get("smtpy.outbound.deliver")
+
+POLL_SECONDS = 1.0
+HEARTBEAT_SECONDS = 30.0
+SIGNER_TTL = 30.0
+WAITING_DATA_MAX = 256 * 1024  # a waiting group keeps a message this small in memory
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    node: str
+    hostname: str
+    concurrency: int
+    retry_schedule: tuple[int, ...]
+    queue_lifetime: float
+    destination_concurrency: int = 10  # SMTP transactions at once per destination domain
+    arc_seal: bool = False  # ARC-seal what goes out (smtpy.dkim.arc_seal)
+    arc_seal_domain: str | None = None  # seal with this domain's key, not the alias domain's
+    from_rewrite_name: str | None = None  # apply From-rewrite decisions with this display name
+
+
+class SignerCache:
+    """The active DKIM keys of each domain, reloaded every `SIGNER_TTL` seconds or on demand.
+
+    Parsing an RSA key holds the GIL for tens of milliseconds, so deliveries
+    that miss the cache at the same moment (a restart with a backlog, the TTL
+    running out under load) share one load instead of each parsing the keys.
+    """
+
+    def __init__(self, store: StoreThread) -> None:
+        self._store = store
+        self._cache: dict[str, tuple[float, Signer]] = {}
+        self._loading: dict[str, asyncio.Future[Signer]] = {}
+
+    def clear(self) -> None:
+        self._cache.clear()
+        self._loading.clear()  # a load already running must not fill the cache with old keys
+
+    async def get(self, domain: str) -> Signer:
+        hit = self._cache.get(domain)
+        if hit is not None and time.monotonic() - hit[0] < SIGNER_TTL:
+            return hit[1]
+        loading = self._loading.get(domain)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(domain))
+            self._loading[domain] = loading
+            loading.add_done_callback(partial(self._loaded, domain))
+        # Shielded: a delivery cancelled while waiting must not cancel the others' load.
+        return await asyncio.shield(loading)
+
+    async def _load(self, domain: str) -> Signer:
+        from smtpy.admin.keys import signing_keys
+
+        rows = await self._store.call(lambda db: signing_keys(db, domain))
+        return Signer(
+            [SigningKey(domain, r["selector"], r["algorithm"], r["private_key"]) for r in rows]
+        )
+
+    def _loaded(self, domain: str, loading: asyncio.Future[Signer]) -> None:
+        if self._loading.get(domain) is not loading:
+            return  # cleared meanwhile
+        del self._loading[domain]
+        if not loading.cancelled() and loading.exception() is None:
+            self._cache[domain] = (time.monotonic(), loading.result())
+
+
+def group_claims(claims: Sequence[Claimed]) -> list[list[Claimed]]:
+    """Deliveries that can share one SMTP transaction: same message, domain, sender, signer."""
+    groups: dict[tuple[int, str, str, str], list[Claimed]] = defaultdict(list)
+    for claim in claims:
+        sign_domain = split_address(claim.original_recipient)[1]
+        groups[(claim.message_id, claim.domain, claim.envelope_sender, sign_domain)].append(claim)
+    return list(groups.values())
+
+
+def unforwardable(group: Sequence[Claimed], reason: str) -> list[Outcome]:
+    """A permanent failure for every recipient of a message that cannot be prepared to send."""
+    reply = f"message cannot be forwarded: {reason}"
+    return [Outcome(claim.recipient, "failed", None, reply[:300], None, "5.6.0") for claim in group]
+
+
+def bounce_message(
+    *, hostname: str, failed: Sequence[AttemptResult], original: bytes, now: float
+) -> NewMessage | None:
+    """The DSN for deliveries of one message that failed, or None for a bounce (null sender)."""
+    from smtpy.mail.dsn import FailedRecipient, build_dsn
+
+    first = failed[0].delivery
+    if not first.sender:
+        return None
+    recipients = [
+        FailedRecipient(
+            original_recipient=r.delivery.original_recipient,
+            final_recipient=r.delivery.recipient,
+            action="failed",
+            status=r.enhanced if r.enhanced[:1] in "45" else "5.0.0",
+            diagnostic=f"smtp; {r.code} {r.reply}" if r.code else f"x-smtpy; {r.reply}",
+            remote_mta=r.remote_host,
+        )
+        for r in failed
+    ]
+    dsn = build_dsn(
+        reporting_mta=hostname,
+        sender=first.sender,
+        recipients=recipients,
+        original=original,
+        arrival=datetime.fromtimestamp(first.received_at, UTC),
+        now=datetime.fromtimestamp(now, UTC),
+        queue_id=first.queue_id,
+    )
+    return NewMessage(
+        queue_id=new_queue_id(now),
+        sender="",
+        data=dsn,
+        deliveries=[NewDelivery(first.sender, first.sender, split_address(first.sender)[1], "")],
+        received_at=now,
+        smtputf8=not first.sender.isascii(),
+    )
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        *,
+        settings: WorkerSettings,
+        store: StoreThread,
+        deliverer: Deliverer,
+        signers: SignerCache,
+        reader: StoreThread | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store  # the writer
+        self.reader = reader or store
+        self.deliverer = deliverer
+        self.signers = signers
+        self._wake = asyncio.Event()
+        self._inflight: dict[int, Claimed] = {}  # leased here: running or waiting
+        self._running = 0  # deliveries in transactions now (at most settings.concurrency)
+        self._busy: Counter[str] = Counter()  # transactions in flight per destination domain
+        # Groups leased here waiting for a slot of their destination, with their
+        # message when it is small; a finished transaction starts the next at once.
+        self._waiting: dict[str, deque[tuple[list[Claimed], bytes | None]]] = {}
+        self._waiting_count = 0  # deliveries in _waiting (at most settings.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._reserved = 0  # slots promised to messages being queued here (`queue`)
+        # Whether due work may be waiting in the store: a claim filled every free
+        # slot, or a message was queued without being handed over. A slot that
+        # frees up then claims at once; otherwise the poll finds retries coming due.
+        self._backlog = True
+
+    def wake(self) -> None:
+        """New mail was queued here: look for due work now instead of at the next poll."""
+        self._backlog = True
+        self._wake.set()
+
+    async def queue(self, message: NewMessage) -> None:
+        """Queue a message received here; return once it is durably committed.
+
+        When this node can take every delivery (a free slot, or room to wait
+        for its busy destination), they are committed already leased to it and
+        go out with the message in memory: no claim, no reading it back.
+        Otherwise they are queued due now and claimed like any other.
+        """
+        wanted = len(message.deliveries)
+        if not self._can_take(message.deliveries):
+            await self.store.enqueue(message)
+            self.wake()
+            return
+        self._reserved += wanted
+        try:
+            claims = await self.store.write(
+                partial(enqueue_claimed, message=message, node=self.settings.node)
+            )
+        finally:
+            self._reserved -= wanted
+        await self._start(group_claims(claims), data=message.data)
+
+    def _can_take(self, deliveries: Sequence[NewDelivery]) -> bool:
+        """Whether `deliveries` can start here now or wait for their busy destination."""
+        if self._stopping:
+            return False
+        limit = self.settings.destination_concurrency
+        waiting = sum(1 for d in deliveries if self._busy[d.domain] >= limit)
+        if waiting and (
+            self._waiting_count + waiting > self.settings.concurrency
+            or any(len(self._waiting.get(d.domain, ())) >= limit for d in deliveries)
+        ):
+            return False
+        return self._room(len(deliveries) - waiting)
+
+    def _room(self, deliveries: int) -> bool:
+        """Whether this node has slots for `deliveries` more deliveries at once."""
+        if self._stopping:
+            return False
+        return self._running + self._reserved + deliveries <= self.settings.concurrency
+
+    async def run(self) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                free = self.settings.concurrency - self._running - self._reserved
+                claimed: list[Claimed] = []
+                if free > 0:
+                    saturated = self._saturated()
+                    try:
+                        claimed = await self.store.write(
+                            partial(
+                                claim_due,
+                                node=self.settings.node,
+                                limit=free,
+                                exclude_domains=saturated,
+                            )
+                        )
+                    except Exception as exc:
+                        logger.error("claim_failed", error=str(exc))
+                    else:  # what was left out or did not fit is still waiting
+                        self._backlog = bool(saturated) or len(claimed) == free
+                await self._start(group_claims(claimed))
+                if claimed and len(claimed) == free:
+                    await asyncio.sleep(0)  # more may be due: go round again at once
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+        finally:
+            heartbeat.cancel()
+
+    def _saturated(self) -> list[str]:
+        """Destinations with every slot taken: claiming more for them would only wait."""
+        limit = self.settings.destination_concurrency
+        return [domain for domain, busy in self._busy.items() if busy >= limit]
+
+    async def _start(self, groups: list[list[Claimed]], data: bytes | None = None) -> None:
+        """Deliver each group, within each destination's limit; give the rest back to the queue.
+
+        A group whose destination is at its limit waits here for one of its
+        slots, up to that limit again; waiting does not take one of the node's
+        slots, so a slow destination never stalls the others. What cannot wait
+        goes back to the queue. `data` is the message's content when the
+        groups all belong to a message still in memory.
+        """
+        surplus: list[int] = []
+        limit = self.settings.destination_concurrency
+        for group in groups:
+            domain = group[0].domain
+            if self._busy[domain] < limit:
+                self._launch(group, data)
+                continue
+            if (
+                len(self._waiting.get(domain, ())) < limit
+                and self._waiting_count + len(group) <= self.settings.concurrency
+            ):
+                kept = data if data is not None and len(data) <= WAITING_DATA_MAX else None
+                self._waiting.setdefault(domain, deque()).append((group, kept))
+                self._waiting_count += len(group)
+                for claim in group:
+                    self._inflight[claim.id] = claim
+            else:
+                surplus.extend(claim.id for claim in group)
+        if surplus:
+            self._backlog = True
+            try:
+                await self.store.write(
+                    partial(release_leases, node=self.settings.node, ids=surplus)
+                )
+            except Exception as exc:  # the leases run out and the deliveries come back
+                logger.error("release_failed", deliveries=len(surplus), error=str(exc))
+
+    def _launch(self, group: list[Claimed], data: bytes | None) -> None:
+        self._busy[group[0].domain] += 1
+        self._running += len(group)
+        for claim in group:
+            self._inflight[claim.id] = claim
+        task = asyncio.create_task(self._deliver(group, data))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _next_waiting(self, domain: str) -> None:
+        """A transaction to `domain` finished: start the group waiting for its slot."""
+        waiting = self._waiting.get(domain)
+        if not waiting:
+            return
+        group, data = waiting.popleft()
+        if not waiting:
+            del self._waiting[domain]
+        self._waiting_count -= len(group)
+        self._launch(group, data)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Let in-flight transactions finish for `grace` seconds, then return the rest to the queue."""
+        self._stopping = True
+        self._wake.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._waiting.clear()
+        self._waiting_count = 0
+        ids = list(self._inflight)  # with those settled during the grace: release skips them
+        if ids:
+            returned = await self.store.call(
+                lambda db: release_leases(db, node=self.settings.node, ids=ids)
+            )
+            if returned:
+                logger.info("returned_to_queue", deliveries=returned)
+        self._inflight.clear()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            ids = list(self._inflight)
+            if ids:
+                try:
+                    await self.store.call(partial(renew_leases, node=self.settings.node, ids=ids))
+                except Exception as exc:
+                    logger.error("lease_renewal_failed", error=str(exc))
+
+    async def _deliver(self, group: list[Claimed], data: bytes | None = None) -> None:
+        first = group[0]
+        try:
+            if data is None:
+                data = await self.reader.call(lambda db: message_data(db, first.message_id))
+            if data is None:
+                return  # deleted by an admin meanwhile
+            sign_domain = split_address(first.original_recipient)[1]
+            signer = await self.signers.get(sign_domain)
+            started = time.monotonic()
+            try:
+                wire = outgoing(
+                    data,
+                    alias=first.original_recipient,
+                    signer=signer,
+                    sealer=await self._sealer(signer),
+                    authserv_id=self.settings.hostname,
+                    from_display=self.settings.from_rewrite_name,
+                )
+            except InvalidInput as exc:  # it would fail the same way at every attempt: bounce
+                outcomes = unforwardable(group, str(exc))
+            else:
+                outcomes = await self.deliverer.deliver(
+                    sender=first.envelope_sender,
+                    recipients=[c.recipient for c in group],
+                    message=wire,
+                    smtputf8=first.smtputf8,
+                )
+            elapsed = time.monotonic() - started
+            results = [
+                self._result(claim, outcome) for claim, outcome in zip(group, outcomes, strict=True)
+            ]
+            metrics.deliveries_done([o.status for o in outcomes], elapsed)
+            for r in results:
+                logger.info(
+                    r.result,
+                    queue_id=first.queue_id,
+                    recipient=r.delivery.recipient,
+                    original_recipient=r.delivery.original_recipient,
+                    remote=r.remote_host,
+                    code=r.code,
+                    reply=r.reply[:300],
+                    attempt=r.delivery.attempts + 1,
+                    ms=round(elapsed * 1000, 1),
+                )
+            if await self.store.write(lambda db: self._settle(db, results, data)):
+                self.wake()  # a bounce was queued
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Unknown failures are temporary: the lease runs out and the delivery is retried.
+            logger.error(
+                "delivery_error",
+                queue_id=first.queue_id,
+                error_type=type(exc).__name__,
+                error=str(exc)[:300],
+            )
+        finally:
+            self._running -= len(group)
+            self._busy[first.domain] -= 1
+            if self._busy[first.domain] <= 0:
+                del self._busy[first.domain]
+            if not self._stopping:
+                for claim in group:
+                    self._inflight.pop(claim.id, None)
+                self._next_waiting(first.domain)
+                if self._backlog:
+                    self._wake.set()  # a slot is free: claim waiting work now, not at the next poll
+
+    async def _sealer(self, signer: Signer) -> Signer | None:
+        """The keys that ARC-seal: the alias domain's, or the configured sealing domain's."""
+        if not self.settings.arc_seal:
+            return None
+        if self.settings.arc_seal_domain is None:
+            return signer
+        return await self.signers.get(self.settings.arc_seal_domain)
+
+    @staticmethod
+    def _result(claim: Claimed, outcome: Outcome) -> AttemptResult:
+        return AttemptResult(
+            delivery=claim,
+            result=outcome.status,
+            code=outcome.code,
+            reply=outcome.reply,
+            remote_host=outcome.remote_host,
+            enhanced=outcome.enhanced,
+        )
+
+    def _settle(self, db: Database, results: list[AttemptResult], original: bytes) -> bool:
+        """Record results and queue the bounce they need; True if a bounce was queued."""
+        now = time.time()
+        with db.transaction():
+            settled = record_results(
+                db,
+                results,
+                node=self.settings.node,
+                schedule=self.settings.retry_schedule,
+                lifetime=self.settings.queue_lifetime,
+                now=now,
+            )
+            write_events(db, delivery_events(results, settled.failed, at=now))
+            if not settled.failed:
+                return False
+            bounce = bounce_message(
+                hostname=self.settings.hostname, failed=settled.failed, original=original, now=now
+            )
+            first = settled.failed[0].delivery
+            if bounce is None:
+                logger.warning(
+                    "bounce_dropped",
+                    queue_id=first.queue_id,
+                    reason="the failed message is itself a bounce (null sender)",
+                )
+                return False
+            enqueue(db, bounce)
+            logger.info(
+                "bounced",
+                queue_id=first.queue_id,
+                dsn_queue_id=bounce.queue_id,
+                to=first.sender,
+                recipients=[r.delivery.original_recipient for r in settled.failed],
+            )
+        return True

@@ -1,0 +1,1 @@
+"""Where mail goes: alias rules and the SRS rewrite of the envelope sender (pure)."""

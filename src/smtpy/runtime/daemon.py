@@ -1,0 +1,293 @@
+"""`smtpy serve`: inbound SMTP and delivery workers on one asyncio loop.
+
+Start-up: open the store (a SQLite store is created or migrated, an outdated
+PostgreSQL schema refused), return this node's interrupted deliveries to the
+queue, listen on every SMTPY_LISTEN address, start the workers, then tell
+systemd we are ready. SIGTERM/SIGINT: stop accepting, let sessions and
+deliveries finish for a few seconds, return what is still in flight to the
+queue, exit 0. SIGHUP: reload DKIM keys, alias rules and the TLS certificate
+without dropping sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from smtpy import log
+from smtpy.config import Settings
+from smtpy.errors import ConfigError, SmtpyError
+from smtpy.queue.writer import StoreThread
+from smtpy.route.aliases import DomainRules
+from smtpy.route.srs import SRS
+from smtpy.runtime import listeners
+from smtpy.runtime.watcher import PROCESS_VAR, notify_systemd
+from smtpy.store.db import Database
+
+logger = log.get("smtpy.runtime.daemon")
+
+RULES_TTL = 2.0  # seconds an alias change may take to reach a running daemon
+STOP_GRACE = 10.0
+
+
+class RuleCache:
+    """Alias rules per domain, read through the reader thread and kept for `RULES_TTL`."""
+
+    def __init__(self, store: StoreThread, *, ttl: float = RULES_TTL) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, DomainRules | None]] = {}
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    async def get(self, domain: str) -> DomainRules | None:
+        now = time.monotonic()
+        hit = self._cache.get(domain)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        from smtpy.admin.aliases import domain_rules
+
+        rules = await self._store.call(lambda db: domain_rules(db, domain))
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[domain] = (now, rules)
+        return rules
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The inbound STARTTLS context (TLS 1.2 and newer), or None without a certificate."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load SMTPY_TLS_CERT/SMTPY_TLS_KEY: {exc}") from None
+    return context
+
+
+def _inbound_checker(settings: Settings, lookups: Any) -> Any:
+    """The end-of-DATA SPF/DKIM/DMARC/ARC check, or None when SMTPY_AUTH_CHECKS is off."""
+    if not settings.auth_checks:
+        return None
+    from smtpy.checks.authentication import AuthPolicy, InboundChecker
+
+    return InboundChecker(
+        lookups,
+        AuthPolicy(
+            hostname=settings.hostname,
+            dmarc_reject=settings.dmarc_reject,
+            trusted_sealers=frozenset(settings.arc_trusted_sealers),
+            from_rewrite=settings.from_rewrite,
+        ),
+    )
+
+
+class Daemon:
+    """One serving process: inbound sessions and delivery workers on one event loop.
+
+    `sockets` are listening sockets bound beforehand (shared by the processes
+    of a supervisor); without them the daemon binds SMTPY_LISTEN itself.
+    `ready` is called once it serves (default: tell systemd). Of several
+    processes, only the one with `serve_metrics` answers SMTPY_METRICS_LISTEN.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        reload: Callable[[], Settings] | None = None,
+        sockets: list[socket.socket] | None = None,
+        ready: Callable[[str], None] | None = None,
+        serve_metrics: bool = True,
+    ) -> None:
+        self.settings = settings
+        self._serve_metrics = serve_metrics
+        self._reload = reload
+        self._sockets = sockets
+        self._ready = ready or (lambda status: notify_systemd(f"READY=1\nSTATUS={status}"))
+        self._stop = asyncio.Event()
+        self._servers: list[asyncio.Server] = []
+        self._tls: ssl.SSLContext | None = None
+
+    async def serve(self) -> int:
+        from smtpy.admin.srs_secret import stored_srs_secret
+        from smtpy.checks.limits import guard_from_settings, start_rate_sync
+        from smtpy.checks.scanners import scanner_from_settings
+        from smtpy.dns import Lookups, make_resolver
+        from smtpy.outbound.deliver import Deliverer
+        from smtpy.queue.queries import release_leases
+        from smtpy.queue.scheduler import DeliveryWorker, SignerCache, WorkerSettings
+        from smtpy.runtime.upkeep import Upkeep
+        from smtpy.smtp.handler import Handler, Policy
+
+        settings = self.settings
+        writer = StoreThread(settings.database_url, name="writer")
+        reader = StoreThread(settings.database_url, name="reader")
+        writer.start()
+        reader.start()
+        try:
+            secret = (
+                settings.srs_secret.get_secret_value()
+                if settings.srs_secret is not None
+                else await writer.call(stored_srs_secret)
+            )
+            srs = SRS(secrets=(secret.encode(),), domain=settings.hostname)
+            released = await writer.call(lambda db: release_leases(db, node=settings.node_name))
+            if released:
+                logger.info("resumed", deliveries=released, node=settings.node_name)
+
+            from smtpy import metrics
+
+            if settings.metrics_listen is not None:
+                metrics.enable()  # every process counts; the first one serves the sums
+            lookups = Lookups(
+                make_resolver(settings.dns_nameservers, timeout=settings.dns_timeout),
+                observe=metrics.dns_observed,
+            )
+            deliverer = Deliverer.from_settings(settings, lookups)
+            signers = SignerCache(reader)
+            worker = DeliveryWorker(
+                settings=WorkerSettings(
+                    node=settings.node_name,
+                    hostname=settings.hostname,
+                    concurrency=settings.delivery_concurrency,
+                    retry_schedule=tuple(settings.retry_schedule),
+                    queue_lifetime=settings.queue_lifetime,
+                    destination_concurrency=settings.destination_concurrency,
+                    arc_seal=settings.arc_seal,
+                    arc_seal_domain=settings.arc_seal_domain,
+                    from_rewrite_name=settings.from_rewrite_name if settings.from_rewrite else None,
+                ),
+                store=writer,
+                deliverer=deliverer,
+                signers=signers,
+                reader=reader,
+            )
+            rules = RuleCache(reader)
+            upkeep = Upkeep(
+                writer, node_name=settings.node_name, retention_days=settings.log_retention
+            )
+            guard = guard_from_settings(settings, lookups)
+            handler = Handler(
+                policy=Policy(
+                    hostname=settings.hostname,
+                    max_recipients=settings.max_recipients,
+                    max_message_size=settings.max_message_size,
+                    plus_separator=settings.plus_separator,
+                ),
+                queue=worker.queue,
+                rules_for=rules.get,
+                srs=srs,
+                guard=guard,
+                scanner=scanner_from_settings(settings),
+                events=upkeep.events,
+                authcheck=_inbound_checker(settings, lookups),
+            )
+            self._tls = tls_context(settings)
+            await self._listen(handler)
+            metrics_server: metrics.MetricsServer | None = None
+            if settings.metrics_listen is not None and self._serve_metrics:
+                host, port = settings.metrics_listen
+                metrics_server = metrics.MetricsServer(reader, host=host, port=port)
+                await metrics_server.start()
+
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+            loop.add_signal_handler(signal.SIGINT, self._stop.set)
+            loop.add_signal_handler(signal.SIGHUP, lambda: self._hup(rules, signers))
+
+            worker_task = asyncio.create_task(worker.run())
+            rate_sync = start_rate_sync(guard, writer.call, settings.rate_limit_sync_interval)
+            upkeep.start()  # message-log writes, heartbeat, pruning
+            addresses = ", ".join(f"{h}:{p}" for h, p in settings.listen)
+            logger.info(
+                "started", listen=addresses, hostname=settings.hostname, node=settings.node_name
+            )
+            self._ready(f"listening on {addresses}")
+
+            await self._stop.wait()
+
+            notify_systemd("STOPPING=1")
+            logger.info("stopping")
+            for server in self._servers:
+                server.close()
+            await worker.stop(STOP_GRACE)
+            worker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker_task
+            await deliverer.close()
+            for server in self._servers:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(server.wait_closed(), STOP_GRACE)
+            await upkeep.stop()
+            if rate_sync is not None:
+                rate_sync.cancel()
+            if metrics_server is not None:
+                await metrics_server.stop()
+            logger.info("stopped")
+            return 0
+        finally:
+            writer.stop()
+            reader.stop()
+
+    async def _listen(self, handler: Any) -> None:
+        from smtpy.smtp.handler import server_factory
+
+        loop = asyncio.get_running_loop()
+        factory = server_factory(
+            handler,
+            hostname=self.settings.hostname,
+            max_message_size=self.settings.max_message_size,
+            tls_context=lambda: self._tls,
+            timeout=self.settings.command_timeout,
+        )
+        sockets = (
+            self._sockets if self._sockets is not None else listeners.bind(self.settings.listen)
+        )
+        for sock in sockets:
+            self._servers.append(await loop.create_server(factory, sock=sock))
+
+    def _hup(self, rules: RuleCache, signers: Any) -> None:
+        rules.clear()
+        signers.clear()
+        if self._reload is not None:
+            try:
+                self._tls = tls_context(self._reload())
+            except SmtpyError as exc:
+                logger.error(
+                    "reload_failed", error=str(exc), keeping="the previous TLS certificate"
+                )
+        logger.info("reloaded", what="alias rules, DKIM keys and the TLS certificate")
+
+
+def run(settings: Settings, *, reload: Callable[[], Settings] | None = None) -> int:
+    """Run the daemon until SIGTERM; return the exit code.
+
+    With SMTPY_PROCESSES above 1 a supervisor runs that many serving processes.
+    """
+    log.configure(settings.log_level)
+    restarted = os.environ.pop(PROCESS_VAR, None)
+    if restarted is not None:  # one of several serving processes, started again
+        from smtpy.runtime.supervisor import serve_restarted
+
+        return serve_restarted(settings, restarted, reload)
+    Database.prepare(settings.database_url)  # a new store: created without staying bigger
+    processes = settings.process_count()
+    if processes > 1:
+        from smtpy.runtime.supervisor import Supervisor
+
+        return Supervisor(settings, processes=processes, reload=reload).run()
+    try:
+        return asyncio.run(Daemon(settings, reload=reload).serve())
+    except KeyboardInterrupt:
+        return 0
