@@ -20,7 +20,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from smtpy.errors import ConfigError
 
@@ -215,7 +223,7 @@ class Settings(BaseModel):
         default=25, gt=0, lt=65536, description="Port used on destination MX hosts."
     )
     processes: int = Field(
-        default=1,
+        default=0,
         ge=0,
         le=64,
         description="Serving processes of `smtpy serve`, sharing the listening sockets and "
@@ -322,6 +330,33 @@ class Settings(BaseModel):
         max_length=100,
         description="Name of this node in the shared queue's leases (default: the host name).",
     )
+    lease_seconds: float = Field(
+        default=90.0,
+        ge=10,
+        le=3600,
+        description=(
+            "Seconds a node holds the deliveries it claimed without renewing them; after a "
+            "crash, another node takes them over once this has passed."
+        ),
+    )
+    heartbeat_seconds: float = Field(
+        default=10.0,
+        ge=1,
+        le=600,
+        description=(
+            "Seconds between a node's heartbeats and lease renewals; at most a third of "
+            "lease_seconds, so a live node never loses its leases."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Settings:
+        if self.heartbeat_seconds * 3 > self.lease_seconds:
+            raise ValueError(
+                f"heartbeat_seconds ({self.heartbeat_seconds:g}) must be at most a third of "
+                f"lease_seconds ({self.lease_seconds:g}), or a live node could lose its leases"
+            )
+        return self
 
     @field_validator("listen", mode="before")
     @classmethod
