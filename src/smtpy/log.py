@@ -76,6 +76,7 @@ def configure(level: str = "info", *, json: bool | None = None, lazy: bool = Fal
             structlog.dev.ConsoleRenderer(
                 colors=terminal,
                 sort_keys=False,
+                repr_native_str=True,  # values as repr(): control characters escaped
                 exception_formatter=structlog.dev.plain_traceback,  # never local variables
             ),
         ]
@@ -179,10 +180,11 @@ _TRACEBACK_CONTROLS = {c: s for c, s in _CONTROLS.items() if c != 0x0A}
 def _escape_controls(
     logger: Any, method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """Control characters in text values as `\\xNN` (a traceback keeps its newlines)."""
-    for key, value in event_dict.items():
+    """Control characters as `\\xNN` in what the console shows as it is: the event (a
+    standard library record's message) and a traceback (which keeps its newlines)."""
+    for key, table in (("event", _CONTROLS), ("exception", _TRACEBACK_CONTROLS)):
+        value = event_dict.get(key)
         if isinstance(value, str):
-            table = _TRACEBACK_CONTROLS if key == "exception" else _CONTROLS
             event_dict[key] = value.translate(table)
     return event_dict
 
