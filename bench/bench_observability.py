@@ -6,7 +6,7 @@ Prints:
 - the cost of the metric updates one forwarded message makes on the hot path
   (a session, a received message, one delivery transaction, two DNS lookups);
 - the time to render /metrics (the text exposition of every metric);
-- the scrape-time queue query (`metrics.queue_snapshot`) on a SQLite queue of
+- the scrape-time queue query (`metrics_server.queue_snapshot`) on a SQLite queue of
   `--deliveries` pending deliveries (run at most once per 5 s per scrape);
 - a cached MTA-STS / TLS policy answer (`TlsPolicies.for_domain`), which every
   delivery asks for.
@@ -26,6 +26,7 @@ from smtpy import log, metrics
 from smtpy.dns import Lookups, make_resolver
 from smtpy.outbound.tls_policy import TlsPolicies
 from smtpy.queue.queries import NewDelivery, NewMessage, enqueue
+from smtpy.runtime import metrics_server
 from smtpy.store.db import Database
 
 
@@ -85,11 +86,13 @@ def main() -> None:
     parser.add_argument("--deliveries", type=int, default=100_000)
     args = parser.parse_args()
     log.configure("error")
+    metrics.enable()
+    from prometheus_client import generate_latest
 
     cost = per_call(hot_path, 100_000)
     print(f"metric updates per forwarded message: {cost * 1e6:.2f} µs")
 
-    renders = [per_call(lambda: metrics.generate_latest(metrics.REGISTRY), 1) for _ in range(200)]
+    renders = [per_call(lambda: generate_latest(metrics.registry()), 1) for _ in range(200)]
     print(f"render /metrics: median {statistics.median(renders) * 1e3:.3f} ms")
 
     with tempfile.TemporaryDirectory() as folder:
@@ -99,7 +102,7 @@ def main() -> None:
             runs = []
             for _ in range(20):
                 started = time.perf_counter()
-                snapshot = metrics.queue_snapshot(db, now=time.time())
+                snapshot = metrics_server.queue_snapshot(db, now=time.time())
                 runs.append(time.perf_counter() - started)
         print(
             f"queue snapshot over {sum(snapshot.deliveries.values())} pending deliveries (SQLite): "

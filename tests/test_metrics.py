@@ -117,5 +117,50 @@ def test_scrape_after_real_traffic_matches_it(forwarder: Forwarder) -> None:
     assert value(found, "smtpy_queue_deliveries", state="held") == 0
     assert 0 < value(found, "smtpy_queue_oldest_age_seconds") < 120
 
-    status, _, _ = scrape(metrics_port, "/")
-    assert status == 404
+
+def test_queue_gauges_are_queried_at_most_once_per_cache_window() -> None:
+    """A scrape reuses the queue snapshot for QUEUE_CACHE_SECONDS; the next one queries again."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from smtpy.runtime.metrics_server import QueueCollector, QueueSnapshot
+
+    now = [1000.0]
+    queries: list[float] = []
+
+    def query(at: float) -> QueueSnapshot:
+        queries.append(at)
+        return QueueSnapshot({"deferred": len(queries)}, at - 30, at)
+
+    registry = CollectorRegistry()
+    registry.register(QueueCollector(query, cache_seconds=5, clock=lambda: now[0]))
+    assert queries == []  # registering does not touch the store
+    first = samples(generate_latest(registry).decode())
+    now[0] += 4
+    second = samples(generate_latest(registry).decode())
+    now[0] += 1
+    third = samples(generate_latest(registry).decode())
+    assert queries == [1000.0, 1005.0]
+    assert [
+        value(s, "smtpy_queue_deliveries", state="deferred") for s in (first, second, third)
+    ] == [
+        1,
+        1,
+        2,
+    ]
+    assert value(first, "smtpy_queue_oldest_age_seconds") == 30
+
+
+def test_a_failed_queue_query_leaves_the_scrape_without_queue_gauges() -> None:
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+    from smtpy.runtime.metrics_server import QueueCollector, QueueSnapshot
+
+    def query(at: float) -> QueueSnapshot:
+        raise TimeoutError("the store did not answer")
+
+    registry = CollectorRegistry()
+    Counter("smtpy_test_things", "Things.", registry=registry).inc()
+    registry.register(QueueCollector(query))
+    found = samples(generate_latest(registry).decode())
+    assert value(found, "smtpy_test_things_total") == 1
+    assert not any(name.startswith("smtpy_queue_") for name, _ in found)

@@ -12,42 +12,24 @@ SMTPY_METRICS_LISTEN nothing is counted and prometheus_client is not loaded:
     smtpy_delivery_duration_seconds                 one SMTP transaction, DNS included
     smtpy_dns_lookup_duration_seconds{type}         queries sent to the resolvers (cache
                                                     hits are not counted)
-    smtpy_queue_deliveries{state}                   pending deliveries: active, deferred, held
-    smtpy_queue_oldest_age_seconds                  age of the oldest pending delivery
 
-With several serving processes (SMTPY_PROCESSES) the counters live in files
-that every process writes (prometheus_client's multiprocess mode) and the
-first process serves their sums. The queue gauges are computed when scraped, with one indexed query through the
-daemon's reader thread, reused for `QUEUE_CACHE_SECONDS`; a scrape never
-touches the hot path. The listener is a small asyncio server on the daemon's
-loop: rendering the text format takes well under a millisecond.
+The queue gauges and the HTTP server are `smtpy.runtime.metrics_server`.
+
+With several serving processes (SMTPY_PROCESSES) every process counts and the
+first one serves the sums, by prometheus_client's multiprocess mode
+(PROMETHEUS_MULTIPROC_DIR, set by the supervisor before the import, and
+`MultiProcessCollector`): the processes share one listening address, so one
+scrape must see all of them, and that mode is the library's documented way.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-
-from smtpy import log
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
-    from prometheus_client.core import GaugeMetricFamily
-
-    from smtpy.queue.writer import StoreThread
-    from smtpy.store.db import Database
-
-logger = log.get("smtpy.metrics")
-
-QUEUE_CACHE_SECONDS = 5.0
-QUEUE_STATES = ("active", "deferred", "held")  # as smtpy.queue.queries.queue_depth counts them
-_REQUEST_LIMIT = 8192
-_REQUEST_TIMEOUT = 5.0
 
 
 class _Metrics:
@@ -146,157 +128,10 @@ def dns_observed(rtype: str, seconds: float) -> None:
     child.observe(seconds)
 
 
-# -- the queue, at scrape time --------------------------------------------------------
+# -- what the server shows ---------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class QueueSnapshot:
-    deliveries: dict[str, int]
-    oldest_created_at: float | None
-    taken_at: float
-
-
-def queue_snapshot(db: Database, *, now: float) -> QueueSnapshot:
-    """Pending deliveries by state and the oldest one's creation time (one indexed query)."""
-    from smtpy.queue.queries import queue_depth
-
-    counts, oldest = queue_depth(db, now=now)
-    return QueueSnapshot(counts, oldest, now)
-
-
-class QueueCollector:
-    """Yields the queue gauges from the latest snapshot (refreshed by the server).
-
-    A prometheus_client collector: an object with `collect()`."""
-
-    def __init__(self) -> None:
-        self.snapshot: QueueSnapshot | None = None
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        from prometheus_client.core import GaugeMetricFamily
-
-        snapshot = self.snapshot
-        if snapshot is None:
-            return
-        depth = GaugeMetricFamily(
-            "smtpy_queue_deliveries",
-            "Pending deliveries (one per recipient) by state: active, deferred, held.",
-            labels=["state"],
-        )
-        for state in QUEUE_STATES:
-            depth.add_metric([state], snapshot.deliveries.get(state, 0))
-        yield depth
-        age = 0.0
-        if snapshot.oldest_created_at is not None:
-            age = max(0.0, snapshot.taken_at - snapshot.oldest_created_at)
-        yield GaugeMetricFamily(
-            "smtpy_queue_oldest_age_seconds",
-            "Age of the oldest pending delivery in seconds (0 when the queue is empty).",
-            value=age,
-        )
-
-
-class MetricsServer:
-    """GET /metrics on one address, on the daemon's event loop."""
-
-    def __init__(
-        self,
-        reader: StoreThread,
-        *,
-        host: str,
-        port: int,
-        cache_seconds: float = QUEUE_CACHE_SECONDS,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._registry = _registry()
-        self._reader = reader
-        self._host = host
-        self._port = port
-        self._cache_seconds = cache_seconds
-        self._clock = clock
-        self._collector = QueueCollector()
-        self._server: asyncio.Server | None = None
-        self._refreshing: asyncio.Future[None] | None = None
-
-    async def start(self) -> None:
-        from smtpy.errors import ConfigError
-
-        try:
-            self._server = await asyncio.start_server(
-                self._handle, self._host, self._port, reuse_address=True
-            )
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on SMTPY_METRICS_LISTEN {self._host}:{self._port}: "
-                f"{exc.strerror or exc}"
-            ) from None
-        self._registry.register(self._collector)
-        logger.info("metrics_listening", address=f"{self._host}:{self._port}")
-
-    async def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._server.wait_closed(), 2)
-        self._server = None
-        with contextlib.suppress(KeyError):
-            self._registry.unregister(self._collector)
-
-    async def render(self) -> bytes:
-        """The text exposition format, with a queue snapshot at most `cache_seconds` old."""
-        from prometheus_client.exposition import generate_latest
-
-        snapshot = self._collector.snapshot
-        if snapshot is None or self._clock() - snapshot.taken_at >= self._cache_seconds:
-            await self._refresh()
-        return generate_latest(self._registry)
-
-    async def _refresh(self) -> None:
-        # Concurrent scrapes share one query.
-        if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.ensure_future(self._query())
-        await asyncio.shield(self._refreshing)
-
-    async def _query(self) -> None:
-        now = self._clock()
-        try:
-            self._collector.snapshot = await self._reader.call(
-                lambda db: queue_snapshot(db, now=now)
-            )
-        except Exception as exc:  # a scrape without queue gauges beats a failed scrape
-            logger.warning("metrics_queue_failed", error=str(exc))
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(_REQUEST_TIMEOUT):
-                head = await reader.readuntil(b"\r\n\r\n")
-            request = head[:_REQUEST_LIMIT].split(b"\r\n", 1)[0].decode("latin-1").split()
-            if len(request) >= 2 and request[0] in ("GET", "HEAD"):
-                path = request[1].split("?", 1)[0]
-                if path == "/metrics":
-                    from prometheus_client.exposition import CONTENT_TYPE_LATEST
-
-                    body = await self.render()
-                    status, media_type = "200 OK", CONTENT_TYPE_LATEST
-                else:
-                    body = b"smtpy metrics: see /metrics\n"
-                    status, media_type = "404 Not Found", "text/plain; charset=utf-8"
-                if request[0] == "HEAD":
-                    body = b""
-            else:
-                body, status, media_type = b"", "405 Method Not Allowed", "text/plain"
-            writer.write(_response(status, media_type, body))
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-
-def _registry() -> CollectorRegistry:
+def registry() -> CollectorRegistry:
     """This process's metrics, or with PROMETHEUS_MULTIPROC_DIR set, those of every process.
 
     Under a supervisor (SMTPY_PROCESSES > 1) each serving process keeps its
@@ -312,11 +147,3 @@ def _registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
     return registry
-
-
-def _response(status: str, media_type: str, body: bytes) -> bytes:
-    head = (
-        f"HTTP/1.1 {status}\r\nContent-Type: {media_type}\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    )
-    return head.encode("ascii") + body

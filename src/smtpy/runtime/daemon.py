@@ -19,7 +19,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smtpy import log
 from smtpy.config import Settings
@@ -30,6 +30,9 @@ from smtpy.route.srs import SRS
 from smtpy.runtime import listeners
 from smtpy.runtime.watcher import PROCESS_VAR, notify_systemd
 from smtpy.store.db import Database
+
+if TYPE_CHECKING:
+    from smtpy.runtime.metrics_server import MetricsServer
 
 logger = log.get("smtpy.runtime.daemon")
 
@@ -195,10 +198,12 @@ class Daemon:
             )
             self._tls = tls_context(settings)
             await self._listen(handler)
-            metrics_server: metrics.MetricsServer | None = None
+            metrics_server: MetricsServer | None = None
             if settings.metrics_listen is not None and self._serve_metrics:
+                from smtpy.runtime.metrics_server import MetricsServer
+
                 host, port = settings.metrics_listen
-                metrics_server = metrics.MetricsServer(reader, host=host, port=port)
+                metrics_server = MetricsServer(reader, host=host, port=port)
                 await metrics_server.start()
 
             loop = asyncio.get_running_loop()

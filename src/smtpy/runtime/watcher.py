@@ -5,9 +5,10 @@ the serving processes, which share those pages. Once they all serve, it
 replaces itself (exec) with this module, so the supervisor no longer holds a
 copy of every page the processes have since written to: about 20 MB less
 with two processes. It imports nothing but a few modules of the standard
-library and `smtpy.log`; its state comes on its command line (which `ps`
-shows), not as JSON, since `json` and the `re` it needs would double what
-it imports.
+library and `smtpy.log` (structlog loads with its first event, at a stop or
+a process's death: `configure(lazy=True)`); its state comes on its command
+line (which `ps` shows), not as JSON, since `json` and the `re` it needs
+would double what it imports.
 
 From then on it forwards SIGHUP to every process, sends SIGTERM to all on
 SIGTERM (and SIGKILL after `STOP_TIMEOUT` seconds), and starts a process that
@@ -242,7 +243,7 @@ def reap() -> list[tuple[int, int]]:
 def main() -> int:
     """The supervisor after its exec: watch until SIGTERM, stop everything, clean up."""
     watcher = Watcher.from_args(sys.argv[1:])
-    log.configure(watcher.log_level)
+    log.configure(watcher.log_level, lazy=True)  # structlog loads with the first event
     return watcher.run()
 
 
