@@ -12,6 +12,7 @@ actually imported, in every process, however deep or late the import.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -61,14 +62,29 @@ KEPT_OUT_OF_THE_DAEMON = {
 
 
 def imported(text: str) -> set[str]:
-    """Top-level packages named by `-X importtime` lines ("import time: self | cumulative | name")."""
-    names = set()
+    """Top-level names loaded, from `-X importtime` lines ("import time: self | cumulative | name").
+
+    A failed or blocked import prints its line too (smtpy.log keeps rich out of
+    structlog's way by blocking it), so a package counts as loaded only when one
+    of its modules was: a real import of any of these packages loads some.
+    """
+    modules = set()
     for line in text.splitlines():
         if line.startswith("import time:") and line.count("|") == 2:
             name = line.rsplit("|", 1)[1].strip()
             if name and name != "imported package":
-                names.add(name.split(".")[0])
-    return names
+                modules.add(name)
+    loaded = set()
+    for name in modules:
+        top = name.split(".")[0]
+        if name != top or not _is_package(top):
+            loaded.add(top)
+    return loaded
+
+
+def _is_package(name: str) -> bool:
+    spec = importlib.util.find_spec(name) if name.isidentifier() else None
+    return spec is not None and spec.submodule_search_locations is not None
 
 
 def importtime(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
