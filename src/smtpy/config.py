@@ -1,40 +1,67 @@
 """Settings: built once at the entry point and passed down explicitly.
 
-Sources, lowest precedence first: the built-in defaults, a TOML file, then the
-`SMTPY_*` environment variables. The file is the one named by `--config` or
-`SMTPY_CONFIG`, else `/etc/smtpy/smtpy.toml` when it exists; its keys are the
-setting names in lower case without the prefix (`hostname = "mx.example.org"`).
+`Settings` is a pydantic-settings `BaseSettings`. Its sources, highest
+precedence first (`Settings.settings_customise_sources`):
 
-Values are validated by a pydantic model. The loader is our own rather than
-pydantic-settings: it records where each value came from (`smtpy config show`
-prints it) and keeps `smtpy alias list` inside its start-up budget, since
-pydantic-settings alone costs two thirds of it to import.
+    the environment    `SMTPY_*` variables: the setting's name in upper case
+    the TOML file      `--config PATH`, else `SMTPY_CONFIG`, else /etc/smtpy/smtpy.toml
+                       when it exists; keys are the names in lower case, flat or
+                       inside an `[smtpy]` table (`hostname = "mx.example.org"`)
+    machine defaults   the state directory, the store inside it and the host name,
+                       which depend on the machine or on another setting
+    the field defaults
+
+Lists keep their comma-separated syntax in the environment
+(`SMTPY_LISTEN=127.0.0.1:2525,[::1]:2525`): the validators parse them, so
+pydantic-settings' JSON decoding is off (`enable_decoding=False`).
+
+`load()` is what the entry points call: it also records where each value came
+from (`smtpy config show` prints it), warns about `SMTPY_*` variables that are
+no setting (naming the closest one), and turns validation errors into one
+`ConfigError` line naming the settings involved and their sources.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
 )
+from pydantic_settings.sources.utils import parse_env_vars
 
 from smtpy.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ipaddress import IPv4Network, IPv6Network
 
 ENV_PREFIX = "SMTPY_"
 SYSTEM_CONFIG = Path("/etc/smtpy/smtpy.toml")
 SYSTEM_STATE_DIR = Path("/var/lib/smtpy")
+
+# `SMTPY_*` variables that are no setting: the CLI's --config, what a restarted
+# serving process is told, and the test suite's and benchmarks' own.
+NOT_SETTINGS = frozenset({"SMTPY_CONFIG", "SMTPY_SERVING_PROCESS"})
+NOT_SETTINGS_PREFIX = "SMTPY_TEST_"
+
+# SMTPY_RETRY_SCHEDULE: a delay from a second to a week, at most 100 steps (the
+# last step repeats until queue_lifetime, so a longer list is a mistake).
+RETRY_MAX_DELAY = 7 * 86400
+RETRY_MAX_STEPS = 100
 
 HostPort = tuple[str, int]
 
@@ -63,6 +90,19 @@ def parse_host_port(text: str, *, default_port: int | None = None) -> HostPort:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
     return host, int(port_text)
+
+
+def parse_networks(items: Iterable[str]) -> tuple[IPv4Network | IPv6Network, ...]:
+    """`127.0.0.0/8`, `::1`, … as networks; ValueError names the bad entry."""
+    import ipaddress
+
+    networks = []
+    for item in items:
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network") from None
+    return tuple(networks)
 
 
 def _nameserver(text: str) -> HostPort:
@@ -95,16 +135,51 @@ def default_state_dir(environ: Mapping[str, str]) -> Path:
     return Path(xdg) / "smtpy"
 
 
-class Settings(BaseModel):
+def machine_defaults(
+    given: Mapping[str, Any], environ: Mapping[str, str], sources: dict[str, str]
+) -> dict[str, Any]:
+    """The defaults that depend on the machine or on another setting, for those not `given`.
+
+    `sources` may say more of a default than "default" (how it was chosen).
+    """
+    values: dict[str, Any] = {}
+    if "state_dir" not in given:
+        values["state_dir"] = default_state_dir(environ)
+    if "database_url" not in given:
+        state_dir = Path(given["state_dir"]) if "state_dir" in given else values["state_dir"]
+        values["database_url"] = f"sqlite:///{state_dir / 'smtpy.db'}"
+    if "hostname" not in given:
+        values["hostname"] = socket.getfqdn()
+    return values
+
+
+class SettingsConflict(ValueError):
+    """A rule between settings is broken: it names them all, for the one-line error."""
+
+    def __init__(self, names: tuple[str, ...], reason: str) -> None:
+        super().__init__(reason)
+        self.names = names
+
+
+class Settings(BaseSettings):
     """Every setting smtpy reads. The field name in upper case with `SMTPY_` is its variable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        enable_decoding=False,  # lists are comma-separated, parsed by the validators below
+        extra="forbid",
+        frozen=True,
+    )
 
     secret_fields: ClassVar[frozenset[str]] = frozenset({"srs_secret", "relay_password"})
 
-    state_dir: Path = Field(description="Directory for the default SQLite store and runtime files.")
+    state_dir: Path = Field(
+        description="Directory for the default SQLite store and runtime files; a relative "
+        "path is taken from the current directory when the settings are loaded."
+    )
     database_url: str = Field(
-        description="sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB.",
+        description="sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB; a relative "
+        "SQLite PATH is made absolute from the current directory when the settings are loaded.",
         repr=False,  # it may hold the database password
     )
     hostname: str = Field(
@@ -125,7 +200,10 @@ class Settings(BaseModel):
     )
     retry_schedule: list[int] = Field(
         default=[60, 300, 900, 1800, 3600],
-        description="Seconds between delivery attempts, comma-separated; the last repeats.",
+        description=(
+            "Seconds between delivery attempts, comma-separated; the last repeats. Each delay "
+            f"is 1 to {RETRY_MAX_DELAY} (a week), at most {RETRY_MAX_STEPS} of them."
+        ),
     )
     queue_lifetime: int = Field(
         default=5 * 86400, gt=0, description="Seconds a message may stay queued before it bounces."
@@ -349,12 +427,33 @@ class Settings(BaseModel):
         ),
     )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, the environment, the TOML file, then the machine's defaults."""
+        origin = _loading.get() or Origin.of_process()
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            Environment(settings_cls, origin),
+        ]
+        if origin.config_file is not None:
+            sources.append(TomlFile(settings_cls, origin))
+        sources.append(MachineDefaults(settings_cls, origin))
+        return tuple(sources)
+
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> Settings:
         if self.heartbeat_seconds * 3 > self.lease_seconds:
-            raise ValueError(
+            raise SettingsConflict(
+                ("heartbeat_seconds", "lease_seconds"),
                 f"heartbeat_seconds ({self.heartbeat_seconds:g}) must be at most a third of "
-                f"lease_seconds ({self.lease_seconds:g}), or a live node could lose its leases"
+                f"lease_seconds ({self.lease_seconds:g}), or a live node could lose its leases",
             )
         return self
 
@@ -420,8 +519,6 @@ class Settings(BaseModel):
     @field_validator("limit_exempt_networks", mode="before")
     @classmethod
     def _networks(cls, value: Any) -> Any:
-        from smtpy.checks.limits import parse_networks
-
         parts = _split(value)
         parse_networks(parts)
         return parts
@@ -448,14 +545,38 @@ class Settings(BaseModel):
     @field_validator("retry_schedule", mode="before")
     @classmethod
     def _schedule(cls, value: Any) -> Any:
-        if isinstance(value, str | list):
-            parts = _split(value)
-            if not parts:
-                raise ValueError("needs at least one delay")
-            if not all(part.isdigit() and int(part) > 0 for part in parts):
-                raise ValueError("delays are whole seconds greater than 0")
-            return [int(part) for part in parts]
-        return value
+        if isinstance(value, str):
+            parts = [part.strip() for part in value.split(",")]
+            if parts == [""]:
+                parts = []
+        elif isinstance(value, list | tuple):
+            parts = [str(part).strip() for part in value]
+        else:
+            return value  # pydantic names the wrong type
+        if not parts:
+            raise ValueError("needs at least one delay")
+        if "" in parts:
+            raise ValueError(
+                f"delay {parts.index('') + 1} is empty; write whole seconds separated by "
+                "commas, e.g. 60,300,900"
+            )
+        if len(parts) > RETRY_MAX_STEPS:
+            raise ValueError(
+                f"{len(parts)} delays, at most {RETRY_MAX_STEPS}: the last one repeats until "
+                "queue_lifetime"
+            )
+        for part in parts:
+            if not (part.isascii() and part.isdigit() and 1 <= int(part) <= RETRY_MAX_DELAY):
+                raise ValueError(
+                    f"delays are whole seconds from 1 to {RETRY_MAX_DELAY} (a week), not {part!r}"
+                )
+        return [int(part) for part in parts]
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, value: Path) -> Path:
+        # Absolute once loaded: commands run from different directories find one store.
+        return Path(os.path.abspath(value))
 
     @field_validator("database_url")
     @classmethod
@@ -464,6 +585,11 @@ class Settings(BaseModel):
             ("sqlite:///", "postgresql://", "postgres://", "postgresql+psycopg://")
         ):
             raise ValueError("expected sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB")
+        path = value.removeprefix("sqlite:///")
+        if value.startswith("sqlite:///") and path not in ("", ":memory:") and path[0] != "/":
+            # A relative path: absolute now, so two commands run from different
+            # directories never open two stores.
+            return f"sqlite:///{os.path.abspath(path)}"
         return value
 
     @field_validator("hostname")
@@ -529,75 +655,180 @@ def mask_url(url: str) -> str:
     return f"{scheme}://{user}:********@{hostpart}"
 
 
+# -- the sources -------------------------------------------------------------------
+
+
+@dataclass
+class Origin:
+    """What one load of the settings reads, and what it learns on the way."""
+
+    environ: Mapping[str, str]
+    config_file: Path | None
+    sources: dict[str, str] = field(default_factory=dict)  # name -> "env NAME" / "file PATH"
+    warnings: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, config_path: str | Path | None, environ: Mapping[str, str]) -> Origin:
+        """The file named by `config_path`, else SMTPY_CONFIG, else the system's if present."""
+        path_text = str(config_path) if config_path else environ.get("SMTPY_CONFIG")
+        config_file = Path(path_text) if path_text else None
+        if config_file is None and SYSTEM_CONFIG.is_file():
+            config_file = SYSTEM_CONFIG
+        return cls(environ, config_file)
+
+    @classmethod
+    def of_process(cls) -> Origin:
+        return cls.of(None, os.environ)
+
+
+_loading: ContextVar[Origin | None] = ContextVar("smtpy_settings_origin", default=None)
+
+
+def _closest(name: str, known: Iterable[str]) -> str | None:
+    matches = difflib.get_close_matches(name, list(known), n=1)
+    return matches[0] if matches else None
+
+
+class Environment(EnvSettingsSource):
+    """`SMTPY_*` variables of `origin.environ`; notes their names and the unknown ones."""
+
+    def __init__(self, settings_cls: type[BaseSettings], origin: Origin) -> None:
+        self.origin = origin
+        super().__init__(settings_cls)
+        self.origin.warnings.extend(self._unknown())
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self.origin.environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
+
+    def _unknown(self) -> list[str]:
+        names = self.settings_cls.model_fields
+        found = []
+        for var in sorted(self.origin.environ):
+            upper = var.upper()
+            if not upper.startswith(ENV_PREFIX) or upper in NOT_SETTINGS:
+                continue
+            if upper.startswith(NOT_SETTINGS_PREFIX) or upper[len(ENV_PREFIX) :].lower() in names:
+                continue
+            closest = _closest(upper[len(ENV_PREFIX) :].lower(), names)
+            hint = (
+                f"did you mean {ENV_PREFIX}{closest.upper()}?"
+                if closest
+                else "see `smtpy config show`"
+            )
+            found.append(f"{var} is not a setting and is ignored; {hint}")
+        return found
+
+    def __call__(self) -> dict[str, Any]:
+        values = super().__call__()
+        spelled = {var.upper(): var for var in self.origin.environ}
+        for name in values:
+            var = ENV_PREFIX + name.upper()
+            self.origin.sources[name] = f"env {spelled.get(var, var)}"
+        return values
+
+
+class TomlFile(TomlConfigSettingsSource):
+    """The TOML file: flat or inside an `[smtpy]` table; an unknown key is an error."""
+
+    def __init__(self, settings_cls: type[BaseSettings], origin: Origin) -> None:
+        assert origin.config_file is not None
+        self.origin = origin
+        self.path = origin.config_file
+        self.names = frozenset(settings_cls.model_fields)  # _read_file runs in super().__init__
+        if not self.path.is_file():
+            raise ConfigError(f"config file {self.path} does not exist")
+        super().__init__(settings_cls, toml_file=self.path)
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        path = self.path
+        try:
+            with path.open("rb") as handle:
+                data = tomllib.load(handle)
+        except PermissionError:
+            raise ConfigError(f"config file {path} is not readable by this user") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        section = data.get("smtpy", data)
+        if not isinstance(section, dict):
+            raise ConfigError(f"config file {path}: [smtpy] must be a table")
+        for key in section:
+            if key not in self.names:
+                closest = _closest(key.lower().removeprefix("smtpy_"), self.names)
+                hint = f" (did you mean {closest!r}?)" if closest else ""
+                raise ConfigError(f"{path}: unknown setting {key!r}{hint}; see `man smtpy.toml`")
+        return section
+
+    def __call__(self) -> dict[str, Any]:
+        values = super().__call__()
+        for name in values:
+            self.origin.sources.setdefault(name, f"file {self.path}")  # the environment wins
+        return values
+
+
+class MachineDefaults(PydanticBaseSettingsSource):
+    """The defaults that depend on the machine or on another setting (`machine_defaults`)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], origin: Origin) -> None:
+        super().__init__(settings_cls)
+        self.origin = origin
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ computes the values together
+
+    def __call__(self) -> dict[str, Any]:
+        return machine_defaults(self.current_state, self.origin.environ, self.origin.sources)
+
+
+# -- loading -------------------------------------------------------------------------
+
+
 class LoadedSettings:
-    """Settings plus where each value came from: 'default', 'file PATH' or 'env NAME'."""
+    """Settings plus where each value came from ('default', 'file PATH' or 'env NAME')
+    and the warnings about variables that are no setting."""
 
     def __init__(
-        self, settings: Settings, sources: dict[str, str], config_file: Path | None
+        self,
+        settings: Settings,
+        sources: dict[str, str],
+        config_file: Path | None,
+        warnings: list[str] | None = None,
     ) -> None:
         self.settings = settings
         self.sources = sources
         self.config_file = config_file
+        self.warnings = warnings or []
 
 
 def load(
     config_path: str | Path | None = None, environ: Mapping[str, str] | None = None
 ) -> LoadedSettings:
-    """Read defaults, the TOML file and the environment; raise ConfigError on bad values."""
-    env = os.environ if environ is None else environ
-    names = set(Settings.model_fields)
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-
-    path_text = str(config_path) if config_path else env.get("SMTPY_CONFIG")
-    config_file: Path | None = Path(path_text) if path_text else None
-    if config_file is None and SYSTEM_CONFIG.is_file():
-        config_file = SYSTEM_CONFIG
-    if config_file is not None:
-        for key, value in _read_toml(config_file).items():
-            if key not in names:
-                raise ConfigError(f"{config_file}: unknown setting {key!r}; see `man smtpy.toml`")
-            values[key] = value
-            sources[key] = f"file {config_file}"
-
-    for name in names:
-        var = ENV_PREFIX + name.upper()
-        if var in env:
-            values[name] = env[var]
-            sources[name] = f"env {var}"
-
-    if "state_dir" not in values:
-        values["state_dir"] = default_state_dir(env)
-    if "database_url" not in values:
-        values["database_url"] = f"sqlite:///{Path(values['state_dir']) / 'smtpy.db'}"
-    if "hostname" not in values:
-        values["hostname"] = socket.getfqdn()
-    for name in names:
-        sources.setdefault(name, "default")
-
+    """Read the environment and the TOML file over the defaults; ConfigError on bad values."""
+    origin = Origin.of(config_path, os.environ if environ is None else environ)
+    token = _loading.set(origin)
     try:
-        settings = Settings.model_validate(values)
+        settings = Settings()  # type: ignore[call-arg]  # the sources supply every field
     except ValidationError as exc:
-        error = exc.errors()[0]
-        name = str(error["loc"][0]) if error["loc"] else "settings"
-        where = sources.get(name, "default")
-        reason = str(error["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"setting {name} ({where}): {reason}") from None
-    return LoadedSettings(settings, sources, config_file)
+        raise ConfigError(_describe(exc, origin.sources)) from None
+    finally:
+        _loading.reset(token)
+    sources = {name: origin.sources.get(name, "default") for name in Settings.model_fields}
+    return LoadedSettings(settings, sources, origin.config_file, origin.warnings)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except PermissionError:
-        raise ConfigError(f"config file {path} is not readable by this user") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    # Accept both a flat file and one with an [smtpy] table.
-    section = data.get("smtpy", data)
-    if not isinstance(section, dict):
-        raise ConfigError(f"config file {path}: [smtpy] must be a table")
-    return section
+def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
+    """The first error as one line: `setting NAME (SOURCE): reason`, or `settings A (…) and B (…): …`."""
+    error = exc.errors()[0]
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, SettingsConflict):
+        names = cause.names
+    else:
+        names = (str(error["loc"][0]),) if error["loc"] else ()
+    reason = str(error["msg"]).removeprefix("Value error, ")
+    where = " and ".join(f"{name} ({sources.get(name, 'default')})" for name in names)
+    if len(names) == 1:
+        return f"setting {where}: {reason}"
+    return f"settings {where}: {reason}" if names else f"settings: {reason}"

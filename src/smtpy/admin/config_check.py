@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 
-from smtpy.config import Settings
+from smtpy.config import LoadedSettings, Settings
+
+
+def check_loaded(loaded: LoadedSettings) -> list[str]:
+    """`check_settings`, after the variables and keys that are no setting (they are ignored)."""
+    return [*loaded.warnings, *check_settings(loaded.settings)]
 
 
 def check_settings(settings: Settings) -> list[str]:

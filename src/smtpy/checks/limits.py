@@ -27,11 +27,12 @@ import contextlib
 import functools
 import ipaddress
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from smtpy import log
+from smtpy.config import parse_networks
 
 if TYPE_CHECKING:
     from smtpy.config import Settings
@@ -56,17 +57,6 @@ _RATE_REPLIES: dict[Kind, str] = {
     "sender_domain": RATE_SENDER_DOMAIN,
     "recipient_domain": RATE_RECIPIENT_DOMAIN,
 }
-
-
-def parse_networks(items: Iterable[str]) -> tuple[IPNetwork, ...]:
-    """`127.0.0.0/8`, `::1`, … as networks; ValueError names the bad entry."""
-    networks = []
-    for item in items:
-        try:
-            networks.append(ipaddress.ip_network(item.strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"{item!r} is not an IP address or network") from None
-    return tuple(networks)
 
 
 @functools.lru_cache(maxsize=4096)  # asked at every connection, MAIL and RCPT

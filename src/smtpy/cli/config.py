@@ -34,15 +34,20 @@ def show(ctx: typer.Context, json: JsonOption = False) -> None:
 
 @app.command("check")
 def check(ctx: typer.Context) -> None:
-    """Validate the settings and the files they name; exit 1 with the reason if one is wrong."""
-    from smtpy.admin.config_check import check_settings
+    """Validate the settings and the files they name; exit 1 with the reason if one is wrong.
+
+    SMTPY_* variables that are no setting are listed as problems too, with the closest
+    setting's name."""
+    from smtpy.admin.config_check import check_loaded
     from smtpy.errors import CheckFailed, SmtpyError
 
+    st = state(ctx)
+    st.print_warnings = False  # listed below with the other problems
     try:
-        settings = state(ctx).settings
+        loaded = st.loaded
     except SmtpyError as exc:
         raise CheckFailed(str(exc)) from None
-    problems = check_settings(settings)
+    problems = check_loaded(loaded)
     if problems:
         raise CheckFailed("; ".join(problems))
-    done("configuration OK")
+    done(f"configuration OK; store {loaded.settings.display('database_url')}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,12 +17,17 @@ if TYPE_CHECKING:
 class State:
     def __init__(self, config_file: Path | None) -> None:
         self.config_file = config_file
+        self.print_warnings = True  # commands that report them their own way turn it off
 
     @cached_property
     def loaded(self) -> LoadedSettings:
         from smtpy.config import load
 
-        return load(self.config_file)
+        loaded = load(self.config_file)
+        if self.print_warnings:
+            for warning in loaded.warnings:  # once per command: the settings load once
+                print(f"smtpy: warning: {warning}", file=sys.stderr)
+        return loaded
 
     @property
     def settings(self) -> Settings:
