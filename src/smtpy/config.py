@@ -33,7 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -146,8 +153,7 @@ def machine_defaults(
     if "state_dir" not in given:
         values["state_dir"] = default_state_dir(environ)
     if "database_url" not in given:
-        state_dir = Path(given["state_dir"]) if "state_dir" in given else values["state_dir"]
-        values["database_url"] = f"sqlite:///{state_dir / 'smtpy.db'}"
+        values["database_url"] = "sqlite:///smtpy.db"  # relative: in state_dir, once validated
     if "hostname" not in given:
         values["hostname"] = socket.getfqdn()
     return values
@@ -174,12 +180,11 @@ class Settings(BaseSettings):
     secret_fields: ClassVar[frozenset[str]] = frozenset({"srs_secret", "relay_password"})
 
     state_dir: Path = Field(
-        description="Directory for the default SQLite store and runtime files; a relative "
-        "path is taken from the current directory when the settings are loaded."
+        description="Directory for the default SQLite store and runtime files; an absolute path."
     )
     database_url: str = Field(
         description="sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB; a relative "
-        "SQLite PATH is made absolute from the current directory when the settings are loaded.",
+        "SQLite PATH lies in state_dir, whatever the current directory.",
         repr=False,  # it may hold the database password
     )
     hostname: str = Field(
@@ -575,21 +580,28 @@ class Settings(BaseSettings):
     @field_validator("state_dir")
     @classmethod
     def _state_dir(cls, value: Path) -> Path:
-        # Absolute once loaded: commands run from different directories find one store.
-        return Path(os.path.abspath(value))
+        path = value.expanduser()
+        if not path.is_absolute():
+            # Relative to the current directory, two commands run from two
+            # directories would open two stores.
+            raise ValueError(f"{str(value)!r} is relative: write an absolute path")
+        return Path(os.path.normpath(path))
 
     @field_validator("database_url")
     @classmethod
-    def _database_url(cls, value: str) -> str:
+    def _database_url(cls, value: str, info: ValidationInfo) -> str:
         if not value.startswith(
             ("sqlite:///", "postgresql://", "postgres://", "postgresql+psycopg://")
         ):
             raise ValueError("expected sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB")
         path = value.removeprefix("sqlite:///")
-        if value.startswith("sqlite:///") and path not in ("", ":memory:") and path[0] != "/":
-            # A relative path: absolute now, so two commands run from different
-            # directories never open two stores.
-            return f"sqlite:///{os.path.abspath(path)}"
+        if value.startswith("sqlite:///") and not path.strip():
+            raise ValueError("expected sqlite:///PATH: the path of the store is missing")
+        state_dir = info.data.get("state_dir")  # absent if it was refused: that error is shown
+        if value.startswith("sqlite:///") and not path.startswith("/") and state_dir is not None:
+            # A relative path lies in the state directory, whatever the current one:
+            # two commands run from different directories never open two stores.
+            return f"sqlite:///{os.path.normpath(Path(state_dir) / path)}"
         return value
 
     @field_validator("hostname")
