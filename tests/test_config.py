@@ -218,7 +218,12 @@ def test_unknown_environment_variables_are_ignored(tmp_path: Path) -> None:
     environ = env(tmp_path)
     environ["SMTPY_NOT_A_SETTING"] = "x"
     environ["SMTPY_TEST_POSTGRES_URL"] = "postgresql://x@y/z"
-    assert load(environ=environ).settings.hostname == "mx.example.org"
+    loaded = load(environ=environ)
+    assert loaded.settings.hostname == "mx.example.org"
+    # Ignored, but not silently: the test suite's own variables are no mistake.
+    assert loaded.warnings == [
+        "SMTPY_NOT_A_SETTING is not a setting and is ignored; see `smtpy config show`"
+    ]
 
 
 # -- display ----------------------------------------------------------------------

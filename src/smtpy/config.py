@@ -448,7 +448,7 @@ class Settings(BaseSettings):
             Environment(settings_cls, origin),
         ]
         if origin.config_file is not None:
-            sources.append(TomlFile(settings_cls, origin))
+            sources.append(TomlFile(settings_cls, origin, origin.config_file))
         sources.append(MachineDefaults(settings_cls, origin))
         return tuple(sources)
 
@@ -744,19 +744,18 @@ class Environment(EnvSettingsSource):
 class TomlFile(TomlConfigSettingsSource):
     """The TOML file: flat or inside an `[smtpy]` table; an unknown key is an error."""
 
-    def __init__(self, settings_cls: type[BaseSettings], origin: Origin) -> None:
-        assert origin.config_file is not None
+    def __init__(self, settings_cls: type[BaseSettings], origin: Origin, path: Path) -> None:
         self.origin = origin
-        self.path = origin.config_file
+        self.path = path
         self.names = frozenset(settings_cls.model_fields)  # _read_file runs in super().__init__
         if not self.path.is_file():
             raise ConfigError(f"config file {self.path} does not exist")
         super().__init__(settings_cls, toml_file=self.path)
 
     def _read_file(self, file_path: Any) -> dict[str, Any]:
-        path = self.path
+        path = self.path  # as the user wrote it, in the messages
         try:
-            with path.open("rb") as handle:
+            with Path(file_path).open("rb") as handle:
                 data = tomllib.load(handle)
         except PermissionError:
             raise ConfigError(f"config file {path} is not readable by this user") from None
