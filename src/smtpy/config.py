@@ -49,7 +49,6 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
-from pydantic_settings.sources.utils import parse_env_vars
 
 from smtpy.errors import ConfigError
 
@@ -705,14 +704,12 @@ class Environment(EnvSettingsSource):
     """`SMTPY_*` variables of `origin.environ`; notes their names and the unknown ones."""
 
     def __init__(self, settings_cls: type[BaseSettings], origin: Origin) -> None:
-        self.origin = origin
         super().__init__(settings_cls)
+        self.origin = origin
+        # The variables load() was given (os.environ unless its caller passes others),
+        # matched in any case as pydantic-settings does with case_sensitive=False.
+        self.env_vars = {var.lower(): value for var, value in origin.environ.items()}
         self.origin.warnings.extend(self._unknown())
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return parse_env_vars(
-            self.origin.environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
-        )
 
     def _unknown(self) -> list[str]:
         names = self.settings_cls.model_fields
