@@ -23,10 +23,8 @@ no setting (naming the closest one), and turns validation errors into one
 
 from __future__ import annotations
 
-import difflib
 import os
 import socket
-import tomllib
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -696,6 +694,8 @@ _loading: ContextVar[Origin | None] = ContextVar("smtpy_settings_origin", defaul
 
 
 def _closest(name: str, known: Iterable[str]) -> str | None:
+    import difflib  # only for a name that is no setting
+
     matches = difflib.get_close_matches(name, list(known), n=1)
     return matches[0] if matches else None
 
@@ -750,6 +750,8 @@ class TomlFile(TomlConfigSettingsSource):
         super().__init__(settings_cls, toml_file=self.path)
 
     def _read_file(self, file_path: Any) -> dict[str, Any]:
+        import tomllib  # only when there is a file
+
         path = self.path  # as the user wrote it, in the messages
         try:
             with Path(file_path).open("rb") as handle:
