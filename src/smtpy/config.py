@@ -746,7 +746,8 @@ class TomlFile(TomlConfigSettingsSource):
         self.path = path
         self.names = frozenset(settings_cls.model_fields)  # _read_file runs in super().__init__
         if not self.path.is_file():
-            raise ConfigError(f"config file {self.path} does not exist")
+            missing = "is not a file" if self.path.exists() else "does not exist"
+            raise ConfigError(f"config file {self.path} {missing}")
         super().__init__(settings_cls, toml_file=self.path)
 
     def _read_file(self, file_path: Any) -> dict[str, Any]:
