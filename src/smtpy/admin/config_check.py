@@ -8,7 +8,7 @@ from smtpy.config import LoadedSettings, Settings
 
 
 def check_loaded(loaded: LoadedSettings) -> list[str]:
-    """`check_settings`, after the variables and keys that are no setting (they are ignored)."""
+    """The SMTPY_* variables that are no setting (they were ignored), then `check_settings`."""
     return [*loaded.warnings, *check_settings(loaded.settings)]
 
 
