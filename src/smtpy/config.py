@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from smtpy import location
 from smtpy.errors import ConfigError
 
 ENV_PREFIX = "SMTPY_"
@@ -85,14 +86,10 @@ def _split(value: Any) -> list[str]:
     raise ValueError("expected a comma-separated string or a list")
 
 
-def default_state_dir(environ: Mapping[str, str]) -> Path:
-    """`/var/lib/smtpy` when it is writable, else the XDG data directory."""
-    if SYSTEM_STATE_DIR.is_dir() and os.access(SYSTEM_STATE_DIR, os.W_OK):
-        return SYSTEM_STATE_DIR
-    xdg = environ.get("XDG_DATA_HOME") or str(
-        Path(environ.get("HOME", "~")).expanduser() / ".local/share"
-    )
-    return Path(xdg) / "smtpy"
+def default_state_dir(environ: Mapping[str, str], *, strict: bool = True) -> Path:
+    """Where a store already is, else `/var/lib/smtpy` when writable, else the XDG data
+    directory (the rule: `smtpy.location`)."""
+    return location.default_state_dir(environ, system=SYSTEM_STATE_DIR, strict=strict).path
 
 
 class Settings(BaseModel):
@@ -567,7 +564,10 @@ def load(
             sources[name] = f"env {var}"
 
     if "state_dir" not in values:
-        values["state_dir"] = default_state_dir(env)
+        chosen = location.default_state_dir(
+            env, system=SYSTEM_STATE_DIR, strict="database_url" not in values
+        )
+        values["state_dir"], sources["state_dir"] = chosen.path, f"default: {chosen.reason}"
     if "database_url" not in values:
         values["database_url"] = f"sqlite:///{Path(values['state_dir']) / 'smtpy.db'}"
     if "hostname" not in values:
