@@ -93,6 +93,8 @@ class Database:
             path = sqlite_path(self.url)
             if not self.create and not path.is_file():
                 raise StoreMissing(missing_store_message(path))
+            if not self.create and path.stat().st_size == 0:
+                raise StoreMissing(missing_store_message(path, empty=True))
             try:
                 if self.create:
                     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
