@@ -87,7 +87,9 @@ def test_an_empty_file_is_no_store_and_stays_empty(missing: tuple[Cli, Path]) ->
     assert path.stat().st_size == 0
 
 
-@pytest.mark.parametrize("args", [("domain", "add", "example.org"), ("db", "upgrade")], ids=" ".join)
+@pytest.mark.parametrize(
+    "args", [("domain", "add", "example.org"), ("db", "upgrade")], ids=" ".join
+)
 def test_the_creating_commands_create_the_store(
     missing: tuple[Cli, Path], args: tuple[str, ...]
 ) -> None:
