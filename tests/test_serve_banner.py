@@ -114,7 +114,7 @@ def test_a_silent_resolver_is_said_and_start_goes_on(tmp_path: Path) -> None:
         silent.bind(("127.0.0.1", 0))
         port = silent.getsockname()[1]
         daemon = serve(tmp_path, f"127.0.0.1:{port}", hostname="mx.forwarder.test")
-    starting, warning = first_events(daemon)
+    _starting, warning = first_events(daemon)
     assert warning["problem"] == (
         "could not check the address of mx.forwarder.test: no answer from the resolver within 2s"
     )
