@@ -39,7 +39,7 @@ def test(
 
     Prints each step: accepted (with its queue id), the route and destinations, the SRS
     envelope sender, the DKIM signature, the ARC seal, and each destination's MX with its
-    reply — or where the probe is stuck and what to do (daemon not running, recipient
+    reply; or where the probe is stuck and what to do (daemon not running, recipient
     refused, deferred with the reason, bounced). The probe goes to the first SMTPY_LISTEN
     address (a wildcard one on loopback) and is followed in the message log of this store.
     Exit 0 only when every destination's MX took it, 1 otherwise, 2 on bad input.
