@@ -51,7 +51,7 @@ def test_a_delivered_probe_shows_every_step_and_the_remote_reply(forwarder: Forw
     steps = [line.split()[1] for line in lines if line.startswith(("ok ", "FAIL"))]
     assert steps == ["daemon:", "accepted:", "route:", "srs:", "signed:", "sealed:", "delivered:"]
     assert f"team@{DOMAIN} → bob@dest1.test" in result.stdout
-    assert "envelope sender smtpy-test@mx.forwarder.test → SRS0=" in result.stdout
+    assert f"envelope sender smtpy-test@{DOMAIN} → SRS0=" in result.stdout
     assert f"DKIM d={DOMAIN} s=" in result.stdout
     [delivered] = [line for line in lines if line.startswith("ok   delivered:")]
     assert f"bob@dest1.test via mx.dest1.test[{DEST1}]" in delivered
@@ -62,6 +62,23 @@ def test_a_delivered_probe_shows_every_step_and_the_remote_reply(forwarder: Forw
     assert message.mail_from.startswith("SRS0=")
     assert message.message["Subject"].startswith("smtpy test ")
     assert forwarder.dkim_ok(message.data)
+
+
+def test_a_domain_with_dmarc_reject_and_strict_spf_still_passes_the_probe(
+    forwarder: Forwarder,
+) -> None:
+    # The probe comes from loopback, which SPF does not allow: only its DKIM signature
+    # (the domain's own key) lets it through the daemon's DMARC check.
+    forwarder.dns.remove(DOMAIN, "TXT")
+    forwarder.dns.add(DOMAIN, "TXT", "v=spf1 -all")
+    forwarder.dns.remove(f"_dmarc.{DOMAIN}", "TXT")
+    forwarder.dns.add(f"_dmarc.{DOMAIN}", "TXT", "v=DMARC1; p=reject")
+    forwarder.alias(f"team@{DOMAIN}", "bob@dest1.test")
+    daemon = forwarder.start()
+    result = probe_cli(daemon)("test", f"team@{DOMAIN}", "--json")
+    assert result.code == 0, result.stdout + result.stderr
+    [message] = forwarder.peers.wait_for(lambda got: got)
+    assert "dmarc=pass" in message.message["Authentication-Results"]
 
 
 def test_the_json_report_holds_the_queue_id_and_each_step(forwarder: Forwarder) -> None:

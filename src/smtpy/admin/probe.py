@@ -2,7 +2,10 @@
 
 A probe message goes to the running daemon over SMTP (its first SMTPY_LISTEN
 address; a wildcard address is reached on loopback), exactly as a sender's
-would. It is then followed through the message log by its queue id until the
+would: from smtpy-test@ the alias's domain, DKIM-signed with that domain's own
+keys, so that the daemon's DMARC check passes whatever policy the domain
+publishes (the probe does not come from an address its SPF allows). It is
+then followed through the message log by its queue id until the
 MX of every destination has answered:
 
     daemon      a `smtpy serve` answers on the listener            (SMTP)
@@ -48,6 +51,7 @@ DEFAULT_TIMEOUT = 60.0
 POLL = 0.25  # seconds between two reads of the message log
 RECORD_WAIT = 10.0  # the received row commits with the 250: longer means another store
 SMTP_TIMEOUT = 30.0
+START_WAIT = 5.0  # seconds a refused connection is tried again (`smtpy serve &` just ran)
 
 _QUEUED = re.compile(r"queued as ([0-9A-Z]+)")
 
@@ -142,7 +146,7 @@ def run_probe(
     if timeout <= 0:
         raise InvalidInput("--timeout must be more than 0 seconds")
     recipient = str(parse_address(address))
-    sender = str(parse_address(sender)) if sender else f"smtpy-test@{settings.hostname}"
+    sender = str(parse_address(sender)) if sender else f"smtpy-test@{split_address(recipient)[1]}"
     host, port = listener(settings)
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     result = ProbeResult(recipient, sender, shown)
@@ -152,11 +156,28 @@ def run_probe(
         progress(step)
 
     with open_store() as db:
-        sent = _send(result, settings, host, port, report)
+        sent = _send(result, settings, host, port, _signer(db, sender), report)
         if sent is None:
             return result
         _follow(result, db, settings, deadline, report)
     return result
+
+
+def _signer(db: Database, sender: str) -> Callable[[bytes], bytes]:
+    """Sign the probe with the sender domain's active DKIM keys, when smtpy has them: its
+    From then passes DMARC at the daemon whatever the domain's policy (p=reject included),
+    as mail from that domain's real senders would."""
+    from smtpy.admin.keys import signing_keys
+    from smtpy.dkim.sign import Signer, SigningKey
+
+    domain = split_address(sender)[1]
+    rows = signing_keys(db, domain)
+    if not rows:
+        return lambda data: data
+    signer = Signer(
+        [SigningKey(domain, r["selector"], r["algorithm"], r["private_key"]) for r in rows]
+    )
+    return lambda data: signer.sign(data) + data
 
 
 def _send(
@@ -164,15 +185,18 @@ def _send(
     settings: Settings,
     host: str,
     port: int,
+    sign: Callable[[bytes], bytes],
     report: Callable[[Step], None],
 ) -> str | None:
     """The SMTP part: connect, MAIL, RCPT, DATA; the queue id, or None where it stopped."""
     token = uuid.uuid4().hex[:16]
-    data = probe_message(
-        sender=result.sender, address=result.address, token=token, hostname=settings.hostname
+    data = sign(
+        probe_message(
+            sender=result.sender, address=result.address, token=token, hostname=settings.hostname
+        )
     )
     try:
-        client = smtplib.SMTP(host, port, local_hostname=settings.hostname, timeout=SMTP_TIMEOUT)
+        client = _connect(host, port, settings.hostname)
     except (OSError, smtplib.SMTPException) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         report(
@@ -220,11 +244,7 @@ def _send(
         if code != 250 or match is None:
             report(
                 result.stop(
-                    "accepted",
-                    f"message refused: {text}",
-                    "see the reason in the reply; `smtpy log --event rejected -n 5` shows "
-                    "the daemon's side",
-                    reply=text,
+                    "accepted", f"message refused: {text}", _data_advice(result, text), reply=text
                 )
             )
             return None
@@ -246,8 +266,31 @@ def _send(
         client.close()
 
 
+def _connect(host: str, port: int, hostname: str) -> smtplib.SMTP:
+    """An SMTP session with the daemon; a daemon still starting gets `START_WAIT` seconds."""
+    deadline = time.monotonic() + START_WAIT
+    while True:
+        try:
+            return smtplib.SMTP(host, port, local_hostname=hostname, timeout=SMTP_TIMEOUT)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(POLL)
+
+
 def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
+
+
+def _data_advice(result: ProbeResult, reply: str) -> str:
+    if "DMARC" in reply:
+        domain = split_address(result.sender)[1]
+        return (
+            f"the probe's DKIM signature of {domain} did not verify (is its key published? "
+            f"`smtpy domain verify {domain}`); for a trial without DNS, set "
+            "SMTPY_DMARC_REJECT=false for the daemon"
+        )
+    return "see the reason in the reply; `smtpy log --event rejected -n 5` shows the daemon's side"
 
 
 def _refused_advice(address: str, code: int) -> str:

@@ -24,7 +24,8 @@ def test(
         str | None,
         typer.Option(
             "--from",
-            help="Envelope sender and From of the probe (default: smtpy-test@SMTPY_HOSTNAME).",
+            help="Envelope sender and From of the probe (default: smtpy-test@ the alias's "
+            "domain; signed with the DKIM keys smtpy holds for its domain).",
             show_default=False,
         ),
     ] = None,
@@ -41,7 +42,8 @@ def test(
     envelope sender, the DKIM signature, the ARC seal, and each destination's MX with its
     reply; or where the probe is stuck and what to do (daemon not running, recipient
     refused, deferred with the reason, bounced). The probe goes to the first SMTPY_LISTEN
-    address (a wildcard one on loopback) and is followed in the message log of this store.
+    address (a wildcard one on loopback; a daemon still starting gets five seconds) and is
+    followed in the message log of this store.
     Exit 0 only when every destination's MX took it, 1 otherwise, 2 on bad input.
     """
     from smtpy.admin.probe import run_probe
