@@ -40,6 +40,7 @@ READING = [
     ("stats",),
     ("status",),
     ("route", "explain", "a@example.org"),
+    ("test", "a@example.org"),
 ]
 
 
