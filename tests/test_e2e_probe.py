@@ -99,6 +99,16 @@ def test_the_json_report_holds_the_queue_id_and_each_step(forwarder: Forwarder) 
     assert srs["envelope_sender"] == message.mail_from
 
 
+def test_a_utf8_alias_is_probed_with_smtputf8(forwarder: Forwarder) -> None:
+    forwarder.alias(f"josé@{DOMAIN}", "bob@dest1.test")
+    daemon = forwarder.start()
+    result = probe_cli(daemon)("test", f"josé@{DOMAIN}")
+    assert result.code == 0, result.stdout + result.stderr
+    assert f"josé@{DOMAIN} → bob@dest1.test" in result.stdout
+    [message] = forwarder.peers.wait_for(lambda got: got)
+    assert "SMTPUTF8" in message.mail_options
+
+
 def test_an_mx_that_refuses_is_named_with_its_reply_and_exit_1(forwarder: Forwarder) -> None:
     forwarder.alias(f"team@{DOMAIN}", "eve@dest1.test")
     forwarder.peers.script("eve@dest1.test", "550 5.1.1 No such user here", repeat=True)

@@ -86,10 +86,10 @@ def _split(value: Any) -> list[str]:
     raise ValueError("expected a comma-separated string or a list")
 
 
-def default_state_dir(environ: Mapping[str, str], *, strict: bool = True) -> Path:
+def default_state_dir(environ: Mapping[str, str]) -> Path:
     """Where a store already is, else `/var/lib/smtpy` when writable, else the XDG data
     directory (the rule: `smtpy.location`)."""
-    return location.default_state_dir(environ, system=SYSTEM_STATE_DIR, strict=strict).path
+    return location.default_state_dir(environ, system=SYSTEM_STATE_DIR).path
 
 
 class Settings(BaseModel):

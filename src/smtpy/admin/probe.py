@@ -151,15 +151,11 @@ def run_probe(
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     result = ProbeResult(recipient, sender, shown)
     deadline = time.monotonic() + timeout
-
-    def report(step: Step) -> None:
-        progress(step)
-
     with open_store() as db:
-        sent = _send(result, settings, host, port, _signer(db, sender), report)
+        sent = _send(result, settings, host, port, _signer(db, sender), progress)
         if sent is None:
             return result
-        _follow(result, db, settings, deadline, report)
+        _follow(result, db, settings, deadline, progress)
     return result
 
 
@@ -211,7 +207,8 @@ def _send(
     try:
         report(result.add("daemon", True, f"smtpy serve answers on {result.listener}"))
         client.ehlo()
-        code, reply = client.mail(result.sender)
+        utf8 = not (result.sender + result.address).isascii()
+        code, reply = client.mail(result.sender, ["SMTPUTF8"] if utf8 else [])
         if code != 250:
             text = f"{code} {reply.decode(errors='replace')}"
             report(
