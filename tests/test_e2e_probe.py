@@ -147,6 +147,24 @@ def test_an_unknown_recipient_is_refused_by_the_daemon_and_exit_1(forwarder: For
     assert forwarder.peers.received == []
 
 
+def test_a_daemon_on_another_store_is_named(forwarder: Forwarder, tmp_path: Path) -> None:
+    """The silent second store: the daemon takes the probe, this store never hears of it."""
+    forwarder.alias(f"team@{DOMAIN}", "bob@dest1.test")
+    daemon = forwarder.start()
+    other = Cli({**daemon.env, "SMTPY_DATABASE_URL": f"sqlite:///{tmp_path / 'other.db'}"})
+    assert other("domain", "add", DOMAIN).code == 0
+    result = other("test", f"team@{DOMAIN}", "--json")
+    assert result.code == 1, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    last = report["steps"][-1]
+    assert last["step"] == "route"
+    assert last["detail"] == (
+        f"the daemon accepted {report['queue_id']}, but this store has no record of it: "
+        "the daemon uses another store"
+    )
+    assert "SMTPY_DATABASE_URL" in report["advice"][-1]
+
+
 def test_no_daemon_running_is_said_and_exit_1(forwarder: Forwarder) -> None:
     forwarder.alias(f"team@{DOMAIN}", "bob@dest1.test")
     daemon = unstarted(forwarder)
