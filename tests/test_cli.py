@@ -354,7 +354,10 @@ def test_config_show_masks_secrets_and_check_reports_problems(
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_sqlite_store_is_created_on_first_use(run: Run, cli: Any, tmp_path: Path) -> None:
     del cli.env["SMTPY_DATABASE_URL"]  # the default: smtpy.db in the state directory
-    assert run("alias", "list", "--json").stdout.strip() == "[]"
+    assert "no smtpy store" in run("alias", "list", "--json", code=2).stderr
+    assert not (tmp_path / "state").exists()  # a reading command creates nothing
+    run("domain", "add", "example.org")
     assert (tmp_path / "state" / "smtpy.db").is_file()
+    assert run("alias", "list", "--json").stdout.strip() == "[]"
     assert "is up to date" in run("db", "upgrade").stdout
     assert "smtpy" in run("--help").stdout

@@ -48,6 +48,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from smtpy import location
 from smtpy.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -130,13 +131,9 @@ def _split(value: Any) -> list[str]:
 
 
 def default_state_dir(environ: Mapping[str, str]) -> Path:
-    """`/var/lib/smtpy` when it is writable, else the XDG data directory."""
-    if SYSTEM_STATE_DIR.is_dir() and os.access(SYSTEM_STATE_DIR, os.W_OK):
-        return SYSTEM_STATE_DIR
-    xdg = environ.get("XDG_DATA_HOME") or str(
-        Path(environ.get("HOME", "~")).expanduser() / ".local/share"
-    )
-    return Path(xdg) / "smtpy"
+    """Where a store already is, else `/var/lib/smtpy` when writable, else the XDG data
+    directory (the rule: `smtpy.location`)."""
+    return location.default_state_dir(environ, system=SYSTEM_STATE_DIR).path
 
 
 def machine_defaults(
@@ -148,7 +145,10 @@ def machine_defaults(
     """
     values: dict[str, Any] = {}
     if "state_dir" not in given:
-        values["state_dir"] = default_state_dir(environ)
+        chosen = location.default_state_dir(
+            environ, system=SYSTEM_STATE_DIR, strict="database_url" not in given
+        )
+        values["state_dir"], sources["state_dir"] = chosen.path, f"default: {chosen.reason}"
     if "database_url" not in given:
         values["database_url"] = "sqlite:///smtpy.db"  # relative: in state_dir, once validated
     if "hostname" not in given:

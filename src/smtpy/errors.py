@@ -10,7 +10,8 @@ where it helps, what to do next. The shells translate them once:
     │   └── Conflict          duplicate domain, alias, selector       CLI exit 2, HTTP 409
     ├── ConfigError           a setting is invalid                    CLI exit 2
     ├── StoreError            the database failed or is unreachable   CLI exit 1, SMTP 451
-    │   └── SchemaOutdated    the schema needs `smtpy db upgrade`     CLI exit 2
+    │   ├── SchemaOutdated    the schema needs `smtpy db upgrade`     CLI exit 2
+    │   └── StoreMissing      no store where the settings point       CLI exit 2
     └── CheckFailed           a check ran and found problems          CLI exit 1
 
 Anything that is not an `SmtpyError` is a bug: the daemon treats it as a
@@ -61,6 +62,12 @@ class StoreError(SmtpyError):
 
 class SchemaOutdated(StoreError):
     """The database schema is older than this version of smtpy."""
+
+    exit_code = 2
+
+
+class StoreMissing(StoreError):
+    """No store exists where the settings point, and this command does not create one."""
 
     exit_code = 2
 

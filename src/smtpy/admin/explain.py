@@ -335,7 +335,7 @@ def explain_route(settings: Settings, address: str, *, sender: str | None = None
     from smtpy.outbound.deliver import Deliverer
     from smtpy.store.db import Database
 
-    with Database(settings.database_url) as db:
+    with Database(settings.database_url, create=False) as db:
         secret = (
             settings.srs_secret.get_secret_value()
             if settings.srs_secret is not None

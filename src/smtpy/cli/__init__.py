@@ -22,6 +22,7 @@ from smtpy.cli import (
     domain,
     key,
     log,
+    probe,
     queue,
     route,
     serve,
@@ -50,6 +51,7 @@ app.command("log")(log.log)
 app.command("stats")(stats.stats)
 app.command("status")(status.status)
 app.command("doctor")(doctor.doctor)
+app.command("test")(probe.test)
 
 
 def _version(value: bool) -> None:

@@ -30,6 +30,10 @@ def show(ctx: typer.Context, json: JsonOption = False) -> None:
     print_table(
         None, ["setting", "value", "source"], [(r["env"], r["value"], r["source"]) for r in rows]
     )
+    source = loaded.sources["database_url"]
+    if source == "default":  # smtpy.db in the state directory: say how that was chosen
+        source = loaded.sources["state_dir"]
+    typer.echo(f"store: {settings.display('database_url')} ({source})")
 
 
 @app.command("check")

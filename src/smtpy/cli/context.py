@@ -1,4 +1,11 @@
-"""What every command shares: the settings (loaded once, on first use) and the store."""
+"""What every command shares: the settings (loaded once, on first use) and the store.
+
+Which commands may create a store is decided here, once: those that make sense
+on an empty store (`CREATING_COMMANDS`). Every other command needs an existing
+one and exits 2 naming the missing store, creating nothing; `smtpy alias add`
+or `smtpy key generate` would only fail on a new store anyway, since their
+domain cannot be in it.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +14,23 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import click
 import typer
 
 if TYPE_CHECKING:
     from smtpy.config import LoadedSettings, Settings
     from smtpy.store.db import Database
+
+CREATING_COMMANDS = frozenset({"serve", "db upgrade", "domain add"})
+
+
+def command_name(ctx: click.Context) -> str:
+    """The command as typed after `smtpy`: "domain add", "serve"."""
+    names: list[str] = []
+    while ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(names))
 
 
 class State:
@@ -34,9 +53,12 @@ class State:
         return self.loaded.settings
 
     def database(self) -> Database:
+        """The store; created only for the commands in `CREATING_COMMANDS`."""
         from smtpy.store.db import Database
 
-        return Database(self.settings.database_url)
+        current = click.get_current_context(silent=True)
+        create = current is not None and command_name(current) in CREATING_COMMANDS
+        return Database(self.settings.database_url, create=create)
 
 
 def state(ctx: typer.Context) -> State:

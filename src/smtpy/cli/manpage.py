@@ -137,8 +137,33 @@ def smtpy_1() -> str:
         "0 on success; 1 when a check fails (for example \\fBdomain verify\\fR finds records "
         "missing) or the store fails; 2 on bad usage or bad input. Errors are one line on "
         "standard error, never a traceback.",
+        ".SH THE STORE",
+        "Without \\fBSMTPY_DATABASE_URL\\fR or \\fBSMTPY_STATE_DIR\\fR, the store is "
+        "\\fIsmtpy.db\\fR in \\fI/var/lib/smtpy\\fR or in \\fI$XDG_DATA_HOME/smtpy\\fR "
+        "(\\fI~/.local/share/smtpy\\fR). A store that exists in one of them is the store, "
+        "wherever it was created (installing the Debian package after a trial in the home "
+        "directory keeps that store); when both hold one, every command refuses and names "
+        "both. When neither does, a new store goes to /var/lib/smtpy if this user may write "
+        "there, else to the home directory. \\fBsmtpy config show\\fR and \\fBsmtpy "
+        "status\\fR say which store they use, and \\fBsmtpy serve\\fR says it in its first "
+        "log line.",
+        ".PP",
+        "Only \\fBsmtpy serve\\fR, \\fBsmtpy db upgrade\\fR and \\fBsmtpy domain add\\fR "
+        "create a store: the commands that make sense on an empty one. Every other command "
+        "(including \\fBalias add\\fR, \\fBalias import\\fR and \\fBkey generate\\fR, "
+        "whose domain could not be in a new store) exits 2 when the SQLite store does not "
+        "exist, naming the path, and creates nothing: a mistyped \\fBSMTPY_DATABASE_URL\\fR "
+        "never becomes a new, empty store.",
         ".SH ENVIRONMENT",
         "Every setting can be given as an \\fBSMTPY_*\\fR variable; see \\fBsmtpy.toml\\fR(5).",
+        ".PP",
+        "A local trial needs three: \\fBSMTPY_HOSTNAME\\fR (the forwarder's name), "
+        "\\fBSMTPY_LISTEN\\fR (a high port such as 127.0.0.1:2525 needs no privilege), and "
+        "\\fBSMTPY_RELAY_HOST\\fR (\\fIhost:port\\fR of a smarthost, or of a local SMTP sink "
+        "such as \\fBaiosmtpd \\-n \\-l 127.0.0.1:2526\\fR, that takes every message instead "
+        "of the destinations' MX hosts) or \\fBSMTPY_DELIVERY_PORT\\fR (the port used on the "
+        "MX hosts, 25 by default). \\fBsmtpy test\\fR \\fIALIAS\\fR then proves that "
+        "forwarding works.",
         *_COMPLETION,
         ".SH FILES",
         ".TP",
@@ -146,7 +171,7 @@ def smtpy_1() -> str:
         "Settings, read when present.",
         ".TP",
         "\\fI/var/lib/smtpy/smtpy.db\\fR",
-        "The default SQLite store (or under \\fI$XDG_DATA_HOME/smtpy\\fR when /var/lib/smtpy is not writable).",
+        "The default SQLite store, or \\fI$XDG_DATA_HOME/smtpy/smtpy.db\\fR (see THE STORE).",
         ".SH SEE ALSO",
         "\\fBsmtpy.toml\\fR(5)",
     ]
@@ -169,7 +194,10 @@ def _default(field: Any) -> str:
 
 
 _COMPUTED = {
-    "state_dir": "/var/lib/smtpy when writable, else $XDG_DATA_HOME/smtpy",
+    "state_dir": (
+        "where a store exists, /var/lib/smtpy or $XDG_DATA_HOME/smtpy; without one, "
+        "/var/lib/smtpy when writable, else $XDG_DATA_HOME/smtpy"
+    ),
     "database_url": "sqlite:///STATE_DIR/smtpy.db",
     "hostname": "the machine's fully qualified name",
     "node_name": "the machine's host name",

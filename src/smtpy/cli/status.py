@@ -25,10 +25,13 @@ def status(ctx: typer.Context, json: JsonOption = False) -> None:
     30 seconds, 1 when none was (for monitoring: `smtpy status --json > /dev/null || alert`).
     """
     from smtpy.admin.status import status as read_status
+    from smtpy.config import mask_url
 
-    with state(ctx).database() as db:
+    st = state(ctx)
+    with st.database() as db:
         result = read_status(db)
-    data = result.public()
+    store = mask_url(st.settings.database_url)  # which store this answer is about
+    data = {"store": store, **result.public()}
     if json:
         print_json(data)
     else:
@@ -57,6 +60,7 @@ def status(ctx: typer.Context, json: JsonOption = False) -> None:
         rate = recent["error_rate"]
         up = sum(1 for n in result.nodes if n["up"])
         lines = [
+            ("store", store),
             (
                 "daemon",
                 f"up ({up} node{'s' if up > 1 else ''})" if up else "DOWN: no node seen recently",

@@ -286,6 +286,9 @@ def run(settings: Settings, *, reload: Callable[[], Settings] | None = None) -> 
         from smtpy.runtime.supervisor import serve_restarted
 
         return serve_restarted(settings, restarted, reload)
+    from smtpy.runtime.banner import announce
+
+    announce(settings)  # first lines: hostname, store, listeners, processes; hostname warnings
     Database.prepare(settings.database_url)  # a new store: created without staying bigger
     processes = settings.process_count()
     if processes > 1:

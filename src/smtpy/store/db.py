@@ -7,6 +7,11 @@ that returned is on disk: the queue answers 250 only after one.
 
 A `Database` is not shared between threads: the daemon gives its writer thread
 and each worker thread their own.
+
+Only what may start from nothing creates a store (`create=True`: the daemon,
+`smtpy db upgrade`, `smtpy domain add`). Opened with `create=False`, a SQLite
+file that does not exist raises `StoreMissing` and nothing is made: no
+directory, no file (a mistyped path must not become a new, empty store).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from smtpy.errors import SchemaOutdated, StoreError
+from smtpy.errors import SchemaOutdated, StoreError, StoreMissing
 
 # The newest migration. A test checks it against the migration scripts, so the
 # start-up check needs no Alembic import.
@@ -49,6 +54,14 @@ def sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///"))
 
 
+def missing_store_message(path: Path, *, empty: bool = False) -> str:
+    what = f"{path} holds no smtpy store" if empty else f"no smtpy store at {path}"
+    return (
+        f"{what}: check SMTPY_DATABASE_URL (`smtpy config show`), or create it with "
+        "`smtpy db upgrade` or `smtpy domain add DOMAIN`"
+    )
+
+
 def dialect(url: str) -> str:
     """The store a database URL names: "sqlite" or "postgresql"."""
     return "sqlite" if url.startswith("sqlite:") else "postgresql"
@@ -57,9 +70,10 @@ def dialect(url: str) -> str:
 class Database:
     """A connection to the store with small helpers for plain SQL."""
 
-    def __init__(self, url: str, *, check_schema: bool = True) -> None:
+    def __init__(self, url: str, *, check_schema: bool = True, create: bool = True) -> None:
         self.url = url
         self.dialect = dialect(url)
+        self.create = create
         self._sql_cache: dict[str, str] = {}
         self._depth = (
             0  # nesting of transaction(): 0 outside, 1 in the transaction, >1 in savepoints
@@ -77,10 +91,20 @@ class Database:
     def _open(self) -> Any:
         if self.dialect == "sqlite":
             path = sqlite_path(self.url)
+            if not self.create and not path.is_file():
+                raise StoreMissing(missing_store_message(path))
+            if not self.create and path.stat().st_size == 0:
+                raise StoreMissing(missing_store_message(path, empty=True))
             try:
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                if self.create:
+                    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 conn = sqlite3.connect(
-                    path, isolation_level=None, check_same_thread=False, timeout=30
+                    # mode=rw: opening never creates the file, even if it vanished meanwhile
+                    path if self.create else f"{path.resolve().as_uri()}?mode=rw",
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=30,
+                    uri=not self.create,
                 )
                 conn.row_factory = _sqlite_row
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -265,6 +289,8 @@ class Database:
         revision = self.schema_revision()
         if revision == SCHEMA_REVISION:
             return
+        if self.dialect == "sqlite" and revision is None and not self.create:
+            raise StoreMissing(missing_store_message(sqlite_path(self.url), empty=True))
         if self.dialect == "sqlite":
             from smtpy.store.migrate import upgrade, upgrade_in_child
 
