@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from smtpy.admin.aliases import AliasInfo, add_alias, find_alias
+from smtpy.admin.aliases import AliasCreate, AliasPublic, add_alias, find_alias
 from smtpy.admin.domains import domain_id
 from smtpy.errors import InvalidInput, NotFound
 from smtpy.mail.addresses import normalize_domain, parse_address
@@ -114,10 +114,10 @@ class VirtualMap:
 @dataclass(frozen=True, slots=True)
 class ImportedAlias:
     line: int
-    alias: AliasInfo
+    alias: AliasPublic
 
     def public(self) -> dict[str, Any]:
-        return {"line": self.line, **self.alias.public()}
+        return {"line": self.line, **self.alias.model_dump(mode="json")}
 
 
 @dataclass(slots=True)
@@ -277,30 +277,34 @@ def _destination_keys(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(str(parse_address(v)) for v in values))
 
 
-def _apply(db: Database, planned: VirtualMap, result: ImportResult) -> None:
+def _apply(db: Database, org: int, planned: VirtualMap, result: ImportResult) -> None:
     for line in planned.domains:
         try:
-            domain_id(db, line.domain)
+            domain_id(db=db, org=org, name=line.domain)
         except InvalidInput as exc:
             result.errors.append(LineError(line.line, str(exc)))
     for alias in planned.aliases:
         try:
             try:
-                existing: AliasInfo | None = find_alias(db, alias.address)
+                existing: AliasPublic | None = find_alias(db=db, org=org, address=alias.address)
             except NotFound:
                 existing = None
             if existing is None:
-                info = add_alias(db, alias.address, alias.destinations)
+                info = add_alias(
+                    db=db,
+                    org=org,
+                    alias=AliasCreate(address=alias.address, destinations=list(alias.destinations)),
+                )
                 result.created.append(ImportedAlias(alias.line, info))
-            elif existing.rule.mode == "forward" and set(existing.rule.destinations) == set(
-                _destination_keys(alias.destinations)
-            ):
+            elif existing.mode == "forward" and set(
+                _destination_keys(tuple(existing.destinations))
+            ) == set(_destination_keys(alias.destinations)):
                 result.unchanged.append(ImportedAlias(alias.line, existing))
             else:
                 result.errors.append(
                     LineError(
                         alias.line,
-                        f"the alias {existing.display_address} already exists with other "
+                        f"the alias {existing.address} already exists with other "
                         "destinations; remove it first (smtpy alias remove) to replace it",
                     )
                 )
@@ -309,7 +313,7 @@ def _apply(db: Database, planned: VirtualMap, result: ImportResult) -> None:
 
 
 def import_virtual_map(
-    db: Database, text: str, *, domain: str | None = None, dry_run: bool = False
+    *, db: Database, org: int, text: str, domain: str | None = None, dry_run: bool = False
 ) -> ImportResult:
     """Add the aliases of a Postfix virtual map, all or nothing.
 
@@ -317,12 +321,14 @@ def import_virtual_map(
     listing every bad line when any line is bad; nothing is written then.
     """
     if domain is not None:
-        domain_id(db, domain)  # one clear error for an unserved --domain, not one per line
+        domain_id(
+            db=db, org=org, name=domain
+        )  # one clear error for an unserved --domain, not one per line
     planned = parse_virtual_map(text, domain=domain)
     result = ImportResult(dry_run=dry_run, skipped=planned.skipped, errors=list(planned.errors))
     try:
         with db.transaction():
-            _apply(db, planned, result)
+            _apply(db, org, planned, result)
             if result.errors or dry_run:
                 raise _RollBack
     except _RollBack:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from smtpy.cli.context import state
-from smtpy.cli.output import JsonOption, print_json, print_table, when
+from smtpy.cli.output import JsonOption, OrgOption, acting_org, print_json, print_table, when
 
 
 def _delay(seconds: float | None) -> str:
@@ -38,6 +38,7 @@ def stats(
         str | None, typer.Option("--by", help="One row per domain, alias or day (UTC).")
     ] = None,
     json: JsonOption = False,
+    org: OrgOption = None,
 ) -> None:
     """Count received, forwarded, deferred, bounced, discarded and rejected mail (by reason),
     and the median delivery delay, from the message log."""
@@ -48,7 +49,9 @@ def stats(
 
     now = time.time()
     with state(ctx).database() as db:
-        result = compute(db, since=now - parse_age(since), until=now + 1, by=by).public()
+        result = compute(
+            db=db, org=acting_org(db, org), since=now - parse_age(since), until=now + 1, by=by
+        ).public()
     if json:
         print_json(result)
         return
