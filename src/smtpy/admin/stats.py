@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict
+
 from smtpy.admin.organizations import scope
 from smtpy.errors import InvalidInput
 from smtpy.store.db import Database
@@ -40,9 +42,40 @@ _COUNTED = {
 }
 
 
+class FiguresPublic(BaseModel):
+    """The figures of one window (and one group), as `stats --json` prints them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    received: int
+    forwarded: int
+    deferred: int
+    bounced: int
+    discarded: int
+    rejected: int
+    rejected_by_reason: dict[str, int]  # by reason, sorted
+    median_delay: float | None  # seconds, of forwarded deliveries, to the millisecond
+
+
+class GroupFigures(FiguresPublic):
+    key: str  # the domain, alias or YYYY-MM-DD (UTC) of the group
+
+
+class Stats(BaseModel):
+    """What `smtpy stats` shows (`--json` prints these keys)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    since: float
+    until: float
+    by: GroupBy | None
+    total: FiguresPublic
+    groups: list[GroupFigures]  # most received first (by day: in date order); [] when not grouped
+
+
 @dataclass(slots=True)
 class Figures:
-    """The figures for one window (and one group)."""
+    """The figures of one window as they are counted (then published as `FiguresPublic`)."""
 
     received: int = 0
     forwarded: int = 0
@@ -63,7 +96,7 @@ class Figures:
         if name is not None:
             setattr(self, name, getattr(self, name) + count)
 
-    def public(self) -> dict[str, Any]:
+    def fields(self) -> dict[str, Any]:
         return {
             "received": self.received,
             "forwarded": self.forwarded,
@@ -73,24 +106,6 @@ class Figures:
             "rejected": self.rejected,
             "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
             "median_delay": None if self.median_delay is None else round(self.median_delay, 3),
-        }
-
-
-@dataclass(slots=True)
-class Stats:
-    since: float
-    until: float
-    by: GroupBy | None
-    total: Figures
-    groups: dict[str, Figures]  # by group key (domain, alias or YYYY-MM-DD), empty when not grouped
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "since": self.since,
-            "until": self.until,
-            "by": self.by,
-            "total": self.total.public(),
-            "groups": [{"key": key, **figures.public()} for key, figures in self.groups.items()],
         }
 
 
@@ -237,5 +252,9 @@ def compute(
     else:
         groups = {}
     return Stats(
-        since=since, until=until, by=by, total=_totals(db, seen, since, until), groups=groups
+        since=since,
+        until=until,
+        by=by,
+        total=FiguresPublic(**_totals(db, seen, since, until).fields()),
+        groups=[GroupFigures(key=key, **figures.fields()) for key, figures in groups.items()],
     )

@@ -18,7 +18,7 @@ OrgOption = Annotated[
     str | None,
     typer.Option(
         "--org",
-        help="Act in this organization (default: the default organization).",
+        help="Act in the organization of this name instead of the default one.",
         show_default=False,
     ),
 ]
