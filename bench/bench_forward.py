@@ -34,7 +34,7 @@ Before the timed runs each stack forwards one message to a dumping sink and
 the script checks it: SRS0 envelope sender, the alias's destination, and a
 DKIM signature that verifies with the domain's 2048-bit key. Then a short
 untimed warm-up. The script prints a table and the smtpy/stack ratios against
-the targets (2.0x for 2 KB, 1.0x for 100 KB, peak PSS no higher than the
+the targets (1.2x for 2 KB, 1.0x for 100 KB, peak PSS at most 1.5x the
 stack's). It exits 1 if a stack lost mail or failed its check.
 """
 
@@ -67,7 +67,8 @@ TEMPLATES = HERE / "postfix"
 SESSIONS = 10
 SIZES = (2 * 1024, 100 * 1024)
 COUNTS = {False: {2 * 1024: 2000, 100 * 1024: 500}, True: {2 * 1024: 300, 100 * 1024: 100}}
-TARGETS = {2 * 1024: 2.0, 100 * 1024: 1.0}
+TARGETS = {2 * 1024: 1.2, 100 * 1024: 1.0}
+PSS_TARGET = 1.5  # smtpy's peak PSS at most this times the stack's
 
 
 def sender_dns() -> Any:
@@ -1010,7 +1011,8 @@ def print_report(results: list[Result], checks: dict[str, Check], args: argparse
         if p_pss:
             print(
                 f"  peak PSS: smtpy {s_pss / 1024:.1f} MB vs stack {p_pss / 1024:.1f} MB "
-                f"({s_pss / p_pss:.2f}x)  target <= 1.0x  {'MET' if s_pss <= p_pss else 'NOT MET'}"
+                f"({s_pss / p_pss:.2f}x)  target <= {PSS_TARGET}x  "
+                f"{'MET' if s_pss <= PSS_TARGET * p_pss else 'NOT MET'}"
             )
         lost = sum(r.lost + r.left_in_queue for r in results if r.stack == "smtpy")
         print(f"  nothing lost: {'MET' if lost == 0 else f'NOT MET ({lost} messages)'}")
@@ -1081,10 +1083,8 @@ def main() -> int:
         if args.only != "postfix":
             factories.append(lambda port: SmtpyStack(work, port, smtpy, args.processes))
             if not args.no_floor:
-                # As many processes as smtpy runs (its default is one; 0 is one per core).
-                floor_processes = (
-                    (os.cpu_count() or 1) if args.processes == 0 else args.processes or 1
-                )
+                # As many processes as smtpy runs (its default, 0, is one per core).
+                floor_processes = args.processes or os.cpu_count() or 1
                 factories.append(lambda port: LibrariesOnlyStack(work, port, floor_processes))
         if args.only != "smtpy":
             factories.append(lambda port: PostfixStack(work, port, dkim_srs=True))

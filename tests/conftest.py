@@ -145,6 +145,8 @@ def cli_env(store_url: str, tmp_path: Path, dns_server: DNSServer) -> dict[str, 
             "SMTPY_STATE_DIR": str(tmp_path / "state"),
             "SMTPY_DNS_NAMESERVERS": dns_server.nameserver,
             "SMTPY_DNS_TIMEOUT": "2",
+            # One serving process unless a test asks for more (the default is one per core).
+            "SMTPY_PROCESSES": "1",
             "HOME": str(tmp_path),
             "COLUMNS": "200",
         }

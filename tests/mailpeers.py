@@ -563,6 +563,21 @@ class Forwarder:
         self.daemons.append(daemon)
         return daemon
 
+    def wait_settled(self, timeout: float = 30.0) -> None:
+        """Wait until the store holds no message: each accepted one was delivered or dropped.
+
+        A message leaves the queue only after its last delivery was settled, so
+        once the queue is empty nothing more can be sent: what the MX hosts got
+        by then is all they will ever get. Absence proved by the store, not by
+        sleeping and hoping.
+        """
+        deadline = time.monotonic() + timeout
+        while json.loads(self.run("queue", "list", "--json")):
+            assert time.monotonic() < deadline, f"the queue did not empty within {timeout}s:\n" + (
+                "\n".join(d.log_tail(10) for d in self.daemons)
+            )
+            time.sleep(0.2)
+
     def dkim_ok(self, data: bytes) -> bool:
         """Whether dkimpy verifies every signature of `data` against the published keys."""
         resolver = dns.resolver.Resolver(configure=False)

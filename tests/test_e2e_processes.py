@@ -81,7 +81,7 @@ def test_two_processes_share_the_work_and_stop_cleanly(forwarder: Forwarder) -> 
     accepted = stream.join()
     assert len(accepted) == 80
     forwarder.peers.wait_for_ids(accepted)
-    time.sleep(1.0)
+    forwarder.wait_settled()
     counts = message_id_counts(forwarder.peers.received)
     assert {counts[mid] for mid in accepted} == {1}  # each delivered once
 

@@ -254,7 +254,7 @@ def test_two_nodes_share_one_queue(forwarder: Forwarder) -> None:
     accepted = calm.join()
     assert len(accepted) == 60
     forwarder.peers.wait_for_ids(accepted)
-    time.sleep(1.5)  # a duplicate claim would show within a poll interval
+    forwarder.wait_settled()  # no delivery left that a duplicate claim could repeat
     counts = message_id_counts(forwarder.peers.received)
     assert {counts[mid] for mid in accepted} == {1}, {m: c for m, c in counts.items() if c > 1}
     assert node_a.events("delivered") and node_b.events("delivered")
