@@ -88,7 +88,7 @@ def _txt_strings(value: str) -> str:
     return " ".join(quoted)
 
 
-def zone_lines(domain: str, records: Sequence[DnsRecord]) -> list[str]:
+def zone_lines(records: Sequence[DnsRecord]) -> list[str]:
     """The records as zone-file lines (absolute names, class IN, a TTL), ready to paste.
 
     Long TXT values are split into 255-byte strings, as DNS requires. The
@@ -102,7 +102,7 @@ def zone_lines(domain: str, records: Sequence[DnsRecord]) -> list[str]:
         rdata = record.value if record.type == "MX" else _txt_strings(record.value)
         return f"{record.name}.\t{ZONE_TTL}\tIN\t{record.type}\t{rdata}"
 
-    out = [f"; records for {domain}"] + [line(r) for r in own]
+    out = [f"; records for {own[0].name}" if own else "; no records"] + [line(r) for r in own]
     for record in hostname:
         out += [f"; in the zone of {record.name}, once for all served domains", line(record)]
     return out

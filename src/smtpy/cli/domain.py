@@ -186,7 +186,6 @@ def records(
     from smtpy.admin.domains import domain_records
     from smtpy.admin.records import zone_lines
     from smtpy.errors import InvalidInput
-    from smtpy.mail.addresses import normalize_domain
 
     if json and zone:
         raise InvalidInput("choose one of --json and --zone")
@@ -199,7 +198,7 @@ def records(
         print_json(recs)
         return
     if zone:
-        done("\n".join(zone_lines(normalize_domain(name), recs)))
+        done("\n".join(zone_lines(recs)))
         return
     print_table(
         None,
