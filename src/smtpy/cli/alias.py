@@ -190,19 +190,19 @@ def import_(
             )
         except MapRejected as exc:
             if json:
-                print_json(exc.result.public())
+                print_json(exc.result)
             for error in exc.result.errors:
                 sys.stderr.write(f"{name}:{error.line}: {error.message}\n")
             raise InvalidInput(
                 f"{name}: {len(exc.result.errors)} bad line(s); nothing was imported"
             ) from None
     if json:
-        print_json(result.public())
+        print_json(result)
         return
     if result.created:
         print_table(
             None,
             ["line", "alias", "destinations"],
-            [(a.line, a.alias.address, "\n".join(a.alias.destinations)) for a in result.created],
+            [(a.line, a.address, "\n".join(a.destinations)) for a in result.created],
         )
     done(describe(result))
