@@ -64,7 +64,7 @@ _REGEXP_HINT = (
 class LineError(BaseModel):
     """A line of the map that cannot be imported, and why."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     line: int
     message: str
@@ -102,7 +102,7 @@ class DomainLine:
 class Skipped(BaseModel):
     """A line left out on purpose (another domain than --domain)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     line: int
     key: str
@@ -127,6 +127,8 @@ class ImportedAlias(AliasPublic):
 
 class ImportResult(BaseModel):
     """What an import did, or would do in a dry run (`alias import --json` prints these keys)."""
+
+    model_config = ConfigDict(defer_build=True)
 
     dry_run: bool
     created: list[ImportedAlias] = []

@@ -40,6 +40,8 @@ MAX_DESTINATIONS = 50
 
 
 class AliasCreate(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     address: str  # alice@example.org, *@example.org or /PATTERN/@example.org
     destinations: list[str] = []
     mode: str = "forward"  # forward | reject | discard
@@ -49,13 +51,15 @@ class AliasCreate(BaseModel):
 class AliasUpdate(BaseModel):
     """What may change on an existing alias; None leaves a field as it is."""
 
+    model_config = ConfigDict(defer_build=True)
+
     enabled: bool | None = None
 
 
 class AliasPublic(BaseModel):
     """An alias as shells show it (`alias list --json` prints these keys)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     id: int
     address: str  # as people write it: U-label domain, /pattern/ for regex

@@ -32,6 +32,8 @@ def policy_name(value: bool | None) -> Policy:
 
 
 class DomainCreate(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     name: str  # Unicode or IDNA form
     key_algorithm: str = "rsa"  # of the first DKIM key
 
@@ -39,13 +41,15 @@ class DomainCreate(BaseModel):
 class DomainUpdate(BaseModel):
     """What an admin may change; None leaves a field as it is."""
 
+    model_config = ConfigDict(defer_build=True)
+
     dmarc_reject: str | None = None  # on | off | default (SMTPY_DMARC_REJECT)
 
 
 class DomainPublic(BaseModel):
     """A domain as shells show it (`domain list --json` prints these keys)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     name: str  # U-label, as people write it
     ascii_name: str  # A-label, as DNS and the store have it
@@ -182,7 +186,7 @@ def domain_records(*, db: Database, org: int, name: str, hostname: str) -> list[
 class Verification(BaseModel):
     """What `domain verify` found (`--json` prints these keys)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     domain: str  # U-label
     verified: bool  # ownership and MX are in place

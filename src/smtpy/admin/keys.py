@@ -20,12 +20,16 @@ ALGORITHMS = ("rsa", "ed25519")
 
 
 class KeyCreate(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     selector: str | None = None  # None: smtpyYYYYMM, or the next free variant of it
     algorithm: str = "rsa"  # rsa | ed25519
     bits: int = 2048  # RSA only
 
 
 class KeyRotate(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     selector: str | None = None
     algorithm: str | None = None  # None: the algorithm of the active key
     bits: int = 2048
@@ -34,7 +38,7 @@ class KeyRotate(BaseModel):
 class KeyPublic(BaseModel):
     """A key as listings show it: no private part (`key list --json` prints these keys)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     domain: str  # U-label
     selector: str
@@ -47,7 +51,7 @@ class KeyPublic(BaseModel):
 
 
 class KeyRotation(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     new: KeyPublic  # signs from now on
     retired: list[KeyPublic]  # stopped signing; still published until removed

@@ -28,7 +28,7 @@ DEFAULT_ORGANIZATION = "default"
 
 
 class OrganizationPublic(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     id: int
     name: str

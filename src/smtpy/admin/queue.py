@@ -28,7 +28,7 @@ from smtpy.store.db import Database
 class QueuedDelivery(BaseModel):
     """One pending destination of a queued message."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     original_recipient: str  # the address the sender used
     recipient: str  # where it goes
@@ -41,7 +41,7 @@ class QueuedDelivery(BaseModel):
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     queue_id: str
     state: DeliveryState  # the first of active, deferred, held among its deliveries
@@ -63,7 +63,7 @@ class QueuedMessage(_Message):
 class Attempt(BaseModel):
     """One delivery attempt and the remote's exact reply."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     delivery_id: int
     recipient: str

@@ -22,7 +22,7 @@ Purpose = Literal["mx", "spf", "dkim", "dmarc", "ownership", "hostname-spf"]
 class RecordPublic(BaseModel):
     """A record as `domain records --json` prints it: type, name, value."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     type: RecordType
     name: str  # A-label, no trailing dot
@@ -111,7 +111,7 @@ def zone_lines(records: Sequence[DnsRecord]) -> list[str]:
 class Finding(BaseModel):
     """One row of `domain verify`: the record, what DNS returned, and what to do."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     type: RecordType
     name: str

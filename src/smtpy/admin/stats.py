@@ -45,7 +45,7 @@ _COUNTED = {
 class FiguresPublic(BaseModel):
     """The figures of one window (and one group), as `stats --json` prints them."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     received: int
     forwarded: int
@@ -64,7 +64,7 @@ class GroupFigures(FiguresPublic):
 class Stats(BaseModel):
     """What `smtpy stats` shows (`--json` prints these keys)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     since: float
     until: float
