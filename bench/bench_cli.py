@@ -21,8 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from smtpy.admin.aliases import add_alias
-from smtpy.admin.domains import add_domain
+from smtpy.admin.aliases import AliasCreate, add_alias
+from smtpy.admin.domains import DomainCreate, add_domain
+from smtpy.admin.organizations import resolve_organization
 from smtpy.store.db import Database
 
 TARGET = 0.3  # seconds, DESIGN.md: `smtpy alias list` must feel instant
@@ -41,9 +42,14 @@ def smtpy_command() -> list[str]:
 
 def make_store(url: str) -> None:
     with Database(url) as db:
-        add_domain(db, "example.org", key_algorithm="ed25519")
+        org = resolve_organization(db=db).id
+        add_domain(db=db, org=org, domain=DomainCreate(name="example.org", key_algorithm="ed25519"))
         for n in range(ALIASES):
-            add_alias(db, f"user{n:03d}@example.org", [f"user{n:03d}@mailbox.example.net"])
+            alias = AliasCreate(
+                address=f"user{n:03d}@example.org",
+                destinations=[f"user{n:03d}@mailbox.example.net"],
+            )
+            add_alias(db=db, org=org, alias=alias)
 
 
 def time_runs(command: list[str], env: dict[str, str], runs: int) -> list[float]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from smtpy.admin.messages import LogFilter, recent
+from smtpy.admin.organizations import resolve_organization
 from smtpy.admin.stats import compute
 from smtpy.admin.status import status
 from smtpy.queue.message_log import LogEvent, prune, refresh_statistics, write_events
@@ -112,33 +113,49 @@ def fill_postgres(url: str, rows: int, now: float) -> None:
         conn.execute("VACUUM ANALYZE message_log")
 
 
+def org(db: Database) -> int:
+    """The default organization, as the CLI resolves it for each command."""
+    return resolve_organization(db=db).id
+
+
 def queries(now: float) -> list[tuple[str, Callable[[Database], Any]]]:
     week = now - 7 * 86400
     month = now - DAYS * 86400
     return [
-        ("stats --since 7d", lambda db: compute(db, since=week, until=now)),
-        ("stats --since 30d", lambda db: compute(db, since=month, until=now)),
-        ("stats --since 24h", lambda db: compute(db, since=now - 86400, until=now)),
+        ("stats --since 7d", lambda db: compute(db=db, org=org(db), since=week, until=now)),
+        ("stats --since 30d", lambda db: compute(db=db, org=org(db), since=month, until=now)),
+        ("stats --since 24h", lambda db: compute(db=db, org=org(db), since=now - 86400, until=now)),
         (
             "stats --since 7d --by domain",
-            lambda db: compute(db, since=week, until=now, by="domain"),
+            lambda db: compute(db=db, org=org(db), since=week, until=now, by="domain"),
         ),
-        ("stats --since 7d --by alias", lambda db: compute(db, since=week, until=now, by="alias")),
-        ("stats --since 30d --by day", lambda db: compute(db, since=month, until=now, by="day")),
-        ("log (newest 100)", lambda db: recent(db, LogFilter(), limit=100)),
+        (
+            "stats --since 7d --by alias",
+            lambda db: compute(db=db, org=org(db), since=week, until=now, by="alias"),
+        ),
+        (
+            "stats --since 30d --by day",
+            lambda db: compute(db=db, org=org(db), since=month, until=now, by="day"),
+        ),
+        ("log (newest 100)", lambda db: recent(db=db, org=org(db), flt=LogFilter(), limit=100)),
         (
             "log --domain D (newest 100)",
-            lambda db: recent(db, LogFilter(domain="domain7.example"), limit=100),
+            lambda db: recent(
+                db=db, org=org(db), flt=LogFilter(domain="domain7.example"), limit=100
+            ),
         ),
         (
             "log --alias A --since 7d",
             lambda db: recent(
-                db, LogFilter(alias="user42@domain42.example", since=week), limit=100
+                db=db,
+                org=org(db),
+                flt=LogFilter(alias="user42@domain42.example", since=week),
+                limit=100,
             ),
         ),
         (
             "log --event bounced (newest 100)",
-            lambda db: recent(db, LogFilter(event="bounced"), limit=100),
+            lambda db: recent(db=db, org=org(db), flt=LogFilter(event="bounced"), limit=100),
         ),
         ("status", lambda db: status(db, now=now)),
     ]

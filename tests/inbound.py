@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from smtpy.admin.aliases import add_alias, domain_rules
-from smtpy.admin.domains import add_domain
+from admin_store import add_alias, add_domain
+from smtpy.admin.aliases import domain_rules
 from smtpy.checks.limits import ConnectionGuard
 from smtpy.checks.scanners import Scanner
 from smtpy.queue.writer import StoreThread

@@ -15,6 +15,8 @@ from smtpy.admin.alias_import import (
     logical_lines,
     parse_virtual_map,
 )
+from smtpy.admin.domains import DomainCreate
+from smtpy.admin.organizations import resolve_organization
 from smtpy.errors import NotFound
 from smtpy.route.aliases import resolve
 from smtpy.store.db import Database
@@ -103,19 +105,25 @@ def test_a_continuation_with_nothing_to_continue_and_conflicting_duplicates() ->
 
 
 @pytest.fixture
-def served(db: Database) -> Database:
-    domains.add_domain(db, "example.org")
-    domains.add_domain(db, "example.net")
+def org(db: Database) -> int:
+    return resolve_organization(db=db).id
+
+
+@pytest.fixture
+def served(db: Database, org: int) -> Database:
+    domains.add_domain(db=db, org=org, domain=DomainCreate(name="example.org"))
+    domains.add_domain(db=db, org=org, domain=DomainCreate(name="example.net"))
     return db
 
 
 def _stored(db: Database) -> dict[str, list[str]]:
-    return {a.display_address: a.display_destinations for a in aliases.list_aliases(db)}
+    org = resolve_organization(db=db).id
+    return {a.address: a.destinations for a in aliases.list_aliases(db=db, org=org)}
 
 
-def test_import_adds_every_alias_and_the_router_finds_them(served: Database) -> None:
-    result = import_virtual_map(served, POSTFIX_MAP)
-    assert [(a.line, a.alias.display_address) for a in result.created] == [
+def test_import_adds_every_alias_and_the_router_finds_them(served: Database, org: int) -> None:
+    result = import_virtual_map(db=served, org=org, text=POSTFIX_MAP)
+    assert [(a.line, a.address) for a in result.created] == [
         (3, "alice@example.org"),
         (4, "bob@example.org"),
         (8, "*@example.org"),
@@ -128,19 +136,19 @@ def test_import_adds_every_alias_and_the_router_finds_them(served: Database) -> 
     assert match is not None and match.rule.destinations == ("catchall@fastmail.com",)
 
 
-def test_dry_run_reports_the_same_and_writes_nothing(served: Database) -> None:
-    result = import_virtual_map(served, POSTFIX_MAP, dry_run=True)
+def test_dry_run_reports_the_same_and_writes_nothing(served: Database, org: int) -> None:
+    result = import_virtual_map(db=served, org=org, text=POSTFIX_MAP, dry_run=True)
     assert len(result.created) == 4
-    public = result.public()
+    public = result.model_dump(mode="json")
     assert public["imported"] is False
     assert "id" not in public["created"][0]
     assert _stored(served) == {}
 
 
-def test_one_bad_line_and_nothing_is_written(served: Database) -> None:
+def test_one_bad_line_and_nothing_is_written(served: Database, org: int) -> None:
     text = POSTFIX_MAP + "eve@unknown.example  eve@gmail.com\nloop@example.org loop@example.org\n"
     with pytest.raises(MapRejected) as caught:
-        import_virtual_map(served, text)
+        import_virtual_map(db=served, org=org, text=text)
     errors = [(e.line, e.message) for e in caught.value.result.errors]
     assert [line for line, _ in errors] == [10, 11]
     assert "smtpy domain add" in errors[0][1]  # the alias service's own message
@@ -149,30 +157,36 @@ def test_one_bad_line_and_nothing_is_written(served: Database) -> None:
     assert _stored(served) == {}
 
 
-def test_import_twice_is_harmless_but_other_destinations_conflict(served: Database) -> None:
-    import_virtual_map(served, POSTFIX_MAP)
-    again = import_virtual_map(served, POSTFIX_MAP)
+def test_import_twice_is_harmless_but_other_destinations_conflict(
+    served: Database, org: int
+) -> None:
+    import_virtual_map(db=served, org=org, text=POSTFIX_MAP)
+    again = import_virtual_map(db=served, org=org, text=POSTFIX_MAP)
     assert again.created == []
     assert len(again.unchanged) == 4
     with pytest.raises(MapRejected) as caught:
         import_virtual_map(
-            served, "new@example.org n@x.example\nalice@example.org other@x.example\n"
+            db=served,
+            org=org,
+            text="new@example.org n@x.example\nalice@example.org other@x.example\n",
         )
     assert [e.line for e in caught.value.result.errors] == [2]
     assert "already exists" in caught.value.result.errors[0].message
     assert "new@example.org" not in _stored(served)
 
 
-def test_a_declared_domain_must_be_served(db: Database) -> None:
+def test_a_declared_domain_must_be_served(db: Database, org: int) -> None:
     with pytest.raises(MapRejected) as caught:
-        import_virtual_map(db, "example.org anything\n")
+        import_virtual_map(db=db, org=org, text="example.org anything\n")
     assert caught.value.result.errors[0].line == 1
     assert "smtpy domain add" in caught.value.result.errors[0].message
 
 
-def test_an_unserved_domain_option_is_one_error(db: Database) -> None:
+def test_an_unserved_domain_option_is_one_error(db: Database, org: int) -> None:
     with pytest.raises(NotFound, match=r"smtpy domain add example\.org"):
-        import_virtual_map(db, "alice  a@x.example\nbob  b@x.example\n", domain="example.org")
+        import_virtual_map(
+            db=db, org=org, text="alice  a@x.example\nbob  b@x.example\n", domain="example.org"
+        )
 
 
 # -- the command -------------------------------------------------------------------

@@ -22,6 +22,7 @@ from conftest import Cli
 from dnsserver import DNSServer
 from mailpeers import DOMAIN, SENDER, Forwarder, forwarding_world, make_message, send, smtp_client
 from smtpy.admin.messages import LogFilter, recent
+from smtpy.admin.organizations import resolve_organization
 from smtpy.store.db import Database
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -45,8 +46,9 @@ def wait_for_log(
     """Poll the store's message log until `predicate(rows)` holds; fail after `timeout`."""
     deadline = time.monotonic() + timeout
     with Database(url) as db:
+        org = resolve_organization(db=db).id
         while True:
-            rows = recent(db, LogFilter(), limit=10_000)
+            rows = recent(db=db, org=org, flt=LogFilter(), limit=10_000)
             if predicate(rows):
                 return rows
             if time.monotonic() > deadline:

@@ -104,14 +104,14 @@ def test_list_show_hold_release_and_retry_while_the_daemon_runs(forwarder: Forwa
     assert queue_id in table and "Mailbox busy" in table
 
     # Held: a retry does not move it, and the daemon leaves it alone.
-    assert forwarder.run("queue", "hold", queue_id).strip() == "1 deliveries held"
+    assert forwarder.run("queue", "hold", queue_id).strip() == "1 delivery held"
     assert [m["state"] for m in queue(forwarder)] == ["held"]
     assert forwarder.run("queue", "retry", queue_id).strip() == "0 deliveries due now"
     time.sleep(2.5)  # two polls of the worker
     assert [m["state"] for m in queue(forwarder)] == ["held"]
 
     # Released: due at once; the peer refuses once more, so it is deferred for an hour again.
-    assert forwarder.run("queue", "release", queue_id).strip() == "1 deliveries released"
+    assert forwarder.run("queue", "release", queue_id).strip() == "1 delivery released"
     deadline = time.monotonic() + 20
     while queue(forwarder)[0]["attempts"] < 2:
         assert time.monotonic() < deadline, "a released message was not attempted"
@@ -120,7 +120,7 @@ def test_list_show_hold_release_and_retry_while_the_daemon_runs(forwarder: Forwa
 
     # Retried while the daemon runs: picked up at its next poll, not in an hour.
     started = time.monotonic()
-    assert forwarder.run("queue", "retry", queue_id).strip() == "1 deliveries due now"
+    assert forwarder.run("queue", "retry", queue_id).strip() == "1 delivery due now"
     forwarder.peers.wait_for(lambda got: arrived(forwarder, first), timeout=15)
     print(f"retried message delivered {time.monotonic() - started:.2f}s after `queue retry`")
     assert queue(forwarder) == []
@@ -181,7 +181,7 @@ def test_bulk_operations_confirm_show_progress_and_log(forwarder: Forwarder) -> 
     assert "4/4" in drawn.decode(errors="replace")
     assert {m["state"] for m in queue(forwarder)} == {"held"}
 
-    assert forwarder.run("queue", "delete", queue_ids[0]).strip() == "1 messages deleted"
+    assert forwarder.run("queue", "delete", queue_ids[0]).strip() == "1 message deleted"
     bounced = forwarder.run("queue", "bounce", "--all", "--status", "held", "--yes")
     assert bounced.strip() == "3 messages bounced"
     # Each sender gets a DSN, sent by the daemon from the queue.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from smtpy.admin.messages import Follower, LogFilter, after, recent
+from smtpy.admin.organizations import resolve_organization
 from smtpy.admin.stats import compute
 from smtpy.admin.status import status
 from smtpy.errors import InvalidInput
@@ -19,6 +20,11 @@ T0 = 20_000 * DAY  # midnight UTC, 2024-10-04
 
 def ev(at: float, event: str, alias: str = "a@one.test", **fields: object) -> LogEvent:
     return LogEvent(at=at, event=event, alias=alias, domain=alias.rpartition("@")[2], **fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def org(db: Database) -> int:
+    return resolve_organization(db=db).id
 
 
 def known_mix() -> list[LogEvent]:
@@ -42,13 +48,13 @@ def known_mix() -> list[LogEvent]:
     ]
 
 
-def test_stats_in_total_and_by_domain_alias_and_day(db: Database) -> None:
+def test_stats_in_total_and_by_domain_alias_and_day(db: Database, org: int) -> None:
     write_events(db, known_mix())
     ev_before = ev(T0 - 1, "received")  # outside the window
     write_events(db, [ev_before])
 
-    stats = compute(db, since=T0, until=T0 + 2 * DAY)
-    assert stats.total.public() == {
+    stats = compute(db=db, org=org, since=T0, until=T0 + 2 * DAY)
+    assert stats.total.model_dump() == {
         "received": 5,
         "forwarded": 4,
         "deferred": 1,
@@ -58,9 +64,9 @@ def test_stats_in_total_and_by_domain_alias_and_day(db: Database) -> None:
         "rejected_by_reason": {"relay": 1, "unknown_user": 2},
         "median_delay": 3.0,  # of 1, 2, 4, 10
     }
-    assert stats.groups == {}
+    assert stats.groups == []
 
-    by_domain = compute(db, since=T0, until=T0 + 2 * DAY, by="domain").public()
+    by_domain = compute(db=db, org=org, since=T0, until=T0 + 2 * DAY, by="domain").model_dump()
     groups = {g["key"]: g for g in by_domain["groups"]}
     assert list(groups) == ["one.test", "two.test", "else.test"]  # most received first
     assert (groups["one.test"]["received"], groups["one.test"]["forwarded"]) == (4, 4)
@@ -71,35 +77,37 @@ def test_stats_in_total_and_by_domain_alias_and_day(db: Database) -> None:
 
     by_alias = {
         g["key"]: g
-        for g in compute(db, since=T0, until=T0 + 2 * DAY, by="alias").public()["groups"]
+        for g in compute(db=db, org=org, since=T0, until=T0 + 2 * DAY, by="alias").model_dump()[
+            "groups"
+        ]
     }
     assert by_alias["b@one.test"]["forwarded"] == 2
     assert by_alias["b@one.test"]["median_delay"] == 3.0  # of 2 and 4
     assert by_alias["a@one.test"]["median_delay"] == 5.5  # of 1 and 10
 
-    by_day = compute(db, since=T0, until=T0 + 2 * DAY, by="day").public()["groups"]
+    by_day = compute(db=db, org=org, since=T0, until=T0 + 2 * DAY, by="day").model_dump()["groups"]
     assert [(g["key"], g["received"], g["forwarded"], g["rejected"]) for g in by_day] == [
         ("2024-10-04", 4, 3, 0),
         ("2024-10-05", 1, 1, 3),
     ]
     assert by_day[0]["median_delay"] == 2.0  # of 1, 2, 10
 
-    second_day = compute(db, since=T0 + DAY, until=T0 + 2 * DAY)
+    second_day = compute(db=db, org=org, since=T0 + DAY, until=T0 + 2 * DAY)
     assert (second_day.total.received, second_day.total.median_delay) == (1, 4.0)
-    empty = compute(db, since=T0 + 5 * DAY, until=T0 + 6 * DAY)
+    empty = compute(db=db, org=org, since=T0 + 5 * DAY, until=T0 + 6 * DAY)
     assert (empty.total.received, empty.total.median_delay) == (0, None)
     with pytest.raises(InvalidInput, match="cannot group by 'week'"):
-        compute(db, since=T0, by="week")
+        compute(db=db, org=org, since=T0, by="week")
 
 
-def test_log_filters_and_newest_rows(db: Database) -> None:
+def test_log_filters_and_newest_rows(db: Database, org: int) -> None:
     write_events(db, known_mix())
-    everything = recent(db, LogFilter())
+    everything = recent(db=db, org=org, flt=LogFilter())
     assert [r["at"] for r in everything] == sorted(r["at"] for r in everything)
     assert len(everything) == 14
 
     def events_of(flt: LogFilter, **kw: int) -> list[tuple[str, str]]:
-        return [(r["event"], r["alias"]) for r in recent(db, flt, **kw)]
+        return [(r["event"], r["alias"]) for r in recent(db=db, org=org, flt=flt, **kw)]
 
     assert events_of(LogFilter.make(alias="B@one.test")) == []  # local parts are exact
     assert events_of(LogFilter.make(alias="b@ONE.test")) == [
@@ -118,16 +126,22 @@ def test_log_filters_and_newest_rows(db: Database) -> None:
         ("rejected", "z@else.test"),
     ]
     since = LogFilter.make(since="1h", now=T0 + DAY + 3600)
-    assert [r["event"] for r in recent(db, since)] == ["received", "delivered", *["rejected"] * 3]
+    assert [r["event"] for r in recent(db=db, org=org, flt=since)] == [
+        "received",
+        "delivered",
+        *["rejected"] * 3,
+    ]
     with pytest.raises(InvalidInput, match="is not one of"):
         LogFilter.make(event="sent")
     with pytest.raises(InvalidInput, match="is not an age"):
         LogFilter.make(since="soon")
 
 
-def test_follow_returns_each_new_row_once_even_when_committed_out_of_order(db: Database) -> None:
+def test_follow_returns_each_new_row_once_even_when_committed_out_of_order(
+    db: Database, org: int
+) -> None:
     write_events(db, known_mix()[:3])
-    follower = Follower(LogFilter(), start_id=3)
+    follower = Follower(org=org, flt=LogFilter(), start_id=3)
     assert follower.poll(db) == []
     write_events(db, [ev(T0 + 100, "received", "late@one.test")])  # id 4
     write_events(db, [ev(T0 + 101, "received", "new@one.test")])  # id 5
@@ -139,7 +153,7 @@ def test_follow_returns_each_new_row_once_even_when_committed_out_of_order(db: D
     )
     assert [r["alias"] for r in follower.poll(db)] == ["late@one.test"]
     assert follower.poll(db) == []
-    assert [r["id"] for r in after(db, LogFilter(), after_id=3)] == [4, 5]
+    assert [r["id"] for r in after(db=db, org=org, flt=LogFilter(), after_id=3)] == [4, 5]
 
 
 def test_status_nodes_queue_and_recent_errors(db: Database) -> None:

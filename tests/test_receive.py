@@ -19,8 +19,8 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from smtpy.admin.aliases import add_alias, domain_rules
-from smtpy.admin.domains import add_domain
+from admin_store import add_alias, add_domain
+from smtpy.admin.aliases import domain_rules
 from smtpy.mail.framing import crlf_line_endings
 from smtpy.queue.queries import NewMessage
 from smtpy.queue.writer import StoreThread

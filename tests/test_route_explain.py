@@ -25,19 +25,32 @@ SRS0 = re.compile(r"^SRS0=[^=@]{4}=[A-Z2-7]{2}=sender\.test=alice@mx\.forwarder\
 @pytest.fixture
 def world(cli: Cli, dns_server: DNSServer, store_url: str) -> Cli:
     """Domain and aliases written with the admin core the CLI calls (faster than 8 commands)."""
-    from smtpy.admin.aliases import add_alias, set_enabled
-    from smtpy.admin.domains import add_domain
+    from smtpy.admin.aliases import AliasCreate, AliasUpdate, add_alias, update_alias
+    from smtpy.admin.domains import DomainCreate, add_domain
+    from smtpy.admin.organizations import resolve_organization
     from smtpy.store.db import Database
 
     with Database(store_url) as db:
-        add_domain(db, "example.test", key_algorithm="ed25519")
-        add_alias(db, "team@example.test", ["bob@dest1.test", "carol@example.test"])
-        add_alias(db, "carol@example.test", ["carol@dest2.test"])
-        add_alias(db, "/sales-[0-9]+/@example.test", ["sales@dest1.test"])
-        add_alias(db, "*@example.test", ["catchall@dest1.test"])
-        add_alias(db, "gone@example.test", ["gone@dest1.test"])
-        set_enabled(db, "gone@example.test", False)
-        add_alias(db, "noise@example.test", [], mode="reject", reject_message="Go away")
+        org = resolve_organization(db=db).id
+        add_domain(
+            db=db, org=org, domain=DomainCreate(name="example.test", key_algorithm="ed25519")
+        )
+        for address, destinations in (
+            ("team@example.test", ["bob@dest1.test", "carol@example.test"]),
+            ("carol@example.test", ["carol@dest2.test"]),
+            ("/sales-[0-9]+/@example.test", ["sales@dest1.test"]),
+            ("*@example.test", ["catchall@dest1.test"]),
+            ("gone@example.test", ["gone@dest1.test"]),
+        ):
+            add_alias(db=db, org=org, alias=AliasCreate(address=address, destinations=destinations))
+        update_alias(db=db, org=org, address="gone@example.test", update=AliasUpdate(enabled=False))
+        add_alias(
+            db=db,
+            org=org,
+            alias=AliasCreate(
+                address="noise@example.test", mode="reject", reject_message="Go away"
+            ),
+        )
     for domain, host, address in (
         ("dest1.test", "mx.dest1.test", "127.0.0.2"),
         ("dest2.test", "mx.dest2.test", "127.0.0.3"),
@@ -165,6 +178,15 @@ def test_bad_sender_is_refused_at_mail_from(world: Cli) -> None:
     got = explain(world, "team@example.test", "--from", "not an address")
     assert got["accepted"] is False
     assert got["reply"].startswith("501 5.1.7")
+
+
+@pytest.mark.parametrize("address", ["not an address", "alice@", "@example.test"])
+def test_a_recipient_that_is_no_address_is_bad_input(world: Cli, address: str) -> None:
+    result = world("route", "explain", address)
+    assert result.code == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("smtpy: error: ") and repr(address) in line
+    assert result.stdout == ""
 
 
 def test_null_mx_and_missing_domain(world: Cli, dns_server: DNSServer) -> None:

@@ -34,7 +34,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from smtpy.admin.aliases import AliasInfo, add_alias, find_alias
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    computed_field,
+    model_serializer,
+)
+
+from smtpy.admin.aliases import AliasCreate, AliasPublic, add_alias, find_alias
 from smtpy.admin.domains import domain_id
 from smtpy.errors import InvalidInput, NotFound
 from smtpy.mail.addresses import normalize_domain, parse_address
@@ -53,16 +61,16 @@ _REGEXP_HINT = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class LineError:
+class LineError(BaseModel):
+    """A line of the map that cannot be imported, and why."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
     line: int
     message: str
 
     def __str__(self) -> str:
         return f"line {self.line}: {self.message}"
-
-    def public(self) -> dict[str, Any]:
-        return {"line": self.line, "message": self.message}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,14 +99,14 @@ class DomainLine:
     domain: str
 
 
-@dataclass(frozen=True, slots=True)
-class Skipped:
+class Skipped(BaseModel):
+    """A line left out on purpose (another domain than --domain)."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
     line: int
     key: str
     reason: str
-
-    def public(self) -> dict[str, Any]:
-        return {"line": self.line, "key": self.key, "reason": self.reason}
 
 
 @dataclass(slots=True)
@@ -111,36 +119,37 @@ class VirtualMap:
     errors: list[LineError] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class ImportedAlias:
+class ImportedAlias(AliasPublic):
+    """An alias of the map, with the line it came from."""
+
     line: int
-    alias: AliasInfo
-
-    def public(self) -> dict[str, Any]:
-        return {"line": self.line, **self.alias.public()}
 
 
-@dataclass(slots=True)
-class ImportResult:
+class ImportResult(BaseModel):
+    """What an import did, or would do in a dry run (`alias import --json` prints these keys)."""
+
+    model_config = ConfigDict(defer_build=True)
+
     dry_run: bool
-    created: list[ImportedAlias] = field(default_factory=list)
-    unchanged: list[ImportedAlias] = field(default_factory=list)
-    skipped: list[Skipped] = field(default_factory=list)
-    errors: list[LineError] = field(default_factory=list)
+    created: list[ImportedAlias] = []
+    unchanged: list[ImportedAlias] = []  # already there with the same destinations
+    skipped: list[Skipped] = []
+    errors: list[LineError] = []
 
-    def public(self) -> dict[str, Any]:
-        created = [a.public() for a in self.created]
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def imported(self) -> bool:
+        """Whether the aliases are in the store now."""
+        return not self.errors and not self.dry_run
+
+    @model_serializer(mode="wrap")
+    def _rolled_back_rows_have_no_id(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
         if self.dry_run:  # the rows were rolled back: their ids and times never existed
-            for alias in created:
-                del alias["id"], alias["created_at"]
-        return {
-            "dry_run": self.dry_run,
-            "imported": not self.errors and not self.dry_run,
-            "created": created,
-            "unchanged": [a.public() for a in self.unchanged],
-            "skipped": [s.public() for s in self.skipped],
-            "errors": [e.public() for e in self.errors],
-        }
+            for alias in data["created"]:
+                alias.pop("id", None)
+                alias.pop("created_at", None)
+        return data
 
 
 class MapRejected(InvalidInput):
@@ -196,10 +205,10 @@ def _same_domain(domain_text: str, wanted: str | None) -> bool:
 def _plan(entry: MapEntry, only: str | None, out: VirtualMap) -> None:
     key = entry.key
     if key.startswith("/") or key.lower() in ("if", "endif"):
-        out.errors.append(LineError(entry.line, _REGEXP_HINT))
+        out.errors.append(LineError(line=entry.line, message=_REGEXP_HINT))
         return
     if not entry.values:
-        out.errors.append(LineError(entry.line, f"{key!r} has no destination"))
+        out.errors.append(LineError(line=entry.line, message=f"{key!r} has no destination"))
         return
     if "@" not in key:
         looks_like_domain = "." in key and len(entry.values) == 1 and "@" not in entry.values[0]
@@ -207,13 +216,15 @@ def _plan(entry: MapEntry, only: str | None, out: VirtualMap) -> None:
             if _same_domain(key, only):
                 out.domains.append(DomainLine(entry.line, key))
             else:
-                out.skipped.append(Skipped(entry.line, key, "another domain than --domain"))
+                out.skipped.append(
+                    Skipped(line=entry.line, key=key, reason="another domain than --domain")
+                )
             return
         if only is None:
             out.errors.append(
                 LineError(
-                    entry.line,
-                    f"{key!r} has no domain (Postfix matches it in $myorigin): "
+                    line=entry.line,
+                    message=f"{key!r} has no domain (Postfix matches it in $myorigin): "
                     "import with --domain DOMAIN, or write it as user@domain",
                 )
             )
@@ -222,7 +233,9 @@ def _plan(entry: MapEntry, only: str | None, out: VirtualMap) -> None:
     else:
         local, _, domain_text = key.rpartition("@")
         if not _same_domain(domain_text, only):
-            out.skipped.append(Skipped(entry.line, key, "another domain than --domain"))
+            out.skipped.append(
+                Skipped(line=entry.line, key=key, reason="another domain than --domain")
+            )
             return
         address = f"*@{domain_text}" if not local else key
     for value in entry.values:
@@ -233,7 +246,7 @@ def _plan(entry: MapEntry, only: str | None, out: VirtualMap) -> None:
                 "write the full address it should go to"
             )
         if refused is not None:
-            out.errors.append(LineError(entry.line, refused))
+            out.errors.append(LineError(line=entry.line, message=refused))
             return
     out.aliases.append(PlannedAlias(entry.line, address, entry.values))
 
@@ -246,7 +259,10 @@ def parse_virtual_map(text: str, *, domain: str | None = None) -> VirtualMap:
     for number, line in logical_lines(text):
         if line[0].isspace():
             out.errors.append(
-                LineError(number, "a continuation line (starting with a blank) follows no entry")
+                LineError(
+                    line=number,
+                    message="a continuation line (starting with a blank) follows no entry",
+                )
             )
             continue
         entry = split_entry(number, line)
@@ -255,8 +271,8 @@ def parse_virtual_map(text: str, *, domain: str | None = None) -> VirtualMap:
             if earlier.values != entry.values:
                 out.errors.append(
                     LineError(
-                        number,
-                        f"{entry.key!r} is already given on line {earlier.line} "
+                        line=number,
+                        message=f"{entry.key!r} is already given on line {earlier.line} "
                         "with other destinations",
                     )
                 )
@@ -277,39 +293,43 @@ def _destination_keys(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(str(parse_address(v)) for v in values))
 
 
-def _apply(db: Database, planned: VirtualMap, result: ImportResult) -> None:
+def _apply(db: Database, org: int, planned: VirtualMap, result: ImportResult) -> None:
     for line in planned.domains:
         try:
-            domain_id(db, line.domain)
+            domain_id(db=db, org=org, name=line.domain)
         except InvalidInput as exc:
-            result.errors.append(LineError(line.line, str(exc)))
+            result.errors.append(LineError(line=line.line, message=str(exc)))
     for alias in planned.aliases:
         try:
             try:
-                existing: AliasInfo | None = find_alias(db, alias.address)
+                existing: AliasPublic | None = find_alias(db=db, org=org, address=alias.address)
             except NotFound:
                 existing = None
             if existing is None:
-                info = add_alias(db, alias.address, alias.destinations)
-                result.created.append(ImportedAlias(alias.line, info))
-            elif existing.rule.mode == "forward" and set(existing.rule.destinations) == set(
-                _destination_keys(alias.destinations)
-            ):
-                result.unchanged.append(ImportedAlias(alias.line, existing))
+                info = add_alias(
+                    db=db,
+                    org=org,
+                    alias=AliasCreate(address=alias.address, destinations=list(alias.destinations)),
+                )
+                result.created.append(ImportedAlias(line=alias.line, **info.model_dump()))
+            elif existing.mode == "forward" and set(
+                _destination_keys(tuple(existing.destinations))
+            ) == set(_destination_keys(alias.destinations)):
+                result.unchanged.append(ImportedAlias(line=alias.line, **existing.model_dump()))
             else:
                 result.errors.append(
                     LineError(
-                        alias.line,
-                        f"the alias {existing.display_address} already exists with other "
+                        line=alias.line,
+                        message=f"the alias {existing.address} already exists with other "
                         "destinations; remove it first (smtpy alias remove) to replace it",
                     )
                 )
         except InvalidInput as exc:
-            result.errors.append(LineError(alias.line, str(exc)))
+            result.errors.append(LineError(line=alias.line, message=str(exc)))
 
 
 def import_virtual_map(
-    db: Database, text: str, *, domain: str | None = None, dry_run: bool = False
+    *, db: Database, org: int, text: str, domain: str | None = None, dry_run: bool = False
 ) -> ImportResult:
     """Add the aliases of a Postfix virtual map, all or nothing.
 
@@ -317,12 +337,14 @@ def import_virtual_map(
     listing every bad line when any line is bad; nothing is written then.
     """
     if domain is not None:
-        domain_id(db, domain)  # one clear error for an unserved --domain, not one per line
+        domain_id(
+            db=db, org=org, name=domain
+        )  # one clear error for an unserved --domain, not one per line
     planned = parse_virtual_map(text, domain=domain)
     result = ImportResult(dry_run=dry_run, skipped=planned.skipped, errors=list(planned.errors))
     try:
         with db.transaction():
-            _apply(db, planned, result)
+            _apply(db, org, planned, result)
             if result.errors or dry_run:
                 raise _RollBack
     except _RollBack:

@@ -1,4 +1,8 @@
-"""Aliases: add, list, remove, enable and disable; and loading rules for the router."""
+"""Aliases: add, list, update, remove; and loading rules for the router.
+
+The admin functions act inside one organization (`org`); `domain_rules` is the
+daemon's, for any served domain.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from smtpy.admin.domains import domain_id
 from smtpy.errors import Conflict, InvalidInput, NotFound
@@ -33,39 +39,58 @@ MODES: tuple[Mode, ...] = ("forward", "reject", "discard")
 MAX_DESTINATIONS = 50
 
 
-@dataclass(frozen=True, slots=True)
-class AliasInfo:
-    rule: AliasRule
+class AliasCreate(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
+    address: str  # alice@example.org, *@example.org or /PATTERN/@example.org
+    destinations: list[str] = []
+    mode: str = "forward"  # forward | reject | discard
+    reject_message: str | None = None  # the 550 text of a reject alias
+
+
+class AliasUpdate(BaseModel):
+    """What may change on an existing alias; None leaves a field as it is."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    enabled: bool | None = None
+
+
+class AliasPublic(BaseModel):
+    """An alias as shells show it (`alias list --json` prints these keys)."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    id: int
+    address: str  # as people write it: U-label domain, /pattern/ for regex
+    domain: str  # U-label
+    kind: Kind
+    destinations: list[str]  # domains as U-labels
+    mode: Mode
+    reject_message: str | None
+    enabled: bool
     created_at: float
 
-    @property
-    def display_address(self) -> str:
-        rule = self.rule
-        local = f"/{rule.local_part}/" if rule.kind == "regex" else rule.local_part
-        return f"{local}@{display_domain(rule.domain)}"
 
-    @property
-    def display_destinations(self) -> list[str]:
-        """The destinations with their domains as U-labels (stored as A-labels)."""
-        shown = []
-        for destination in self.rule.destinations:
-            local, domain = split_address(destination)
-            shown.append(f"{local}@{display_domain(domain)}")
-        return shown
+def _shown(destination: str) -> str:
+    local, domain = split_address(destination)
+    return f"{local}@{display_domain(domain)}"
 
-    def public(self) -> dict[str, Any]:
-        rule = self.rule
-        return {
-            "id": rule.id,
-            "address": self.display_address,
-            "domain": display_domain(rule.domain),
-            "kind": rule.kind,
-            "destinations": self.display_destinations,
-            "mode": rule.mode,
-            "reject_message": rule.reject_message,
-            "enabled": rule.enabled,
-            "created_at": self.created_at,
-        }
+
+def _public(row: dict[str, Any]) -> AliasPublic:
+    rule = AliasRule.from_row(row, row["domain"])
+    local = f"/{rule.local_part}/" if rule.kind == "regex" else rule.local_part
+    return AliasPublic(
+        id=rule.id,
+        address=f"{local}@{display_domain(rule.domain)}",
+        domain=display_domain(rule.domain),
+        kind=rule.kind,
+        destinations=[_shown(d) for d in rule.destinations],
+        mode=rule.mode,
+        reject_message=rule.reject_message,
+        enabled=rule.enabled,
+        created_at=float(row["created_at"]),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +104,11 @@ class AliasKey:
     local_key: str
 
 
-def _key(db: Database, address: str) -> AliasKey:
+def _key(db: Database, org: int, address: str) -> AliasKey:
     kind, local, domain_text = parse_alias_address(address)
     if not domain_text:
         raise InvalidInput(f"{address!r} has no domain after @")
-    did, alabel = domain_id(db, domain_text)
+    did, alabel = domain_id(db=db, org=org, name=domain_text)
     if kind == "exact":
         try:
             validate_local_part(local)
@@ -110,19 +135,13 @@ def _destinations(values: Sequence[str], alias: AliasKey) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def add_alias(
-    db: Database,
-    address: str,
-    destinations: Sequence[str],
-    *,
-    mode: str = "forward",
-    reject_message: str | None = None,
-) -> AliasInfo:
+def add_alias(*, db: Database, org: int, alias: AliasCreate) -> AliasPublic:
     """Add an alias; nothing is written unless every part of the input is valid."""
+    address, mode, reject_message = alias.address, alias.mode, alias.reject_message
     if mode not in MODES:
         raise InvalidInput(f"mode {mode!r} is not one of {', '.join(MODES)}")
-    key = _key(db, address)
-    targets = _destinations(destinations, key)
+    key = _key(db, org, address)
+    targets = _destinations(alias.destinations, key)
     if mode == "forward" and not targets:
         raise InvalidInput("a forwarding alias needs at least one destination address")
     if mode != "forward" and targets:
@@ -152,12 +171,10 @@ def add_alias(
                     "now": time.time(),
                 },
             )
-    except Exception as exc:
-        if Database.is_unique_violation(exc):
-            raise Conflict(
-                f"the alias {address} already exists; remove it first to change it"
-            ) from None
-        raise
+    except Conflict:
+        raise Conflict(
+            f"the alias {address} already exists; remove it first to change it"
+        ) from None
     return _get(db, new_id)
 
 
@@ -167,46 +184,54 @@ _SELECT = (
 )
 
 
-def _info(row: dict[str, Any]) -> AliasInfo:
-    return AliasInfo(AliasRule.from_row(row, row["domain"]), float(row["created_at"]))
-
-
-def _get(db: Database, alias_id: int) -> AliasInfo:
+def _get(db: Database, alias_id: int) -> AliasPublic:
     row = db.one(_SELECT + " WHERE a.id = :id", {"id": alias_id})
     if row is None:
         raise NotFound(f"alias #{alias_id} does not exist")
-    return _info(row)
+    return _public(row)
 
 
-def find_alias(db: Database, address: str) -> AliasInfo:
-    key = _key(db, address)
+def _find(db: Database, org: int, address: str) -> tuple[int, AliasPublic]:
+    key = _key(db, org, address)
     row = db.one(
         _SELECT + " WHERE a.domain_id = :d AND a.kind = :k AND a.local_key = :l",
         {"d": key.domain_id, "k": key.kind, "l": key.local_key},
     )
     if row is None:
         raise NotFound(f"there is no alias {address}; see `smtpy alias list`")
-    return _info(row)
+    return int(row["id"]), _public(row)
 
 
-def list_aliases(db: Database, *, domain: str | None = None) -> list[AliasInfo]:
+def find_alias(*, db: Database, org: int, address: str) -> AliasPublic:
+    """The alias `address` names, written in any case and either domain form."""
+    return _find(db, org, address)[1]
+
+
+def list_aliases(*, db: Database, org: int, domain: str | None = None) -> list[AliasPublic]:
+    """The organization's aliases (or one domain's): by domain, then exact, regex, catch-all."""
     order = " ORDER BY d.name, CASE a.kind WHEN 'exact' THEN 0 WHEN 'regex' THEN 1 ELSE 2 END, a.local_key, a.id"
     if domain is None:
-        return [_info(row) for row in db.all(_SELECT + order)]
-    did, _ = domain_id(db, domain)
-    return [_info(row) for row in db.all(_SELECT + " WHERE a.domain_id = :d" + order, {"d": did})]
+        rows = db.all(_SELECT + " WHERE d.organization_id = :org" + order, {"org": org})
+    else:
+        did, _ = domain_id(db=db, org=org, name=domain)
+        rows = db.all(_SELECT + " WHERE a.domain_id = :d" + order, {"d": did})
+    return [_public(row) for row in rows]
 
 
-def remove_alias(db: Database, address: str) -> AliasInfo:
-    info = find_alias(db, address)
-    db.execute("DELETE FROM aliases WHERE id = :id", {"id": info.rule.id})
+def remove_alias(*, db: Database, org: int, address: str) -> AliasPublic:
+    alias_id, info = _find(db, org, address)
+    db.execute("DELETE FROM aliases WHERE id = :id", {"id": alias_id})
     return info
 
 
-def set_enabled(db: Database, address: str, enabled: bool) -> AliasInfo:
-    info = find_alias(db, address)
-    db.execute("UPDATE aliases SET enabled = :e WHERE id = :id", {"e": enabled, "id": info.rule.id})
-    return _get(db, info.rule.id)
+def update_alias(*, db: Database, org: int, address: str, update: AliasUpdate) -> AliasPublic:
+    """Change an alias: `enabled` False refuses its mail with 550 until enabled again."""
+    alias_id, _ = _find(db, org, address)
+    if update.enabled is not None:
+        db.execute(
+            "UPDATE aliases SET enabled = :e WHERE id = :id", {"e": update.enabled, "id": alias_id}
+        )
+    return _get(db, alias_id)
 
 
 def domain_rules(db: Database, domain: str) -> DomainRules | None:

@@ -1,51 +1,69 @@
-"""Domains: add, list, show, remove, the records to publish, and verification."""
+"""Domains: add, list, show, update, remove, the records to publish, and verification.
+
+Every function acts inside one organization (`org`, its id): a domain of
+another organization is not found here, and adding one that another
+organization serves is a conflict.
+"""
 
 from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from smtpy.admin.records import DnsRecord, Finding, KeyRecord, judge, required_records
 from smtpy.errors import Conflict, InvalidInput, NotFound
 from smtpy.mail.addresses import display_domain, normalize_domain
 from smtpy.store.db import Database
 
-DEFAULT_ORGANIZATION = "default"
+if TYPE_CHECKING:
+    import dns.resolver
+
+Policy = Literal["on", "off", "default"]
+POLICY_CHOICES: dict[str, bool | None] = {"on": True, "off": False, "default": None}
 
 
-@dataclass(frozen=True, slots=True)
-class DomainInfo:
-    id: int
-    name: str  # A-label
+def policy_name(value: bool | None) -> Policy:
+    """`on`, `off` or `default`: how a per-domain switch is shown and set."""
+    return "default" if value is None else ("on" if value else "off")
+
+
+class DomainCreate(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
+    name: str  # Unicode or IDNA form
+    key_algorithm: str = "rsa"  # of the first DKIM key
+
+
+class DomainUpdate(BaseModel):
+    """What an admin may change; None leaves a field as it is."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    dmarc_reject: str | None = None  # on | off | default (SMTPY_DMARC_REJECT)
+
+
+class DomainPublic(BaseModel):
+    """A domain as shells show it (`domain list --json` prints these keys)."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    name: str  # U-label, as people write it
+    ascii_name: str  # A-label, as DNS and the store have it
     organization: str
+    verified: bool
     verified_at: float | None
     created_at: float
     aliases: int
     keys: int
-    dmarc_reject: bool | None = None  # None: the global SMTPY_DMARC_REJECT applies
-
-    @property
-    def display_name(self) -> str:
-        return display_domain(self.name)
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "name": self.display_name,
-            "ascii_name": self.name,
-            "organization": self.organization,
-            "verified": self.verified_at is not None,
-            "verified_at": self.verified_at,
-            "created_at": self.created_at,
-            "aliases": self.aliases,
-            "keys": self.keys,
-            "dmarc_reject": policy_name(self.dmarc_reject),
-        }
+    dmarc_reject: Policy  # default: the global SMTPY_DMARC_REJECT applies
 
 
 _SELECT = """
-SELECT d.id, d.name, d.verification_token, d.verified_at, d.created_at, d.dmarc_reject,
+SELECT d.id, d.name, d.verified_at, d.created_at, d.dmarc_reject,
        o.name AS organization,
        (SELECT count(*) FROM aliases a WHERE a.domain_id = d.id) AS aliases,
        (SELECT count(*) FROM dkim_keys k WHERE k.domain_id = d.id) AS keys
@@ -53,35 +71,29 @@ FROM domains d JOIN organizations o ON o.id = d.organization_id
 """
 
 
-def _info(row: dict[str, Any]) -> DomainInfo:
-    return DomainInfo(
-        id=int(row["id"]),
-        name=row["name"],
+def _public(row: dict[str, Any]) -> DomainPublic:
+    return DomainPublic(
+        name=display_domain(row["name"]),
+        ascii_name=row["name"],
         organization=row["organization"],
+        verified=row["verified_at"] is not None,
         verified_at=row["verified_at"],
         created_at=row["created_at"],
         aliases=int(row["aliases"]),
         keys=int(row["keys"]),
-        dmarc_reject=None if row["dmarc_reject"] is None else bool(row["dmarc_reject"]),
+        dmarc_reject=policy_name(
+            None if row["dmarc_reject"] is None else bool(row["dmarc_reject"])
+        ),
     )
 
 
-def organization_id(db: Database, name: str = DEFAULT_ORGANIZATION) -> int:
-    """The id of an organization, created on first use."""
-    row = db.one("SELECT id FROM organizations WHERE name = :name", {"name": name})
-    if row is not None:
-        return int(row["id"])
-    db.execute(
-        "INSERT INTO organizations (name, created_at) VALUES (:name, :now) ON CONFLICT (name) DO NOTHING",
-        {"name": name, "now": time.time()},
-    )
-    return int(db.scalar("SELECT id FROM organizations WHERE name = :name", {"name": name}))
-
-
-def domain_id(db: Database, name: str) -> tuple[int, str]:
-    """(id, A-label) of a served domain, or NotFound that says how to add it."""
+def domain_id(*, db: Database, org: int, name: str) -> tuple[int, str]:
+    """(id, A-label) of a domain `org` serves, or NotFound that says how to add it."""
     alabel = normalize_domain(name)
-    row = db.one("SELECT id FROM domains WHERE name = :name", {"name": alabel})
+    row = db.one(
+        "SELECT id FROM domains WHERE name = :name AND organization_id = :org",
+        {"name": alabel, "org": org},
+    )
     if row is None:
         raise NotFound(
             f"domain {display_domain(alabel)} is not served here; add it with `smtpy domain add {name}`"
@@ -89,80 +101,77 @@ def domain_id(db: Database, name: str) -> tuple[int, str]:
     return int(row["id"]), alabel
 
 
-def add_domain(
-    db: Database, name: str, *, organization: str = DEFAULT_ORGANIZATION, key_algorithm: str = "rsa"
-) -> DomainInfo:
+def add_domain(*, db: Database, org: int, domain: DomainCreate) -> DomainPublic:
     """Serve a new domain: an ownership token and a first active DKIM key."""
-    from smtpy.admin.keys import create_key
+    from smtpy.admin.keys import KeyCreate, create_key
 
-    alabel = normalize_domain(name)
-    served = Conflict(f"domain {display_domain(alabel)} is already served")
+    alabel = normalize_domain(domain.name)
+    served = f"domain {display_domain(alabel)} is already served"
     try:
         with db.transaction():
             if db.one("SELECT id FROM domains WHERE name = :name", {"name": alabel}):
-                raise served
-            org = organization_id(db, organization)
+                raise Conflict(served)
             new_id = db.insert(
                 "INSERT INTO domains (organization_id, name, verification_token, created_at) "
                 "VALUES (:org, :name, :token, :now) RETURNING id",
                 {"org": org, "name": alabel, "token": secrets.token_hex(16), "now": time.time()},
             )
-            create_key(db, new_id, alabel, algorithm=key_algorithm)
-    except Exception as exc:
-        if Database.is_unique_violation(exc):  # another node added it at the same moment
-            raise served from None
-        raise
-    return get_domain(db, alabel)
+            create_key(
+                db=db, did=new_id, domain=alabel, key=KeyCreate(algorithm=domain.key_algorithm)
+            )
+    except Conflict:  # also when another node added it at the same moment
+        raise Conflict(served) from None
+    return get_domain(db=db, org=org, name=alabel)
 
 
-def list_domains(db: Database) -> list[DomainInfo]:
-    return [_info(row) for row in db.all(_SELECT + " ORDER BY d.name")]
+def list_domains(*, db: Database, org: int) -> list[DomainPublic]:
+    """The organization's domains, by name."""
+    return [
+        _public(row)
+        for row in db.all(_SELECT + " WHERE d.organization_id = :org ORDER BY d.name", {"org": org})
+    ]
 
 
-def get_domain(db: Database, name: str) -> DomainInfo:
-    did, _ = domain_id(db, name)
+def get_domain(*, db: Database, org: int, name: str) -> DomainPublic:
+    did, _ = domain_id(db=db, org=org, name=name)
     row = db.one(_SELECT + " WHERE d.id = :id", {"id": did})
-    assert row is not None
-    return _info(row)
+    if row is None:  # removed between the two reads
+        raise NotFound(f"domain {name} is not served here")
+    return _public(row)
 
 
-POLICY_CHOICES = {"on": True, "off": False, "default": None}
+def update_domain(*, db: Database, org: int, name: str, update: DomainUpdate) -> DomainPublic:
+    """Change a domain's settings. `dmarc_reject`: whether mail for this domain that fails a
+    DMARC p=reject policy is refused at DATA (`on`: 550 5.7.1; `off`: forwarded, marked;
+    `default`: SMTPY_DMARC_REJECT). A running daemon applies it within seconds."""
+    did, _ = domain_id(db=db, org=org, name=name)
+    if update.dmarc_reject is not None:
+        choice = update.dmarc_reject.lower()
+        if choice not in POLICY_CHOICES:
+            raise InvalidInput(
+                f"expected one of {', '.join(POLICY_CHOICES)}, not {update.dmarc_reject!r}"
+            )
+        db.execute(
+            "UPDATE domains SET dmarc_reject = :value WHERE id = :id",
+            {"value": POLICY_CHOICES[choice], "id": did},
+        )
+    return get_domain(db=db, org=org, name=name)
 
 
-def policy_name(value: bool | None) -> str:
-    """`on`, `off` or `default`: how a per-domain switch is shown and set."""
-    return next(name for name, v in POLICY_CHOICES.items() if v is value)
-
-
-def set_dmarc_reject(db: Database, name: str, choice: str) -> DomainInfo:
-    """Whether mail for this domain that fails a DMARC p=reject policy is refused at DATA.
-
-    `on` refuses it (550 5.7.1), `off` forwards it marked, `default` follows
-    SMTPY_DMARC_REJECT. A running daemon applies it within seconds.
-    """
-    if choice not in POLICY_CHOICES:
-        raise InvalidInput(f"expected one of {', '.join(POLICY_CHOICES)}, not {choice!r}")
-    did, _ = domain_id(db, name)
-    db.execute(
-        "UPDATE domains SET dmarc_reject = :value WHERE id = :id",
-        {"value": POLICY_CHOICES[choice], "id": did},
-    )
-    return get_domain(db, name)
-
-
-def remove_domain(db: Database, name: str) -> DomainInfo:
+def remove_domain(*, db: Database, org: int, name: str) -> DomainPublic:
     """Stop serving a domain; its aliases and keys go with it. Queued mail stays queued."""
-    info = get_domain(db, name)
+    info = get_domain(db=db, org=org, name=name)
+    did, _ = domain_id(db=db, org=org, name=name)
     with db.transaction():
-        db.execute("DELETE FROM aliases WHERE domain_id = :id", {"id": info.id})
-        db.execute("DELETE FROM dkim_keys WHERE domain_id = :id", {"id": info.id})
-        db.execute("DELETE FROM domains WHERE id = :id", {"id": info.id})
+        db.execute("DELETE FROM aliases WHERE domain_id = :id", {"id": did})
+        db.execute("DELETE FROM dkim_keys WHERE domain_id = :id", {"id": did})
+        db.execute("DELETE FROM domains WHERE id = :id", {"id": did})
     return info
 
 
-def domain_records(db: Database, name: str, *, hostname: str) -> list[DnsRecord]:
+def domain_records(*, db: Database, org: int, name: str, hostname: str) -> list[DnsRecord]:
     """Every record the admin must publish for the domain."""
-    did, alabel = domain_id(db, name)
+    did, alabel = domain_id(db=db, org=org, name=name)
     token = db.scalar("SELECT verification_token FROM domains WHERE id = :id", {"id": did})
     keys = [
         KeyRecord(row["selector"], row["public_record"])
@@ -174,37 +183,87 @@ def domain_records(db: Database, name: str, *, hostname: str) -> list[DnsRecord]
     return required_records(alabel, hostname=hostname, token=str(token), keys=keys)
 
 
-@dataclass(frozen=True, slots=True)
-class Verification:
-    domain: str
-    findings: list[Finding]
+class Verification(BaseModel):
+    """What `domain verify` found (`--json` prints these keys)."""
 
-    @property
-    def verified(self) -> bool:
-        return all(f.status == "ok" for f in self.findings if f.required)
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    domain: str  # U-label
+    verified: bool  # ownership and MX are in place
+    # Set when the resolver itself never answered: then nothing was learnt about the domain.
+    resolver_error: str | None = None
+    records: list[Finding]
+
+
+def _resolver_names(resolver: dns.resolver.Resolver) -> str:
+    names = []
+    for server in resolver.nameservers:
+        address = getattr(server, "address", server)
+        port = getattr(server, "port", resolver.port)
+        host = f"[{address}]" if ":" in str(address) else str(address)
+        names.append(f"{host}:{port}")
+    return ", ".join(names) or "none configured"
+
+
+def _lookup_all(
+    resolver: dns.resolver.Resolver, records: Sequence[DnsRecord]
+) -> list[tuple[str, tuple[str, ...], str]]:
+    """Look every record up at once: the wait is one lookup's, not the sum of them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from smtpy.dns import lookup
+
+    with ThreadPoolExecutor(max_workers=len(records), thread_name_prefix="verify") as pool:
+        results = list(pool.map(lambda r: lookup(resolver, r.name, r.type), records))
+    return [(r.status, r.values, r.detail) for r in results]
 
 
 def verify_domain(
-    db: Database,
-    name: str,
     *,
+    db: Database,
+    org: int,
+    name: str,
     hostname: str,
-    nameservers: list[tuple[str, int]] | None,
+    nameservers: Sequence[tuple[str, int]] | None,
     timeout: float,
 ) -> Verification:
-    """Look every record up; mark the domain verified when ownership and MX are in place."""
-    from smtpy.dns import lookup, make_sync_resolver
+    """Look every record up (in parallel); mark the domain verified when ownership and MX
+    are in place.
+
+    When no lookup got any answer and they timed out, the resolver itself is
+    silent (down, firewalled, wrong address): `resolver_error` names it, and
+    the findings say so rather than blame the domain's name servers.
+    """
+    from smtpy.dns import make_sync_resolver
 
     resolver = make_sync_resolver(nameservers, timeout=timeout)
-    records = domain_records(db, name, hostname=hostname)
+    records = domain_records(db=db, org=org, name=name, hostname=hostname)
+    results = _lookup_all(resolver, records)
+    resolver_error = None
+    if all(status in ("timeout", "error") for status, _, _ in results) and any(
+        status == "timeout" for status, _, _ in results
+    ):
+        where = "SMTPY_DNS_NAMESERVERS" if nameservers is not None else "the system's resolver"
+        resolver_error = (
+            f"the DNS resolver {_resolver_names(resolver)} ({where}) did not answer within "
+            f"{timeout:g} s; check that it runs and is reachable, then try again"
+        )
     findings = []
-    for record in records:
-        result = lookup(resolver, record.name, record.type)
-        findings.append(judge(record, result.status, result.values, result.detail))
-    report = Verification(records[0].name, findings)
-    if report.verified:
+    for record, (status, values, detail) in zip(records, results, strict=True):
+        finding = judge(record, status, values, detail)
+        if resolver_error is not None and status == "timeout":
+            finding = finding.model_copy(update={"fix": resolver_error})
+        findings.append(finding)
+    verified = all(f.status == "ok" for f in findings if f.required)
+    alabel = records[0].name
+    if verified:
         db.execute(
             "UPDATE domains SET verified_at = :now WHERE name = :name AND verified_at IS NULL",
-            {"now": time.time(), "name": report.domain},
+            {"now": time.time(), "name": alabel},
         )
-    return report
+    return Verification(
+        domain=display_domain(alabel),
+        verified=verified,
+        resolver_error=resolver_error,
+        records=findings,
+    )

@@ -328,13 +328,18 @@ async def _mx_host(host: str, port: int, tls: TlsPolicy, lookups: Lookups) -> Mx
 
 
 def explain_route(settings: Settings, address: str, *, sender: str | None = None) -> Explanation:
-    """Open the store and DNS as the daemon would, and explain one route (blocking)."""
+    """Open the store and DNS as the daemon would, and explain one route (blocking).
+
+    An address that is not one (the daemon would answer 501) is `InvalidInput`:
+    there is no route to explain.
+    """
     from smtpy.admin.aliases import domain_rules
     from smtpy.admin.srs_secret import stored_srs_secret
     from smtpy.dns import make_resolver
     from smtpy.outbound.deliver import Deliverer
     from smtpy.store.db import Database
 
+    parse_address(address)  # InvalidInput: "'x' is not a mail address: expected local@domain"
     with Database(settings.database_url, create=False) as db:
         secret = (
             settings.srs_secret.get_secret_value()

@@ -1,10 +1,15 @@
-"""DKIM keys: generate, list, rotate, remove. Private keys never leave the store."""
+"""DKIM keys: generate, list, rotate, remove. Private keys never leave the store.
+
+The admin functions act inside one organization (`org`); `signing_keys` is the
+daemon's, for any served domain.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from smtpy.admin.domains import domain_id
 from smtpy.errors import Conflict, InvalidInput, NotFound
@@ -14,34 +19,42 @@ from smtpy.store.db import Database
 ALGORITHMS = ("rsa", "ed25519")
 
 
-@dataclass(frozen=True, slots=True)
-class KeyInfo:
-    """A key as listings show it: no private part."""
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(defer_build=True)
 
-    id: int
-    domain: str
+    selector: str | None = None  # None: smtpyYYYYMM, or the next free variant of it
+    algorithm: str = "rsa"  # rsa | ed25519
+    bits: int = 2048  # RSA only
+
+
+class KeyRotate(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
+    selector: str | None = None
+    algorithm: str | None = None  # None: the algorithm of the active key
+    bits: int = 2048
+
+
+class KeyPublic(BaseModel):
+    """A key as listings show it: no private part (`key list --json` prints these keys)."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    domain: str  # U-label
     selector: str
     algorithm: str
     bits: int | None
     active: bool
+    dns_name: str  # where the TXT record goes (A-label)
     public_record: str
     created_at: float
 
-    @property
-    def dns_name(self) -> str:
-        return f"{self.selector}._domainkey.{self.domain}"
 
-    def public(self) -> dict[str, Any]:
-        return {
-            "domain": display_domain(self.domain),
-            "selector": self.selector,
-            "algorithm": self.algorithm,
-            "bits": self.bits,
-            "active": self.active,
-            "dns_name": self.dns_name,
-            "public_record": self.public_record,
-            "created_at": self.created_at,
-        }
+class KeyRotation(BaseModel):
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    new: KeyPublic  # signs from now on
+    retired: list[KeyPublic]  # stopped signing; still published until removed
 
 
 _SELECT = (
@@ -50,14 +63,14 @@ _SELECT = (
 )
 
 
-def _info(row: dict[str, Any]) -> KeyInfo:
-    return KeyInfo(
-        id=int(row["id"]),
-        domain=row["domain"],
+def _public(row: dict[str, Any]) -> KeyPublic:
+    return KeyPublic(
+        domain=display_domain(row["domain"]),
         selector=row["selector"],
         algorithm=row["algorithm"],
         bits=row["bits"],
         active=bool(row["active"]),
+        dns_name=f"{row['selector']}._domainkey.{row['domain']}",
         public_record=row["public_record"],
         created_at=float(row["created_at"]),
     )
@@ -76,31 +89,28 @@ def _free_selector(db: Database, did: int, base: str) -> str:
     return f"{base}-{n}"
 
 
-def create_key(
-    db: Database,
-    did: int,
-    domain: str,
-    *,
-    selector: str | None = None,
-    algorithm: str = "rsa",
-    bits: int = 2048,
-) -> KeyInfo:
-    """Generate and store an active key (inside the caller's transaction, if any)."""
-    from smtpy.dkim.keys import default_selector, generate_key, validate_selector
+def create_key(*, db: Database, did: int, domain: str, key: KeyCreate) -> KeyPublic:
+    """Generate and store an active key for a domain (`did`: its id; `domain`: its A-label),
+    inside the caller's transaction if any."""
+    from smtpy.dkim.keys import default_selector, validate_selector
+    from smtpy.dkim.keys import generate_key as key_pair
 
+    algorithm, selector = key.algorithm, key.selector
     if algorithm not in ALGORITHMS:
         raise InvalidInput(f"algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+    taken = f"{display_domain(domain)} already has a key with selector {selector}"
     if selector is None:
         base = default_selector()
         selector = _free_selector(db, did, base if algorithm == "rsa" else f"{base}e")
     else:
         selector = validate_selector(selector)
+        taken = f"{display_domain(domain)} already has a key with selector {selector}"
         if db.one(
             "SELECT id FROM dkim_keys WHERE domain_id = :d AND selector = :s",
             {"d": did, "s": selector},
         ):
-            raise Conflict(f"{display_domain(domain)} already has a key with selector {selector}")
-    key = generate_key(algorithm, bits)  # type: ignore[arg-type]
+            raise Conflict(taken)
+    generated = key_pair(algorithm, key.bits)  # type: ignore[arg-type]
     try:
         new_id = db.insert(
             "INSERT INTO dkim_keys (domain_id, selector, algorithm, bits, private_key,"
@@ -109,72 +119,66 @@ def create_key(
             {
                 "d": did,
                 "s": selector,
-                "a": key.algorithm,
-                "b": key.bits,
-                "priv": key.private_key,
-                "pub": key.public_record,
+                "a": generated.algorithm,
+                "b": generated.bits,
+                "priv": generated.private_key,
+                "pub": generated.public_record,
                 "active": True,
                 "now": time.time(),
             },
         )
-    except Exception as exc:
-        if Database.is_unique_violation(exc):  # another node took the selector just now
-            raise Conflict(
-                f"{display_domain(domain)} already has a key with selector {selector}"
-            ) from None
-        raise
+    except Conflict:  # another node took the selector just now
+        raise Conflict(taken) from None
     row = db.one(_SELECT + " WHERE k.id = :id", {"id": new_id})
-    assert row is not None
-    return _info(row)
+    if row is None:
+        raise NotFound(f"the key {selector} of {display_domain(domain)} is gone")
+    return _public(row)
 
 
-def generate(
-    db: Database,
-    domain: str,
-    *,
-    selector: str | None = None,
-    algorithm: str = "rsa",
-    bits: int = 2048,
-) -> KeyInfo:
+def generate_key(*, db: Database, org: int, domain: str, key: KeyCreate) -> KeyPublic:
     """Add an active key to a domain (other keys keep signing)."""
-    did, alabel = domain_id(db, domain)
+    did, alabel = domain_id(db=db, org=org, name=domain)
     with db.transaction():
-        return create_key(db, did, alabel, selector=selector, algorithm=algorithm, bits=bits)
+        return create_key(db=db, did=did, domain=alabel, key=key)
 
 
-def list_keys(db: Database, *, domain: str | None = None) -> list[KeyInfo]:
+def list_keys(*, db: Database, org: int, domain: str | None = None) -> list[KeyPublic]:
+    """The organization's keys (or one domain's), by domain and age."""
     order = " ORDER BY d.name, k.created_at, k.id"
     if domain is None:
-        return [_info(row) for row in db.all(_SELECT + order)]
-    did, _ = domain_id(db, domain)
-    return [_info(row) for row in db.all(_SELECT + " WHERE k.domain_id = :d" + order, {"d": did})]
+        return [
+            _public(row)
+            for row in db.all(_SELECT + " WHERE d.organization_id = :org" + order, {"org": org})
+        ]
+    did, _ = domain_id(db=db, org=org, name=domain)
+    return [_public(row) for row in db.all(_SELECT + " WHERE k.domain_id = :d" + order, {"d": did})]
 
 
-def rotate(
-    db: Database,
-    domain: str,
-    *,
-    selector: str | None = None,
-    algorithm: str | None = None,
-    bits: int = 2048,
-) -> tuple[KeyInfo, list[KeyInfo]]:
+def rotate_key(*, db: Database, org: int, domain: str, key: KeyRotate) -> KeyRotation:
     """A new key signs from now on; the active keys of that algorithm stop signing but stay
-    published until removed. Returns (new key, retired keys)."""
-    did, alabel = domain_id(db, domain)
-    current = [k for k in list_keys(db, domain=alabel) if k.active]
-    algo = algorithm or (current[0].algorithm if current else "rsa")
+    published until removed."""
+    did, alabel = domain_id(db=db, org=org, name=domain)
+    current = [k for k in list_keys(db=db, org=org, domain=alabel) if k.active]
+    algo = key.algorithm or (current[0].algorithm if current else "rsa")
     retired = [k for k in current if k.algorithm == algo]
     with db.transaction():
-        new = create_key(db, did, alabel, selector=selector, algorithm=algo, bits=bits)
-        for key in retired:
+        new = create_key(
+            db=db,
+            did=did,
+            domain=alabel,
+            key=KeyCreate(selector=key.selector, algorithm=algo, bits=key.bits),
+        )
+        for old in retired:
             db.execute(
-                "UPDATE dkim_keys SET active = :f WHERE id = :id", {"f": False, "id": key.id}
+                "UPDATE dkim_keys SET active = :f WHERE domain_id = :d AND selector = :s",
+                {"f": False, "d": did, "s": old.selector},
             )
-    return new, retired
+    return KeyRotation(new=new, retired=[k.model_copy(update={"active": False}) for k in retired])
 
 
-def remove(db: Database, domain: str, selector: str) -> KeyInfo:
-    did, alabel = domain_id(db, domain)
+def remove_key(*, db: Database, org: int, domain: str, selector: str) -> KeyPublic:
+    """Delete a key; its TXT record may be unpublished afterwards."""
+    did, alabel = domain_id(db=db, org=org, name=domain)
     row = db.one(
         _SELECT + " WHERE k.domain_id = :d AND k.selector = :s", {"d": did, "s": selector.lower()}
     )
@@ -183,11 +187,11 @@ def remove(db: Database, domain: str, selector: str) -> KeyInfo:
             f"{display_domain(alabel)} has no key with selector {selector}; see `smtpy key list`"
         )
     db.execute("DELETE FROM dkim_keys WHERE id = :id", {"id": row["id"]})
-    return _info(row)
+    return _public(row)
 
 
 def signing_keys(db: Database, domain: str) -> list[dict[str, Any]]:
-    """Active keys with their private parts, for the daemon's signer only."""
+    """Active keys with their private parts, for the daemon's signer only (any organization)."""
     return db.all(
         "SELECT k.selector, k.algorithm, k.private_key FROM dkim_keys k JOIN domains d"
         " ON d.id = k.domain_id WHERE d.name = :name AND k.active = :t ORDER BY k.id",

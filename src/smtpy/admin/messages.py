@@ -1,6 +1,7 @@
 """Reading the message log: filtered listings and the follow cursor.
 
-Rows come back oldest first. A listing gives the newest `limit` rows that
+Rows come back oldest first, only those of the acting organization (`org`:
+events about its domains; see `smtpy.admin.organizations`). A listing gives the newest `limit` rows that
 match; following asks for rows after the last id seen, so each poll is one
 indexed range read however big the log is.
 """
@@ -11,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from smtpy.admin.organizations import scope
 from smtpy.errors import InvalidInput
 from smtpy.queue.message_log import EVENTS
 from smtpy.store.db import Database, Row
@@ -71,8 +73,13 @@ class LogFilter:
             event=event,
         )
 
-    def where(self) -> tuple[str, dict[str, Any]]:
+    def where(self, db: Database, org: int) -> tuple[str, dict[str, Any]]:
+        """The SQL condition of this filter inside `org`, and its parameters."""
         clauses, params = [], {}
+        seen, seen_params = scope(db=db, org=org).where("domain")
+        if seen:
+            clauses.append(seen)
+            params.update(seen_params)
         for name in ("domain", "alias", "queue_id", "event"):
             value = getattr(self, name)
             if value is not None:
@@ -87,9 +94,9 @@ class LogFilter:
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM message_log"  # noqa: S608 - fixed column names
 
 
-def recent(db: Database, flt: LogFilter, *, limit: int = 100) -> list[Row]:
+def recent(*, db: Database, org: int, flt: LogFilter, limit: int = 100) -> list[Row]:
     """The newest `limit` matching rows, oldest first."""
-    where, params = flt.where()
+    where, params = flt.where(db, org)
     rows = db.all(
         f"{_SELECT} WHERE {where} ORDER BY id DESC LIMIT :limit", {**params, "limit": limit}
     )
@@ -97,16 +104,17 @@ def recent(db: Database, flt: LogFilter, *, limit: int = 100) -> list[Row]:
     return rows
 
 
-def after(db: Database, flt: LogFilter, *, after_id: int, limit: int = 1000) -> list[Row]:
+def after(*, db: Database, org: int, flt: LogFilter, after_id: int, limit: int = 1000) -> list[Row]:
     """Matching rows written after row `after_id`, oldest first (for --follow)."""
-    where, params = flt.where()
+    where, params = flt.where(db, org)
     return db.all(
         f"{_SELECT} WHERE id > :after_id AND {where} ORDER BY id LIMIT :limit",
         {**params, "after_id": after_id, "limit": limit},
     )
 
 
-def last_id(db: Database) -> int:
+def last_id(*, db: Database) -> int:
+    """The newest row's id (0 for an empty log): where following starts."""
     return int(db.scalar("SELECT coalesce(max(id), 0) FROM message_log") or 0)
 
 
@@ -118,7 +126,8 @@ class Follower:
     skips the rows already returned: a row that committed late still shows.
     """
 
-    def __init__(self, flt: LogFilter, *, start_id: int, overlap: int = 256) -> None:
+    def __init__(self, *, org: int, flt: LogFilter, start_id: int, overlap: int = 256) -> None:
+        self.org = org
         self.filter = flt
         self.start_id = start_id  # rows up to here were shown before following began
         self.cursor = start_id
@@ -133,7 +142,7 @@ class Follower:
         floor = max(self.start_id, self.cursor - self.overlap)
         rows = [
             r
-            for r in after(db, self.filter, after_id=floor, limit=limit)
+            for r in after(db=db, org=self.org, flt=self.filter, after_id=floor, limit=limit)
             if r["id"] not in self._seen
         ]
         if rows:

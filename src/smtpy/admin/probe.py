@@ -41,7 +41,7 @@ from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
 
 from smtpy.errors import InvalidInput
-from smtpy.mail.addresses import parse_address, split_address
+from smtpy.mail.addresses import normalize_domain, parse_address, split_address
 
 if TYPE_CHECKING:
     from smtpy.config import Settings
@@ -309,15 +309,17 @@ def _follow(
 ) -> None:
     """Read the message log for the queue id until every destination's MX answered."""
     from smtpy.admin.messages import LogFilter, after
+    from smtpy.admin.organizations import organization_of
 
     assert result.queue_id is not None
     flt = LogFilter(queue_id=result.queue_id)
+    org = organization_of(db=db, domain=normalize_domain(split_address(result.address)[1]))
     record_deadline = min(deadline, time.monotonic() + RECORD_WAIT)
     seen: dict[int, dict[str, Any]] = {}
     destinations: list[str] | None = None
     outcomes: dict[str, dict[str, Any]] = {}
     while True:
-        for row in after(db, flt, after_id=0):
+        for row in after(db=db, org=org, flt=flt, after_id=0):
             seen.setdefault(int(row["id"]), row)
         rows = [seen[i] for i in sorted(seen)]
         if destinations is None:

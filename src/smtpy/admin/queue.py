@@ -2,185 +2,200 @@
 
 They edit the store directly, as `postsuper` edits queue files: the daemon need
 not run, and when it does it sees the change at its next poll (within a
-second). A message is shown with the state of its deliveries:
+second). A message is shown with the `DeliveryState` of each delivery (active,
+deferred, held: `smtpy.queue.queries` computes it, for this listing and for
+the depth counts alike).
 
-    active    due now or being delivered
-    deferred  waiting for its next attempt after a temporary failure
-    held      kept aside by an admin until released
+Every function acts inside one organization (`org`): it sees the mail sent
+to its domains (see `smtpy.admin.organizations`); another organization's
+queue id is not found.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from smtpy.admin.organizations import Scope, scope
 from smtpy.errors import InvalidInput, NotFound
+from smtpy.queue.queries import DELIVERY_STATES, DeliveryState, state_sql
 from smtpy.store.db import Database
 
-State = Literal["active", "deferred", "held"]
-STATES: tuple[State, ...] = ("active", "deferred", "held")
 
+class QueuedDelivery(BaseModel):
+    """One pending destination of a queued message."""
 
-@dataclass(frozen=True, slots=True)
-class QueuedDelivery:
-    id: int
-    original_recipient: str
-    recipient: str
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    original_recipient: str  # the address the sender used
+    recipient: str  # where it goes
     envelope_sender: str
-    state: State
+    state: DeliveryState
     attempts: int
     next_attempt_at: float
     last_code: int | None
     last_error: str | None
 
-    def public(self) -> dict[str, Any]:
-        return {
-            "original_recipient": self.original_recipient,
-            "recipient": self.recipient,
-            "envelope_sender": self.envelope_sender,
-            "state": self.state,
-            "attempts": self.attempts,
-            "next_attempt_at": self.next_attempt_at,
-            "last_code": self.last_code,
-            "last_error": self.last_error,
-        }
 
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
-@dataclass(frozen=True, slots=True)
-class QueuedMessage:
-    id: int
     queue_id: str
-    sender: str
+    state: DeliveryState  # the first of active, deferred, held among its deliveries
+    sender: str  # "" for a bounce
     size: int
     received_at: float
     client_ip: str | None
-    deliveries: list[QueuedDelivery] = field(default_factory=list)
-
-    @property
-    def state(self) -> State:
-        states = {d.state for d in self.deliveries}
-        for state in STATES:
-            if state in states:
-                return state
-        return "active"
-
-    @property
-    def attempts(self) -> int:
-        return max((d.attempts for d in self.deliveries), default=0)
-
-    @property
-    def next_attempt_at(self) -> float | None:
-        waiting = [d.next_attempt_at for d in self.deliveries if d.state != "held"]
-        return min(waiting) if waiting else None
-
-    @property
-    def last_error(self) -> str | None:
-        errors = [d.last_error for d in self.deliveries if d.last_error]
-        return errors[-1] if errors else None
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "queue_id": self.queue_id,
-            "state": self.state,
-            "sender": self.sender,
-            "size": self.size,
-            "received_at": self.received_at,
-            "client_ip": self.client_ip,
-            "attempts": self.attempts,
-            "next_attempt_at": self.next_attempt_at,
-            "last_error": self.last_error,
-            "recipients": [d.public() for d in self.deliveries],
-        }
+    next_attempt_at: float | None  # the soonest, held deliveries aside
+    last_error: str | None
+    recipients: list[QueuedDelivery]
 
 
-def _state(row: dict[str, Any], now: float) -> State:
-    if row["status"] == "held":
-        return "held"
-    if row["attempts"] and row["next_attempt_at"] > now and row["lease_owner"] is None:
-        return "deferred"
-    return "active"
+class QueuedMessage(_Message):
+    """A queued message (`queue list --json` prints these keys)."""
+
+    attempts: int  # the most any of its deliveries had
+
+
+class Attempt(BaseModel):
+    """One delivery attempt and the remote's exact reply."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    delivery_id: int
+    recipient: str
+    at: float
+    remote_host: str | None
+    code: int | None
+    reply: str
+    result: str  # delivered | deferred | failed
+
+
+class QueuedMessageDetail(_Message):
+    """A message with every attempt, its header section, and (not in JSON) its data."""
+
+    attempts: list[Attempt]
+    headers: str
+    data: bytes = Field(exclude=True, repr=False)
+
+
+def _message(id_row: dict[str, Any], deliveries: list[QueuedDelivery]) -> QueuedMessage:
+    states = {d.state for d in deliveries}
+    waiting = [d.next_attempt_at for d in deliveries if d.state != "held"]
+    errors = [d.last_error for d in deliveries if d.last_error]
+    return QueuedMessage(
+        queue_id=id_row["queue_id"],
+        state=next((s for s in DELIVERY_STATES if s in states), "active"),
+        sender=id_row["sender"],
+        size=int(id_row["size"]),
+        received_at=float(id_row["received_at"]),
+        client_ip=id_row["client_ip"],
+        attempts=max((d.attempts for d in deliveries), default=0),
+        next_attempt_at=min(waiting) if waiting else None,
+        last_error=errors[-1] if errors else None,
+        recipients=deliveries,
+    )
+
+
+def _domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+def _rows(db: Database, where: str, params: dict[str, Any], now: float) -> list[dict[str, Any]]:
+    """Messages with their deliveries; `where` is one of this module's fixed conditions."""
+    return db.all(
+        "SELECT m.id AS mid, m.queue_id, m.sender, m.size, m.received_at, m.client_ip,"  # noqa: S608
+        " d.original_recipient, d.recipient, d.envelope_sender, d.domain, d.attempts,"
+        f" d.next_attempt_at, d.last_code, d.last_error, {state_sql('d')} AS state"
+        f" FROM messages m JOIN deliveries d ON d.message_id = m.id WHERE {where}"
+        " ORDER BY m.received_at, m.id, d.id",
+        {**params, "now": now},
+    )
+
+
+def _group(
+    rows: list[dict[str, Any]], seen: Scope
+) -> list[tuple[list[dict[str, Any]], QueuedMessage]]:
+    """(rows, message) per message the organization sees, in the rows' order."""
+    grouped: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault(row["mid"], []).append(row)
+    result = []
+    for message_rows in grouped.values():
+        if not seen.sees(_domain_of(r["original_recipient"]) for r in message_rows):
+            continue
+        deliveries = [
+            QueuedDelivery(
+                original_recipient=r["original_recipient"],
+                recipient=r["recipient"],
+                envelope_sender=r["envelope_sender"],
+                state=r["state"],
+                attempts=int(r["attempts"]),
+                next_attempt_at=float(r["next_attempt_at"]),
+                last_code=r["last_code"],
+                last_error=r["last_error"],
+            )
+            for r in message_rows
+        ]
+        result.append((message_rows, _message(message_rows[0], deliveries)))
+    return result
 
 
 def list_messages(
-    db: Database,
     *,
+    db: Database,
+    org: int,
     state: str | None = None,
     domain: str | None = None,
     older_than: float | None = None,
     now: float | None = None,
 ) -> list[QueuedMessage]:
     """Pending messages, oldest first, filtered by state, recipient domain and age (seconds)."""
-    if state is not None and state not in STATES:
-        raise InvalidInput(f"state {state!r} is not one of {', '.join(STATES)}")
+    if state is not None and state not in DELIVERY_STATES:
+        raise InvalidInput(f"state {state!r} is not one of {', '.join(DELIVERY_STATES)}")
     now = time.time() if now is None else now
-    params = {"before": now - (older_than or 0.0) if older_than is not None else float("inf")}
-    rows = db.all(
-        "SELECT m.id AS mid, m.queue_id, m.sender, m.size, m.received_at, m.client_ip,"
-        " d.id, d.original_recipient, d.recipient, d.envelope_sender, d.domain, d.status, d.attempts,"
-        " d.next_attempt_at, d.lease_owner, d.last_code, d.last_error"
-        " FROM messages m JOIN deliveries d ON d.message_id = m.id WHERE m.received_at <= :before"
-        " ORDER BY m.received_at, m.id, d.id",
-        params,
-    )
-    messages: dict[int, QueuedMessage] = {}
-    domains: dict[int, set[str]] = {}
-    for row in rows:
-        message = messages.get(row["mid"])
-        if message is None:
-            message = messages[row["mid"]] = QueuedMessage(
-                row["mid"],
-                row["queue_id"],
-                row["sender"],
-                int(row["size"]),
-                float(row["received_at"]),
-                row["client_ip"],
-            )
-            domains[row["mid"]] = set()
-        domains[row["mid"]].add(row["domain"])
-        message.deliveries.append(
-            QueuedDelivery(
-                row["id"],
-                row["original_recipient"],
-                row["recipient"],
-                row["envelope_sender"],
-                _state(row, now),
-                int(row["attempts"]),
-                float(row["next_attempt_at"]),
-                row["last_code"],
-                row["last_error"],
-            )
-        )
-    result = list(messages.values())
+    before = now - older_than if older_than is not None else float("inf")
+    rows = _rows(db, "m.received_at <= :before", {"before": before}, now)
+    wanted = None
     if domain is not None:
         from smtpy.mail.addresses import normalize_domain
 
         wanted = normalize_domain(domain)
-        result = [m for m in result if wanted in domains[m.id]]
-    if state is not None:
-        result = [m for m in result if m.state == state]
+    result = []
+    for message_rows, message in _group(rows, scope(db=db, org=org)):
+        if wanted is not None and all(r["domain"] != wanted for r in message_rows):
+            continue
+        if state is not None and message.state != state:
+            continue
+        result.append(message)
     return result
 
 
-def _message(db: Database, queue_id: str) -> dict[str, Any]:
-    row = db.one("SELECT id, queue_id FROM messages WHERE queue_id = :q", {"q": queue_id.upper()})
-    if row is None:
-        raise NotFound(f"no queued message has id {queue_id}; see `smtpy queue list`")
-    return row
-
-
-def show_message(db: Database, queue_id: str) -> tuple[QueuedMessage, list[dict[str, Any]], bytes]:
+def show_message(*, db: Database, org: int, queue_id: str) -> QueuedMessageDetail:
     """A message, the attempts of each delivery (remote host and exact reply), and its data."""
-    row = _message(db, queue_id)
-    message = next(m for m in list_messages(db) if m.id == row["id"])
+    from smtpy.mail.received import header_section
+
+    now = time.time()
+    rows = _rows(db, "m.queue_id = :q", {"q": queue_id.strip().upper()}, now)
+    found = _group(rows, scope(db=db, org=org))
+    if not found:
+        raise NotFound(f"no queued message has id {queue_id}; see `smtpy queue list`")
+    [first, *_], message = found[0]
     attempts = db.all(
         "SELECT a.delivery_id, d.recipient, a.at, a.remote_host, a.code, a.reply, a.result FROM attempts a"
         " JOIN deliveries d ON d.id = a.delivery_id WHERE d.message_id = :m ORDER BY a.at, a.id",
-        {"m": row["id"]},
+        {"m": first["mid"]},
     )
-    data = db.scalar("SELECT data FROM messages WHERE id = :m", {"m": row["id"]})
-    return message, attempts, bytes(data)
+    data = bytes(db.scalar("SELECT data FROM messages WHERE id = :m", {"m": first["mid"]}))
+    return QueuedMessageDetail(
+        **message.model_dump(exclude={"attempts"}),
+        attempts=[Attempt.model_validate(a) for a in attempts],
+        headers=header_section(data).decode("utf-8", "replace"),
+        data=data,
+    )
 
 
 BATCH = 200  # messages changed per transaction by bulk operations
@@ -193,20 +208,26 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def _ids(db: Database, queue_ids: Sequence[str], *, missing_ok: bool = False) -> list[int]:
-    """Message ids of these queue ids; unknown ones fail the whole operation first
-    (or, with `missing_ok`, are skipped: delivered or removed since they were listed)."""
+def _ids(
+    db: Database, org: int, queue_ids: Sequence[str], *, missing_ok: bool = False
+) -> list[int]:
+    """Message ids of these queue ids (the organization's only); unknown ones fail the whole
+    operation first (or, with `missing_ok`, are skipped: delivered or removed since they were
+    listed)."""
+    seen = scope(db=db, org=org)
     ids: list[int] = []
     for chunk in _chunks([q.strip().upper() for q in queue_ids], 500):
         params = {f"q{n}": q for n, q in enumerate(chunk)}
         placeholders = ", ".join(f":q{n}" for n in range(len(chunk)))
-        found = {
-            row["queue_id"]: int(row["id"])
-            for row in db.all(
-                f"SELECT id, queue_id FROM messages WHERE queue_id IN ({placeholders})",  # noqa: S608
-                params,
-            )
-        }
+        domains: dict[str, tuple[int, set[str]]] = {}
+        for row in db.all(
+            "SELECT m.id, m.queue_id, d.original_recipient FROM messages m"  # noqa: S608
+            f" JOIN deliveries d ON d.message_id = m.id WHERE m.queue_id IN ({placeholders})",
+            params,
+        ):
+            entry = domains.setdefault(row["queue_id"], (int(row["id"]), set()))
+            entry[1].add(_domain_of(row["original_recipient"]))
+        found = {q: mid for q, (mid, names) in domains.items() if seen.sees(names)}
         missing = [q for q in chunk if q not in found]
         if missing and not missing_ok:
             raise NotFound(
@@ -241,14 +262,16 @@ def _statement(sql: str, **params: Any) -> Callable[[Database, int], int]:
     return lambda db, message_id: db.execute(sql, {**params, "m": message_id})
 
 
-def all_ids(db: Database, *, state: str | None = None) -> list[str]:
-    return [m.queue_id for m in list_messages(db, state=state)]
+def all_ids(*, db: Database, org: int, state: str | None = None) -> list[str]:
+    """The queue ids of the organization's queued messages (in one state)."""
+    return [m.queue_id for m in list_messages(db=db, org=org, state=state)]
 
 
 def retry(
-    db: Database,
-    queue_ids: Sequence[str],
     *,
+    db: Database,
+    org: int,
+    queue_ids: Sequence[str],
     now: float | None = None,
     missing_ok: bool = False,
     progress: Progress | None = None,
@@ -257,7 +280,7 @@ def retry(
     daemon picks them up at its next poll, within a second."""
     return _each(
         db,
-        _ids(db, queue_ids, missing_ok=missing_ok),
+        _ids(db, org, queue_ids, missing_ok=missing_ok),
         _statement(
             "UPDATE deliveries SET next_attempt_at = :now WHERE message_id = :m"
             " AND status = 'queued' AND lease_owner IS NULL",
@@ -268,9 +291,10 @@ def retry(
 
 
 def hold(
-    db: Database,
-    queue_ids: Sequence[str],
     *,
+    db: Database,
+    org: int,
+    queue_ids: Sequence[str],
     missing_ok: bool = False,
     progress: Progress | None = None,
 ) -> int:
@@ -278,7 +302,7 @@ def hold(
     flight finishes)."""
     return _each(
         db,
-        _ids(db, queue_ids, missing_ok=missing_ok),
+        _ids(db, org, queue_ids, missing_ok=missing_ok),
         _statement(
             "UPDATE deliveries SET status = 'held' WHERE message_id = :m AND status = 'queued'"
         ),
@@ -287,9 +311,10 @@ def hold(
 
 
 def release(
-    db: Database,
-    queue_ids: Sequence[str],
     *,
+    db: Database,
+    org: int,
+    queue_ids: Sequence[str],
     now: float | None = None,
     missing_ok: bool = False,
     progress: Progress | None = None,
@@ -297,7 +322,7 @@ def release(
     """Return held messages to the queue, due now."""
     return _each(
         db,
-        _ids(db, queue_ids, missing_ok=missing_ok),
+        _ids(db, org, queue_ids, missing_ok=missing_ok),
         _statement(
             "UPDATE deliveries SET status = 'queued', next_attempt_at = :now, lease_owner = NULL"
             " WHERE message_id = :m AND status = 'held'",
@@ -329,9 +354,10 @@ def _pending(db: Database, message_id: int) -> tuple[dict[str, Any], list[dict[s
 
 
 def delete(
-    db: Database,
-    queue_ids: Sequence[str],
     *,
+    db: Database,
+    org: int,
+    queue_ids: Sequence[str],
     now: float | None = None,
     missing_ok: bool = False,
     progress: Progress | None = None,
@@ -365,13 +391,14 @@ def delete(
         _remove(db, message_id)
         return 1
 
-    return _each(db, _ids(db, queue_ids, missing_ok=missing_ok), remove, progress)
+    return _each(db, _ids(db, org, queue_ids, missing_ok=missing_ok), remove, progress)
 
 
 def bounce(
-    db: Database,
-    queue_ids: Sequence[str],
     *,
+    db: Database,
+    org: int,
+    queue_ids: Sequence[str],
     hostname: str,
     now: float | None = None,
     missing_ok: bool = False,
@@ -428,7 +455,7 @@ def bounce(
         _remove(db, message_id)
         return 1
 
-    return _each(db, _ids(db, queue_ids, missing_ok=missing_ok), give_up, progress)
+    return _each(db, _ids(db, org, queue_ids, missing_ok=missing_ok), give_up, progress)
 
 
 def parse_age(text: str) -> float:

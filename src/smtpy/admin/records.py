@@ -1,10 +1,13 @@
-"""The DNS records a served domain needs, and how to judge what DNS returns (pure)."""
+"""The DNS records a served domain needs, how to judge what DNS returns, and the
+zone-file form of the records (pure)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 RecordType = Literal["MX", "TXT"]
 Status = Literal["ok", "missing", "wrong", "timeout", "servfail", "error"]
@@ -13,18 +16,23 @@ OWNERSHIP_LABEL = "_smtpy"
 OWNERSHIP_PREFIX = "smtpy-verification="
 
 
-@dataclass(frozen=True, slots=True)
-class DnsRecord:
-    """A record to publish; `purpose` says which check it serves."""
+Purpose = Literal["mx", "spf", "dkim", "dmarc", "ownership", "hostname-spf"]
+
+
+class RecordPublic(BaseModel):
+    """A record as `domain records --json` prints it: type, name, value."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     type: RecordType
-    name: str
+    name: str  # A-label, no trailing dot
     value: str
-    purpose: Literal["mx", "spf", "dkim", "dmarc", "ownership", "hostname-spf"]
 
-    def public(self) -> dict[str, str]:
-        """The `domain records --json` form: type, name, value."""
-        return {key: value for key, value in asdict(self).items() if key != "purpose"}
+
+class DnsRecord(RecordPublic):
+    """A record to publish; `purpose` says which check it serves (not in the JSON)."""
+
+    purpose: Purpose = Field(exclude=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,47 +45,95 @@ def required_records(
     domain: str, *, hostname: str, token: str, keys: Sequence[KeyRecord]
 ) -> list[DnsRecord]:
     """Everything to publish for `domain` (A-label) served by `hostname`."""
+
+    def record(type_: RecordType, name: str, value: str, purpose: Purpose) -> DnsRecord:
+        return DnsRecord(type=type_, name=name, value=value, purpose=purpose)
+
     records = [
-        DnsRecord("MX", domain, f"10 {hostname}.", "mx"),
-        DnsRecord("TXT", domain, "v=spf1 mx ~all", "spf"),
+        record("MX", domain, f"10 {hostname}.", "mx"),
+        record("TXT", domain, "v=spf1 mx ~all", "spf"),
     ]
     records += [
-        DnsRecord("TXT", f"{key.selector}._domainkey.{domain}", key.public_record, "dkim")
+        record("TXT", f"{key.selector}._domainkey.{domain}", key.public_record, "dkim")
         for key in keys
     ]
     records += [
-        DnsRecord(
+        record(
             "TXT", f"_dmarc.{domain}", f"v=DMARC1; p=none; rua=mailto:postmaster@{domain}", "dmarc"
         ),
-        DnsRecord("TXT", f"{OWNERSHIP_LABEL}.{domain}", f"{OWNERSHIP_PREFIX}{token}", "ownership"),
+        record("TXT", f"{OWNERSHIP_LABEL}.{domain}", f"{OWNERSHIP_PREFIX}{token}", "ownership"),
         # Forwarded mail leaves with an SRS sender @hostname: SPF is checked there.
-        DnsRecord("TXT", hostname, "v=spf1 a mx -all", "hostname-spf"),
+        record("TXT", hostname, "v=spf1 a mx -all", "hostname-spf"),
     ]
     return records
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One row of `domain verify`."""
+ZONE_TTL = 3600
+TXT_STRING_MAX = 255  # bytes in one character-string (RFC 1035 3.3)
 
-    record: DnsRecord
+
+def _txt_strings(value: str) -> str:
+    """A TXT value as quoted character-strings of at most 255 bytes each."""
+    data = value.encode("utf-8")
+    chunks = [data[i : i + TXT_STRING_MAX] for i in range(0, len(data), TXT_STRING_MAX)] or [b""]
+    quoted = []
+    for chunk in chunks:
+        text = "".join(
+            f"\\{byte:03d}"
+            if byte < 0x20 or byte > 0x7E
+            else ("\\" + chr(byte) if chr(byte) in '"\\' else chr(byte))
+            for byte in chunk
+        )
+        quoted.append(f'"{text}"')
+    return " ".join(quoted)
+
+
+def zone_lines(records: Sequence[DnsRecord]) -> list[str]:
+    """The records as zone-file lines (absolute names, class IN, a TTL), ready to paste.
+
+    Long TXT values are split into 255-byte strings, as DNS requires. The
+    forwarder's own SPF record lives in its hostname's zone: it comes last,
+    under a comment saying so.
+    """
+    own = [r for r in records if r.purpose != "hostname-spf"]
+    hostname = [r for r in records if r.purpose == "hostname-spf"]
+
+    def line(record: DnsRecord) -> str:
+        rdata = record.value if record.type == "MX" else _txt_strings(record.value)
+        return f"{record.name}.\t{ZONE_TTL}\tIN\t{record.type}\t{rdata}"
+
+    out = [f"; records for {own[0].name}" if own else "; no records"] + [line(r) for r in own]
+    for record in hostname:
+        out += [f"; in the zone of {record.name}, once for all served domains", line(record)]
+    return out
+
+
+class Finding(BaseModel):
+    """One row of `domain verify`: the record, what DNS returned, and what to do."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    type: RecordType
+    name: str
+    value: str
+    purpose: Purpose
     found: tuple[str, ...]
     status: Status
+    required: bool  # ownership and MX: the domain is verified when these are ok
     fix: str
 
-    @property
-    def required(self) -> bool:
-        return self.record.purpose in ("mx", "ownership")
 
-    def public(self) -> dict[str, object]:
-        return {
-            **self.record.public(),
-            "purpose": self.record.purpose,
-            "found": list(self.found),
-            "status": self.status,
-            "required": self.required,
-            "fix": self.fix,
-        }
+def _finding(record: DnsRecord, found: tuple[str, ...], status: Status, fix: str) -> Finding:
+    return Finding(
+        type=record.type,
+        name=record.name,
+        value=record.value,
+        purpose=record.purpose,
+        found=found,
+        status=status,
+        required=record.purpose in ("mx", "ownership"),
+        fix=fix,
+    )
 
 
 def _dkim_key_data(value: str) -> str:
@@ -100,7 +156,7 @@ def judge(record: DnsRecord, lookup_status: str, found: Sequence[str], detail: s
         elif detail:
             reason = detail  # the detail already says "timed out: ..."
         status: Status = lookup_status  # type: ignore[assignment]
-        return Finding(
+        return _finding(
             record,
             values,
             status,
@@ -111,20 +167,20 @@ def judge(record: DnsRecord, lookup_status: str, found: Sequence[str], detail: s
         hosts = [v.split()[-1].rstrip(".").lower() for v in values if v.split()]
         expected = record.value.split()[-1].rstrip(".").lower()
         if expected in hosts:
-            return Finding(record, values, "ok", "")
+            return _finding(record, values, "ok", "")
         if not values:
-            return Finding(record, values, "missing", publish)
-        return Finding(record, values, "wrong", f"the MX points elsewhere: {publish}")
+            return _finding(record, values, "missing", publish)
+        return _finding(record, values, "wrong", f"the MX points elsewhere: {publish}")
     if record.purpose == "dkim":
         expected_key = _dkim_key_data(record.value)
         if any(_dkim_key_data(v) == expected_key for v in values):
-            return Finding(record, values, "ok", "")
+            return _finding(record, values, "ok", "")
     elif record.purpose in ("spf", "hostname-spf"):
         spf = [v for v in values if v.lower().startswith("v=spf1")]
         if record.value in spf:
-            return Finding(record, values, "ok", "")
+            return _finding(record, values, "ok", "")
         if spf:
-            return Finding(
+            return _finding(
                 record,
                 values,
                 "wrong",
@@ -132,9 +188,9 @@ def judge(record: DnsRecord, lookup_status: str, found: Sequence[str], detail: s
             )
     elif record.purpose == "dmarc":
         if any(v.lower().startswith("v=dmarc1") for v in values):
-            return Finding(record, values, "ok", "")
+            return _finding(record, values, "ok", "")
     elif record.value in values:
-        return Finding(record, values, "ok", "")
+        return _finding(record, values, "ok", "")
     if not values:
-        return Finding(record, values, "missing", publish)
-    return Finding(record, values, "wrong", publish)
+        return _finding(record, values, "missing", publish)
+    return _finding(record, values, "wrong", publish)

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict
+
+from smtpy.admin.organizations import scope
 from smtpy.errors import InvalidInput
 from smtpy.store.db import Database
 
@@ -39,9 +42,40 @@ _COUNTED = {
 }
 
 
+class FiguresPublic(BaseModel):
+    """The figures of one window (and one group), as `stats --json` prints them."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    received: int
+    forwarded: int
+    deferred: int
+    bounced: int
+    discarded: int
+    rejected: int
+    rejected_by_reason: dict[str, int]  # by reason, sorted
+    median_delay: float | None  # seconds, of forwarded deliveries, to the millisecond
+
+
+class GroupFigures(FiguresPublic):
+    key: str  # the domain, alias or YYYY-MM-DD (UTC) of the group
+
+
+class Stats(BaseModel):
+    """What `smtpy stats` shows (`--json` prints these keys)."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    since: float
+    until: float
+    by: GroupBy | None
+    total: FiguresPublic
+    groups: list[GroupFigures]  # most received first (by day: in date order); [] when not grouped
+
+
 @dataclass(slots=True)
 class Figures:
-    """The figures for one window (and one group)."""
+    """The figures of one window as they are counted (then published as `FiguresPublic`)."""
 
     received: int = 0
     forwarded: int = 0
@@ -62,7 +96,7 @@ class Figures:
         if name is not None:
             setattr(self, name, getattr(self, name) + count)
 
-    def public(self) -> dict[str, Any]:
+    def fields(self) -> dict[str, Any]:
         return {
             "received": self.received,
             "forwarded": self.forwarded,
@@ -75,55 +109,46 @@ class Figures:
         }
 
 
-@dataclass(slots=True)
-class Stats:
-    since: float
-    until: float
-    by: GroupBy | None
-    total: Figures
-    groups: dict[str, Figures]  # by group key (domain, alias or YYYY-MM-DD), empty when not grouped
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "since": self.since,
-            "until": self.until,
-            "by": self.by,
-            "total": self.total.public(),
-            "groups": [{"key": key, **figures.public()} for key, figures in self.groups.items()],
-        }
-
-
 def _day_text(day: int) -> str:
     return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
 
 
 _WINDOW = "at >= :since AND at < :until"
 
+Seen = tuple[str, dict[str, Any]]  # the organization's condition on `domain`, and its parameters
 
-def _totals(db: Database, since: float, until: float) -> Figures:
+
+def _window(seen: Seen, since: float, until: float) -> tuple[str, dict[str, Any]]:
+    """The window's condition (with the organization's, if it does not see everything)."""
+    condition, params = seen
+    window = f"{_WINDOW} AND {condition}" if condition else _WINDOW
+    return window, {**params, "since": since, "until": until}
+
+
+def _totals(db: Database, seen: Seen, since: float, until: float) -> Figures:
     """The figures of one window: each count is a range of the (event, at, reason, delay) index."""
-    params = {"since": since, "until": until}
+    window, params = _window(seen, since, until)
     figures = Figures()
     counts = " UNION ALL ".join(
         f"SELECT '{event}' AS event, NULL AS reason, count(*) AS n FROM message_log"  # noqa: S608
-        f" WHERE event = '{event}' AND {_WINDOW}"
+        f" WHERE event = '{event}' AND {window}"
         for event in _COUNTED
     )
     rejected = (
         "SELECT 'rejected' AS event, reason, count(*) AS n FROM message_log"  # noqa: S608
-        f" WHERE event = 'rejected' AND {_WINDOW} GROUP BY reason"
+        f" WHERE event = 'rejected' AND {window} GROUP BY reason"
     )
     for row in db.all(f"{counts} UNION ALL {rejected}", params):
         figures.add(row["event"], row["reason"], int(row["n"]))
-    figures.median_delay = _median(db, params, figures.forwarded)
+    figures.median_delay = _median(db, window, params, figures.forwarded)
     return figures
 
 
-def _median(db: Database, params: dict[str, float], count: int) -> float | None:
+def _median(db: Database, window: str, params: dict[str, Any], count: int) -> float | None:
     """Median delay of the `count` forwarded deliveries in the window."""
     if not count:
         return None
-    where = f"event = 'delivered' AND {_WINDOW} AND delay IS NOT NULL"
+    where = f"event = 'delivered' AND {window} AND delay IS NOT NULL"
     if db.dialect == "postgresql":
         value = db.scalar(
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY delay)"  # noqa: S608
@@ -139,15 +164,17 @@ def _median(db: Database, params: dict[str, float], count: int) -> float | None:
     return sum(float(r["delay"]) for r in middle) / len(middle) if middle else None
 
 
-def _grouped(db: Database, column: str, since: float, until: float) -> dict[str, Figures]:
+def _grouped(
+    db: Database, seen: Seen, column: str, since: float, until: float
+) -> dict[str, Figures]:
     """Figures per domain or alias (`column`, never user text)."""
-    params = {"since": since, "until": until}
+    window, params = _window(seen, since, until)
     groups: dict[str, Figures] = {}
     # One sort key per row (not key, event, reason): the grouping sort is the cost here.
     counts = ", ".join(f"count(*) FILTER (WHERE event = '{e}') AS {e}" for e in _COUNTED)
     for row in db.all(
         f"SELECT {column} AS k, {counts} FROM message_log"  # noqa: S608
-        f" WHERE {_WINDOW} GROUP BY {column}",
+        f" WHERE {window} GROUP BY {column}",
         params,
     ):
         figures = groups.setdefault("" if row["k"] is None else str(row["k"]), Figures())
@@ -158,12 +185,12 @@ def _grouped(db: Database, column: str, since: float, until: float) -> dict[str,
     )
     for row in db.all(
         f"SELECT {column} AS k, reason, count(*) AS n FROM message_log{hint}"  # noqa: S608
-        f" WHERE event = 'rejected' AND {_WINDOW} GROUP BY {column}, reason",
+        f" WHERE event = 'rejected' AND {window} GROUP BY {column}, reason",
         params,
     ):
         key = "" if row["k"] is None else str(row["k"])
         groups.setdefault(key, Figures()).add("rejected", row["reason"], int(row["n"]))
-    where = f"event = 'delivered' AND {_WINDOW} AND delay IS NOT NULL"
+    where = f"event = 'delivered' AND {window} AND delay IS NOT NULL"
     if db.dialect == "postgresql":
         for row in db.all(
             f"SELECT {column} AS k, percentile_cont(0.5) WITHIN GROUP (ORDER BY delay) AS m"  # noqa: S608
@@ -190,12 +217,12 @@ def _grouped(db: Database, column: str, since: float, until: float) -> dict[str,
     return dict(sorted(groups.items(), key=lambda item: (-item[1].received, item[0])))
 
 
-def _by_day(db: Database, since: float, until: float) -> dict[str, Figures]:
+def _by_day(db: Database, seen: Seen, since: float, until: float) -> dict[str, Figures]:
     """Figures per UTC day: one indexed window per day, so no sort over the rows."""
     groups: dict[str, Figures] = {}
     day = int(since // 86400)
     while day * 86400 < until:
-        figures = _totals(db, max(since, day * 86400.0), min(until, (day + 1) * 86400.0))
+        figures = _totals(db, seen, max(since, day * 86400.0), min(until, (day + 1) * 86400.0))
         if figures != Figures():
             groups[_day_text(day)] = figures
         day += 1
@@ -203,22 +230,31 @@ def _by_day(db: Database, since: float, until: float) -> dict[str, Figures]:
 
 
 def compute(
-    db: Database,
     *,
+    db: Database,
+    org: int,
     since: float,
     until: float | None = None,
     by: str | None = None,
 ) -> Stats:
-    """The figures for `since <= at < until` (Unix times), in total and per group."""
+    """The figures for `since <= at < until` (Unix times), in total and per group, of the
+    events about the organization's domains."""
     if by is not None and by not in GROUPS:
         raise InvalidInput(f"cannot group by {by!r}: use one of {', '.join(GROUPS)}")
     until = time.time() + 1 if until is None else until
     if until - since > MAX_DAYS * 86400:
         raise InvalidInput(f"the period is too long: at most {MAX_DAYS} days")
+    seen = scope(db=db, org=org).where("domain")
     if by == "day":
-        groups = _by_day(db, since, until)
+        groups = _by_day(db, seen, since, until)
     elif by is not None:
-        groups = _grouped(db, by, since, until)
+        groups = _grouped(db, seen, by, since, until)
     else:
         groups = {}
-    return Stats(since=since, until=until, by=by, total=_totals(db, since, until), groups=groups)
+    return Stats(
+        since=since,
+        until=until,
+        by=by,
+        total=FiguresPublic(**_totals(db, seen, since, until).fields()),
+        groups=[GroupFigures(key=key, **figures.fields()) for key, figures in groups.items()],
+    )

@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from smtpy.cli.context import state
-from smtpy.cli.output import JsonOption, done, print_json, print_table
+from smtpy.cli.output import (
+    JsonOption,
+    OrgOption,
+    acting_org,
+    done,
+    nothing,
+    print_json,
+    print_table,
+    yes_no,
+)
 
 app = typer.Typer(help="Add, list, remove, enable and disable aliases.", no_args_is_help=True)
 
@@ -37,6 +46,7 @@ def add(
     message: Annotated[
         str | None, typer.Option("--message", help="Text of the 550 reply of a reject alias.")
     ] = None,
+    org: OrgOption = None,
 ) -> None:
     """Add an alias.
 
@@ -47,12 +57,15 @@ def add(
     server; e.g. '/sales-[0-9]+/@example.org'), then the catch-all
     (*@example.org).
     """
-    from smtpy.admin.aliases import add_alias
+    from smtpy.admin.aliases import AliasCreate, add_alias
 
+    alias = AliasCreate(
+        address=address, destinations=destinations or [], mode=mode, reject_message=message
+    )
     with state(ctx).database() as db:
-        info = add_alias(db, address, destinations or [], mode=mode, reject_message=message)
-    target = ", ".join(info.display_destinations) if info.rule.mode == "forward" else info.rule.mode
-    done(f"added {info.display_address} -> {target}")
+        info = add_alias(db=db, org=acting_org(db, org), alias=alias)
+    target = ", ".join(info.destinations) if info.mode == "forward" else info.mode
+    done(f"added {info.address} -> {target}")
 
 
 @app.command("list")
@@ -60,25 +73,33 @@ def list_(
     ctx: typer.Context,
     domain: Annotated[str | None, typer.Option("--domain", "-d", help="Only this domain.")] = None,
     json: JsonOption = False,
+    org: OrgOption = None,
 ) -> None:
     """List aliases."""
     from smtpy.admin.aliases import list_aliases
 
     with state(ctx).database() as db:
-        aliases = list_aliases(db, domain=domain)
+        aliases = list_aliases(db=db, org=acting_org(db, org), domain=domain)
     if json:
-        print_json([a.public() for a in aliases])
+        print_json(aliases)
+        return
+    if not aliases:
+        where = domain or "DOMAIN"
+        nothing(
+            f"no aliases{' for ' + domain if domain else ''}; "
+            f"add one with `smtpy alias add ADDRESS@{where} DESTINATION`"
+        )
         return
     print_table(
         None,
         ["alias", "kind", "destinations", "mode", "enabled"],
         [
             (
-                a.display_address,
-                a.rule.kind,
-                "\n".join(a.display_destinations) or "-",
-                a.rule.mode + (f": {a.rule.reject_message}" if a.rule.reject_message else ""),
-                "yes" if a.rule.enabled else "no",
+                a.address,
+                a.kind,
+                "\n".join(a.destinations) or "-",
+                a.mode + (f": {a.reject_message}" if a.reject_message else ""),
+                yes_no(a.enabled),
             )
             for a in aliases
         ],
@@ -86,33 +107,37 @@ def list_(
 
 
 @app.command("remove")
-def remove(ctx: typer.Context, address: AddressArg) -> None:
+def remove(ctx: typer.Context, address: AddressArg, org: OrgOption = None) -> None:
     """Remove an alias."""
     from smtpy.admin.aliases import remove_alias
 
     with state(ctx).database() as db:
-        info = remove_alias(db, address)
-    done(f"removed {info.display_address}")
+        info = remove_alias(db=db, org=acting_org(db, org), address=address)
+    done(f"removed {info.address}")
 
 
 @app.command("enable")
-def enable(ctx: typer.Context, address: AddressArg) -> None:
+def enable(ctx: typer.Context, address: AddressArg, org: OrgOption = None) -> None:
     """Enable an alias again."""
-    from smtpy.admin.aliases import set_enabled
+    from smtpy.admin.aliases import AliasUpdate, update_alias
 
     with state(ctx).database() as db:
-        info = set_enabled(db, address, True)
-    done(f"enabled {info.display_address}")
+        info = update_alias(
+            db=db, org=acting_org(db, org), address=address, update=AliasUpdate(enabled=True)
+        )
+    done(f"enabled {info.address}")
 
 
 @app.command("disable")
-def disable(ctx: typer.Context, address: AddressArg) -> None:
+def disable(ctx: typer.Context, address: AddressArg, org: OrgOption = None) -> None:
     """Disable an alias: its mail is refused with 550 until it is enabled."""
-    from smtpy.admin.aliases import set_enabled
+    from smtpy.admin.aliases import AliasUpdate, update_alias
 
     with state(ctx).database() as db:
-        info = set_enabled(db, address, False)
-    done(f"disabled {info.display_address}")
+        info = update_alias(
+            db=db, org=acting_org(db, org), address=address, update=AliasUpdate(enabled=False)
+        )
+    done(f"disabled {info.address}")
 
 
 @app.command("import")
@@ -137,6 +162,7 @@ def import_(
         bool, typer.Option("--dry-run", help="Show what would be imported; write nothing.")
     ] = False,
     json: JsonOption = False,
+    org: OrgOption = None,
 ) -> None:
     """Import aliases from a Postfix virtual map, all or nothing.
 
@@ -159,25 +185,24 @@ def import_(
         raise InvalidInput(f"cannot read {name}: {exc}") from None
     with state(ctx).database() as db:
         try:
-            result = import_virtual_map(db, text, domain=domain, dry_run=dry_run)
+            result = import_virtual_map(
+                db=db, org=acting_org(db, org), text=text, domain=domain, dry_run=dry_run
+            )
         except MapRejected as exc:
             if json:
-                print_json(exc.result.public())
+                print_json(exc.result)
             for error in exc.result.errors:
                 sys.stderr.write(f"{name}:{error.line}: {error.message}\n")
             raise InvalidInput(
                 f"{name}: {len(exc.result.errors)} bad line(s); nothing was imported"
             ) from None
     if json:
-        print_json(result.public())
+        print_json(result)
         return
     if result.created:
         print_table(
             None,
             ["line", "alias", "destinations"],
-            [
-                (a.line, a.alias.display_address, "\n".join(a.alias.display_destinations))
-                for a in result.created
-            ],
+            [(a.line, a.address, "\n".join(a.destinations)) for a in result.created],
         )
     done(describe(result))

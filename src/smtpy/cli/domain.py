@@ -7,7 +7,21 @@ from typing import Annotated
 import typer
 
 from smtpy.cli.context import state
-from smtpy.cli.output import JsonOption, YesOption, confirm, done, print_json, print_table, when
+from smtpy.cli.output import (
+    JsonOption,
+    OrgOption,
+    YesOption,
+    acting_org,
+    confirm,
+    done,
+    nothing,
+    plural,
+    print_json,
+    print_table,
+    rfc3339,
+    when,
+    yes_no,
+)
 
 app = typer.Typer(
     help="Add, inspect and verify the domains smtpy receives mail for.", no_args_is_help=True
@@ -26,34 +40,40 @@ def add(
         str,
         typer.Option("--key-algorithm", help="Algorithm of the first DKIM key: rsa or ed25519."),
     ] = "rsa",
+    org: OrgOption = None,
 ) -> None:
     """Serve a domain: creates its ownership token and a first DKIM key. Mail is accepted at once."""
-    from smtpy.admin.domains import add_domain
+    from smtpy.admin.domains import DomainCreate, add_domain
 
     with state(ctx).database() as db:
-        info = add_domain(db, name, key_algorithm=key_algorithm)
-    done(
-        f"added {info.display_name}; publish its records: smtpy domain records {info.display_name}"
-    )
+        info = add_domain(
+            db=db,
+            org=acting_org(db, org),
+            domain=DomainCreate(name=name, key_algorithm=key_algorithm),
+        )
+    done(f"added {info.name}; publish its records: smtpy domain records {info.name}")
 
 
 @app.command("list")
-def list_(ctx: typer.Context, json: JsonOption = False) -> None:
+def list_(ctx: typer.Context, json: JsonOption = False, org: OrgOption = None) -> None:
     """List served domains."""
     from smtpy.admin.domains import list_domains
 
     with state(ctx).database() as db:
-        domains = list_domains(db)
+        domains = list_domains(db=db, org=acting_org(db, org))
     if json:
-        print_json([d.public() for d in domains])
+        print_json(domains)
+        return
+    if not domains:
+        nothing("no domains are served yet; add one with `smtpy domain add DOMAIN`")
         return
     print_table(
         None,
         ["domain", "verified", "aliases", "keys", "added"],
         [
             (
-                d.display_name,
-                "yes" if d.verified_at else "no",
+                d.name,
+                yes_no(d.verified),
                 d.aliases,
                 d.keys,
                 when(d.created_at),
@@ -64,17 +84,37 @@ def list_(ctx: typer.Context, json: JsonOption = False) -> None:
 
 
 @app.command("show")
-def show(ctx: typer.Context, name: DomainArg, json: JsonOption = False) -> None:
+def show(
+    ctx: typer.Context, name: DomainArg, json: JsonOption = False, org: OrgOption = None
+) -> None:
     """Show one domain."""
     from smtpy.admin.domains import get_domain
 
     with state(ctx).database() as db:
-        info = get_domain(db, name)
+        info = get_domain(db=db, org=acting_org(db, org), name=name)
     if json:
-        print_json(info.public())
+        print_json(info)
         return
-    data = info.public()
-    print_table(None, ["field", "value"], [(k, data[k]) for k in data])
+    dmarc = {
+        "on": "on (refuse mail failing a DMARC p=reject policy)",
+        "off": "off (forward it, marked)",
+        "default": "default (SMTPY_DMARC_REJECT)",
+    }[info.dmarc_reject]
+    print_table(
+        None,
+        ["field", "value"],
+        [
+            ("name", info.name),
+            ("ascii name", info.ascii_name),
+            ("organization", info.organization),
+            ("verified", yes_no(info.verified)),
+            ("verified at", rfc3339(info.verified_at)),
+            ("added", rfc3339(info.created_at)),
+            ("aliases", info.aliases),
+            ("keys", info.keys),
+            ("dmarc reject", dmarc),
+        ],
+    )
 
 
 @app.command("policy")
@@ -91,42 +131,74 @@ def policy(
         ),
     ],
     json: JsonOption = False,
+    org: OrgOption = None,
 ) -> None:
     """Set this domain's inbound policy (a running daemon applies it within seconds)."""
-    from smtpy.admin.domains import set_dmarc_reject
+    from smtpy.admin.domains import DomainUpdate, update_domain
 
     with state(ctx).database() as db:
-        info = set_dmarc_reject(db, name, dmarc_reject.lower())
+        info = update_domain(
+            db=db,
+            org=acting_org(db, org),
+            name=name,
+            update=DomainUpdate(dmarc_reject=dmarc_reject),
+        )
     if json:
-        print_json(info.public())
+        print_json(info)
         return
-    done(f"{info.display_name}: dmarc_reject {info.public()['dmarc_reject']}")
+    done(f"{info.name}: dmarc_reject {info.dmarc_reject}")
 
 
 @app.command("remove")
-def remove(ctx: typer.Context, name: DomainArg, yes: YesOption = False) -> None:
+def remove(
+    ctx: typer.Context, name: DomainArg, yes: YesOption = False, org: OrgOption = None
+) -> None:
     """Stop serving a domain and delete its aliases and DKIM keys (queued mail stays)."""
     from smtpy.admin.domains import get_domain, remove_domain
 
     with state(ctx).database() as db:
-        info = get_domain(db, name)
+        org_id = acting_org(db, org)
+        info = get_domain(db=db, org=org_id, name=name)
         confirm(
-            f"Remove {info.display_name} with its {info.aliases} aliases and {info.keys} keys?", yes
+            f"Remove {info.name} with its {plural(info.aliases, 'alias', 'aliases')}"
+            f" and {plural(info.keys, 'key')}?",
+            yes,
         )
-        remove_domain(db, name)
-    done(f"removed {info.display_name}")
+        remove_domain(db=db, org=org_id, name=name)
+    done(f"removed {info.name}")
 
 
 @app.command("records")
-def records(ctx: typer.Context, name: DomainArg, json: JsonOption = False) -> None:
+def records(
+    ctx: typer.Context,
+    name: DomainArg,
+    json: JsonOption = False,
+    zone: Annotated[
+        bool,
+        typer.Option(
+            "--zone",
+            help="Print zone-file lines, ready to paste into a zone or a DNS provider's form.",
+        ),
+    ] = False,
+    org: OrgOption = None,
+) -> None:
     """Print every DNS record to publish: MX, SPF, DKIM, DMARC and the ownership TXT."""
     from smtpy.admin.domains import domain_records
+    from smtpy.admin.records import zone_lines
+    from smtpy.errors import InvalidInput
 
+    if json and zone:
+        raise InvalidInput("choose one of --json and --zone")
     st = state(ctx)
     with st.database() as db:
-        recs = domain_records(db, name, hostname=st.settings.hostname)
+        recs = domain_records(
+            db=db, org=acting_org(db, org), name=name, hostname=st.settings.hostname
+        )
     if json:
-        print_json([r.public() for r in recs])
+        print_json(recs)
+        return
+    if zone:
+        done("\n".join(zone_lines(recs)))
         return
     print_table(
         None,
@@ -136,42 +208,40 @@ def records(ctx: typer.Context, name: DomainArg, json: JsonOption = False) -> No
 
 
 @app.command("verify")
-def verify(ctx: typer.Context, name: DomainArg, json: JsonOption = False) -> None:
-    """Look the records up in DNS. Exit 0 when ownership and MX are in place, 1 otherwise."""
+def verify(
+    ctx: typer.Context, name: DomainArg, json: JsonOption = False, org: OrgOption = None
+) -> None:
+    """Look the records up in DNS (all at once). Exit 0 when ownership and MX are in place,
+    1 otherwise, or when the DNS resolver does not answer."""
     from smtpy.admin.domains import verify_domain
-    from smtpy.mail.addresses import display_domain
+    from smtpy.errors import CheckFailed
 
     st = state(ctx)
     settings = st.settings
     with st.database() as db:
         report = verify_domain(
-            db,
-            name,
+            db=db,
+            org=acting_org(db, org),
+            name=name,
             hostname=settings.hostname,
             nameservers=settings.dns_nameservers,
             timeout=settings.dns_timeout,
         )
     if json:
-        print_json(
-            {
-                "domain": display_domain(report.domain),
-                "verified": report.verified,
-                "records": [f.public() for f in report.findings],
-            }
-        )
-    else:
+        print_json(report)
+    elif report.resolver_error is None:
         print_table(
             None,
             ["record", "expected", "found", "status", "fix"],
             [
                 (
-                    f"{f.record.type} {f.record.name}",
-                    f.record.value,
+                    f"{f.type} {f.name}",
+                    f.value,
                     "\n".join(f.found) or "-",
                     f.status + ("" if f.required else " (advice)") if f.status != "ok" else "ok",
                     f.fix,
                 )
-                for f in report.findings
+                for f in report.records
             ],
         )
         done(
@@ -179,5 +249,7 @@ def verify(ctx: typer.Context, name: DomainArg, json: JsonOption = False) -> Non
             if report.verified
             else "not verified: publish the missing records and run this again"
         )
+    if report.resolver_error is not None:
+        raise CheckFailed(f"{report.domain} not verified: {report.resolver_error}")
     if not report.verified:
         raise typer.Exit(1)

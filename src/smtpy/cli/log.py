@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from smtpy.cli.context import state
-from smtpy.cli.output import when
+from smtpy.cli.output import OrgOption, acting_org, when
 
 FOLLOW_POLL = 1.0  # seconds between two reads of new rows
 
@@ -75,11 +75,18 @@ def log(
         str | None, typer.Option("--since", help="Only events newer than this age, e.g. 2h, 7d.")
     ] = None,
     limit: Annotated[
-        int, typer.Option("--limit", "-n", min=1, help="Print at most this many past events.")
+        int,
+        typer.Option(
+            "--limit",
+            "-n",
+            min=0,
+            help="Print at most this many past events (0 with --follow: new events only).",
+        ),
     ] = 100,
     json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object per line (JSON lines).")
     ] = False,
+    org: OrgOption = None,
 ) -> None:
     """Show the message log: every decision about every message (never its content).
 
@@ -87,15 +94,24 @@ def log(
     it went, size, reason of a rejection, remote host and reply, delay.
     """
     from smtpy.admin.messages import Follower, LogFilter, last_id, recent
+    from smtpy.errors import InvalidInput
 
+    if limit == 0 and not follow:
+        raise InvalidInput("--limit 0 prints nothing: use it with --follow to see new events only")
     flt = LogFilter.make(since=since, domain=domain, alias=alias, queue_id=queue_id, event=event)
     with state(ctx).database() as db:
-        newest = last_id(db)
-        rows = recent(db, flt, limit=limit)
+        org_id = acting_org(db, org)
+        newest = last_id(db=db)
+        rows = recent(db=db, org=org_id, flt=flt, limit=limit) if limit else []
         _emit(rows, json)
         if not follow:
+            if not rows and not json:
+                sys.stderr.write(
+                    "no event in the message log matches; widen --since or the filters\n"
+                )
             return
-        follower = Follower(flt, start_id=newest)  # what is older was listed or did not match
+        # What is older was listed or did not match.
+        follower = Follower(org=org_id, flt=flt, start_id=newest)
         follower.shown(rows)
         # Ctrl-C stops following even when started with SIGINT ignored (a background job).
         signal.signal(signal.SIGINT, signal.default_int_handler)

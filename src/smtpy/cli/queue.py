@@ -10,7 +10,19 @@ from typing import Annotated, Any
 import typer
 
 from smtpy.cli.context import state
-from smtpy.cli.output import JsonOption, YesOption, confirm, done, print_json, print_table, when
+from smtpy.cli.output import (
+    JsonOption,
+    OrgOption,
+    YesOption,
+    acting_org,
+    confirm,
+    done,
+    nothing,
+    plural,
+    print_json,
+    print_table,
+    when,
+)
 
 Progress = Callable[[int], None]
 
@@ -49,6 +61,7 @@ def list_(
         str | None, typer.Option("--older-than", help="Only mail older than this, e.g. 1h.")
     ] = None,
     json: JsonOption = False,
+    org: OrgOption = None,
 ) -> None:
     """List queued messages, oldest first."""
     import time
@@ -57,9 +70,19 @@ def list_(
 
     min_age = parse_age(older_than) if older_than else None
     with state(ctx).database() as db:
-        messages = list_messages(db, state=status, domain=domain, older_than=min_age)
+        messages = list_messages(
+            db=db, org=acting_org(db, org), state=status, domain=domain, older_than=min_age
+        )
     if json:
-        print_json([m.public() for m in messages])
+        print_json(messages)
+        return
+    if not messages:
+        filtered = status is not None or domain is not None or older_than is not None
+        nothing(
+            "no queued message matches these filters; see `smtpy queue list` without them"
+            if filtered
+            else "the queue is empty: every accepted message has been delivered or bounced"
+        )
         return
     now = time.time()
     print_table(
@@ -81,7 +104,7 @@ def list_(
                 m.state,
                 age(now - m.received_at),
                 m.sender or "<>",
-                "\n".join(d.recipient for d in m.deliveries),
+                "\n".join(d.recipient for d in m.recipients),
                 m.size,
                 m.attempts,
                 "-" if m.state == "held" or m.next_attempt_at is None else when(m.next_attempt_at),
@@ -89,6 +112,7 @@ def list_(
             )
             for m in messages
         ],
+        whole=["id"],
     )
 
 
@@ -98,24 +122,18 @@ def show(
     queue_id: Annotated[str, typer.Argument(help="Queue id.", show_default=False)],
     raw: Annotated[bool, typer.Option("--raw", help="Print the whole message as stored.")] = False,
     json: JsonOption = False,
+    org: OrgOption = None,
 ) -> None:
     """Show a message: envelope, every attempt with the remote's exact reply, and its headers."""
     from smtpy.admin.queue import show_message
-    from smtpy.mail.received import header_section
 
     with state(ctx).database() as db:
-        message, attempts, data = show_message(db, queue_id)
+        message = show_message(db=db, org=acting_org(db, org), queue_id=queue_id)
     if raw:
-        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.write(message.data)
         return
     if json:
-        print_json(
-            {
-                **message.public(),
-                "attempts": attempts,
-                "headers": header_section(data).decode("utf-8", "replace"),
-            }
-        )
+        print_json(message)
         return
     print_table(
         f"message {message.queue_id}",
@@ -140,29 +158,35 @@ def show(
                 when(d.next_attempt_at),
                 d.last_error or "",
             )
-            for d in message.deliveries
+            for d in message.recipients
         ],
     )
-    if attempts:
+    if message.attempts:
         print_table(
             "attempts",
             ["when", "recipient", "remote", "reply", "result"],
             [
                 (
-                    when(a["at"]),
-                    a["recipient"],
-                    a["remote_host"] or "-",
-                    f"{a['code'] or ''} {a['reply']}".strip(),
-                    a["result"],
+                    when(a.at),
+                    a.recipient,
+                    a.remote_host or "-",
+                    f"{a.code or ''} {a.reply}".strip(),
+                    a.result,
                 )
-                for a in attempts
+                for a in message.attempts
             ],
         )
-    sys.stdout.write(header_section(data).decode("utf-8", "replace"))
+    sys.stdout.write(message.headers)
 
 
 def _select(
-    ctx: typer.Context, ids: list[str] | None, all_: bool, status: str | None, yes: bool, verb: str
+    ctx: typer.Context,
+    org: str | None,
+    ids: list[str] | None,
+    all_: bool,
+    status: str | None,
+    yes: bool,
+    verb: str,
 ) -> list[str]:
     from smtpy.admin.queue import all_ids
     from smtpy.errors import InvalidInput
@@ -172,9 +196,9 @@ def _select(
     if ids:
         return ids
     with state(ctx).database() as db:
-        selected = all_ids(db, state=status)
+        selected = all_ids(db=db, org=acting_org(db, org), state=status)
     if selected:
-        confirm(f"{verb.capitalize()} {len(selected)} messages?", yes)
+        confirm(f"{verb.capitalize()} {plural(len(selected), 'message')}?", yes)
     return selected
 
 
@@ -202,6 +226,7 @@ def _progress(total: int, label: str) -> Iterator[Progress | None]:
 def _bulk(
     ctx: typer.Context,
     operation: Callable[..., int],
+    org: str | None,
     ids: list[str] | None,
     all_: bool,
     status: str | None,
@@ -210,12 +235,19 @@ def _bulk(
     **options: Any,
 ) -> int:
     """Select the messages, confirm a bulk change, apply it with a progress bar."""
-    selected = _select(ctx, ids, all_, status, yes, verb)
+    selected = _select(ctx, org, ids, all_, status, yes, verb)
     if not selected:
         return 0
     with state(ctx).database() as db, _progress(len(selected), f"{verb}…") as progress:
         # With --all, a message delivered since it was listed is simply skipped.
-        return operation(db, selected, missing_ok=all_, progress=progress, **options)
+        return operation(
+            db=db,
+            org=acting_org(db, org),
+            queue_ids=selected,
+            missing_ok=all_,
+            progress=progress,
+            **options,
+        )
 
 
 @app.command("retry")
@@ -225,12 +257,13 @@ def retry(
     all_: AllOpt = False,
     status: StateOpt = None,
     yes: YesOption = False,
+    org: OrgOption = None,
 ) -> None:
     """Try these messages again now (a running daemon picks them up within a second)."""
     from smtpy.admin.queue import retry as retry_now
 
-    count = _bulk(ctx, retry_now, ids, all_, status, yes, "retry")
-    done(f"{count} deliveries due now")
+    count = _bulk(ctx, retry_now, org, ids, all_, status, yes, "retry")
+    done(f"{plural(count, 'delivery', 'deliveries')} due now")
 
 
 @app.command("hold")
@@ -240,23 +273,28 @@ def hold(
     all_: AllOpt = False,
     status: StateOpt = None,
     yes: YesOption = False,
+    org: OrgOption = None,
 ) -> None:
     """Keep messages in the queue without delivering them until released."""
     from smtpy.admin.queue import hold as hold_messages
 
-    count = _bulk(ctx, hold_messages, ids, all_, status, yes, "hold")
-    done(f"{count} deliveries held")
+    count = _bulk(ctx, hold_messages, org, ids, all_, status, yes, "hold")
+    done(f"{plural(count, 'delivery', 'deliveries')} held")
 
 
 @app.command("release")
 def release(
-    ctx: typer.Context, ids: IdsArg = None, all_: AllOpt = False, yes: YesOption = False
+    ctx: typer.Context,
+    ids: IdsArg = None,
+    all_: AllOpt = False,
+    yes: YesOption = False,
+    org: OrgOption = None,
 ) -> None:
     """Release held messages; they are delivered at once."""
     from smtpy.admin.queue import release as release_messages
 
-    count = _bulk(ctx, release_messages, ids, all_, "held" if all_ else None, yes, "release")
-    done(f"{count} deliveries released")
+    count = _bulk(ctx, release_messages, org, ids, all_, "held" if all_ else None, yes, "release")
+    done(f"{plural(count, 'delivery', 'deliveries')} released")
 
 
 @app.command("delete")
@@ -266,12 +304,13 @@ def delete(
     all_: AllOpt = False,
     status: StateOpt = None,
     yes: YesOption = False,
+    org: OrgOption = None,
 ) -> None:
     """Delete messages from the queue without telling the sender."""
     from smtpy.admin.queue import delete as delete_messages
 
-    count = _bulk(ctx, delete_messages, ids, all_, status, yes, "delete")
-    done(f"{count} messages deleted")
+    count = _bulk(ctx, delete_messages, org, ids, all_, status, yes, "delete")
+    done(f"{plural(count, 'message')} deleted")
 
 
 @app.command("bounce")
@@ -281,10 +320,11 @@ def bounce(
     all_: AllOpt = False,
     status: StateOpt = None,
     yes: YesOption = False,
+    org: OrgOption = None,
 ) -> None:
     """Give up on messages now and send their senders a delivery status notification."""
     from smtpy.admin.queue import bounce as bounce_messages
 
     hostname = state(ctx).settings.hostname
-    count = _bulk(ctx, bounce_messages, ids, all_, status, yes, "bounce", hostname=hostname)
-    done(f"{count} messages bounced")
+    count = _bulk(ctx, bounce_messages, org, ids, all_, status, yes, "bounce", hostname=hostname)
+    done(f"{plural(count, 'message')} bounced")

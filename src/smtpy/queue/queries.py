@@ -7,9 +7,10 @@ lease runs out. On PostgreSQL the claim uses `FOR UPDATE SKIP LOCKED`, so any
 number of nodes share one queue with no coordinator. A node that restarts
 releases its own leases at once.
 
-Delivery states: queued (due or waiting), held (by an admin), and the final
-ones, which remove the delivery: a message leaves the store when none of its
-deliveries is pending.
+Delivery rows: status queued (due or waiting), held (by an admin), and the
+final ones, which remove the delivery: a message leaves the store when none of
+its deliveries is pending. What admins see of a pending delivery is its
+`DeliveryState` (active, deferred, held), computed by `state_sql` alone.
 """
 
 from __future__ import annotations
@@ -26,6 +27,31 @@ from smtpy.store.db import Database
 LEASE_SECONDS = 90.0
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+DeliveryState = Literal["active", "deferred", "held"]
+"""A pending delivery as admins see it (`smtpy queue`, `smtpy status`, the API):
+
+    active    due now or being delivered
+    deferred  tried at least once, waiting for its next attempt
+    held      kept aside by an admin until released
+"""
+DELIVERY_STATES: tuple[DeliveryState, ...] = ("active", "deferred", "held")
+
+
+def state_sql(table: str = "") -> str:
+    """The SQL expression of a pending delivery's `DeliveryState` at `:now`.
+
+    `table` is the alias of `deliveries` in the query (`"d"` for `d.status`).
+    The one place the rule is written: the queue listing and the depth counts
+    both select it.
+    """
+    p = f"{table}." if table else ""
+    return (
+        f"CASE WHEN {p}status = 'held' THEN 'held'"
+        f" WHEN {p}attempts > 0 AND {p}next_attempt_at > :now AND {p}lease_owner IS NULL"
+        " THEN 'deferred' ELSE 'active' END"
+    )
 
 
 def new_queue_id(now: float | None = None) -> str:
@@ -399,13 +425,11 @@ def queue_depth(db: Database, *, now: float) -> tuple[dict[str, int], float | No
     due now or in flight. One query over the deliveries still in the queue.
     """
     rows = db.all(
-        "SELECT CASE WHEN status = 'held' THEN 'held'"
-        " WHEN attempts > 0 AND next_attempt_at > :now AND lease_owner IS NULL THEN 'deferred'"
-        " ELSE 'active' END AS state, count(*) AS n, min(created_at) AS oldest"
+        f"SELECT {state_sql()} AS state, count(*) AS n, min(created_at) AS oldest"
         " FROM deliveries WHERE status IN ('queued', 'held') GROUP BY 1",
         {"now": now},
     )
-    counts = {"active": 0, "deferred": 0, "held": 0}
+    counts: dict[str, int] = dict.fromkeys(DELIVERY_STATES, 0)
     oldest: float | None = None
     for row in rows:
         counts[str(row["state"])] = int(row["n"])

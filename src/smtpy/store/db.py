@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from smtpy.errors import SchemaOutdated, StoreError, StoreMissing
+from smtpy.errors import Conflict, NotFound, SchemaOutdated, StoreError, StoreMissing
 
 # The newest migration. A test checks it against the migration scripts, so the
 # start-up check needs no Alembic import.
@@ -47,6 +47,13 @@ class _Cursor(Protocol):
 
 def _sqlite_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
     return {column[0]: value for column, value in zip(cursor.description, row, strict=True)}
+
+
+def _is_violation(exc: BaseException, sqlite_text: str, sqlstate: str) -> bool:
+    """A constraint violation of one kind: SQLite names it in its message, PostgreSQL by SQLSTATE."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        return str(exc).startswith(f"{sqlite_text} constraint failed")
+    return getattr(exc, "sqlstate", None) == sqlstate
 
 
 def sqlite_path(url: str) -> Path:
@@ -159,19 +166,21 @@ class Database:
         return cursor
 
     def _translate(self, exc: Exception) -> Exception:
-        if isinstance(exc, sqlite3.Error) or type(exc).__module__.startswith("psycopg"):
-            if self.is_unique_violation(exc):
-                return exc
-            return StoreError(
-                f"store error: {str(exc).strip().splitlines()[0] if str(exc) else exc!r}"
-            )
-        return exc
+        """The driver's error as an `smtpy.errors` type, decided here once for every caller.
 
-    @staticmethod
-    def is_unique_violation(exc: BaseException) -> bool:
-        if isinstance(exc, sqlite3.IntegrityError):
-            return "UNIQUE" in str(exc)
-        return getattr(exc, "sqlstate", None) == "23505"
+        A unique violation becomes `Conflict` and a foreign-key violation
+        `NotFound` (a row refers to one that is gone); services catch those
+        types to say which object, never the driver's text. Anything else from
+        the driver is a `StoreError`.
+        """
+        if isinstance(exc, sqlite3.Error) or type(exc).__module__.startswith("psycopg"):
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            if _is_violation(exc, "UNIQUE", "23505"):
+                return Conflict(f"the store already holds this object ({detail})")
+            if _is_violation(exc, "FOREIGN KEY", "23503"):
+                return NotFound(f"the object it refers to is gone ({detail})")
+            return StoreError(f"store error: {detail}")
+        return exc
 
     def all(self, sql: str, params: Params | None = None) -> list[Row]:
         rows: list[Row] = self._run(sql, params).fetchall()
