@@ -39,7 +39,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from smtpy import log
 from smtpy.config import Settings
@@ -327,14 +327,21 @@ def _preload(*, postgres: bool, metrics: bool) -> None:
     headers in each process, which would copy the shared pages one by one.
     """
     import gc
-    import importlib
 
     wanted = (
         *PRELOAD,
         *(["psycopg"] if postgres else []),
         *(["prometheus_client"] if metrics else []),
     )
-    for module in wanted:
+    import_all(wanted)
+    gc.freeze()
+
+
+def import_all(modules: Sequence[str]) -> None:
+    """Import each of `modules`; a missing one is an error, never silently skipped."""
+    import importlib
+
+    for module in modules:
         try:
             importlib.import_module(module)
         except ImportError as exc:
@@ -342,4 +349,3 @@ def _preload(*, postgres: bool, metrics: bool) -> None:
                 f"cannot import {module} before starting the serving processes ({exc}): "
                 "this installation of smtpy is incomplete; reinstall it"
             ) from None
-    gc.freeze()
