@@ -162,7 +162,7 @@ def leases(url: str) -> dict[int, str | None]:
 def node_row(url: str, name: str) -> dict[str, Any] | None:
     with Database(url) as db:
         return db.one(
-            "SELECT pid, instance, started_at, stopped_at FROM nodes WHERE name = :name",
+            "SELECT hostname, pid, started_at, stopped_at FROM nodes WHERE name = :name",
             {"name": name},
         )
 
