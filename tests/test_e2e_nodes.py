@@ -193,6 +193,14 @@ class Refused:
     events: list[dict[str, Any]]
 
 
+def greets(port: int) -> bool:
+    """Whether an SMTP server answers on `port` (a bound socket alone does not greet)."""
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as sock:
+        sock.settimeout(1)
+        return sock.recv(3) == b"220"
+    return False
+
+
 def start_expecting_refusal(env: dict[str, str], port: int, timeout: float = 60.0) -> Refused:
     """Run `smtpy serve` (on `port`) that must exit at start-up: fail if it ever serves there."""
     proc = subprocess.Popen(
@@ -206,9 +214,8 @@ def start_expecting_refusal(env: dict[str, str], port: int, timeout: float = 60.
     try:
         deadline = time.monotonic() + timeout
         while proc.poll() is None:
-            if own_port:
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                    raise AssertionError("the second smtpy serve started serving")
+            if own_port and greets(port):
+                raise AssertionError("the second smtpy serve started serving")
             assert time.monotonic() < deadline, "the second smtpy serve neither served nor exited"
             time.sleep(0.05)
     finally:
