@@ -89,9 +89,10 @@ class GatedPeers(MailPeers):
         )
 
     def wait_held(self, count: int, timeout: float = 60.0) -> None:
+        """Until exactly `count` transactions wait at the gate."""
         deadline = time.monotonic() + timeout
-        while self.waiting < count:
-            assert time.monotonic() < deadline, f"only {self.waiting} of {count} DATA held"
+        while self.waiting != count:
+            assert time.monotonic() < deadline, f"{self.waiting} DATA held, not {count}"
             time.sleep(0.05)
 
 
@@ -257,16 +258,18 @@ def test_a_second_start_with_the_name_of_a_live_node_is_refused_and_changes_noth
     assert first.running
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
 def test_a_start_that_cannot_listen_leaves_in_flight_deliveries_to_their_owner(
-    world: Forwarder,
+    world: Forwarder, processes: str
 ) -> None:
     """`smtpy serve` by hand while the service runs: address in use, and nothing else."""
     peers = gated(world)
-    service = world.start()
+    service = world.start(processes=processes)
     ids = send_messages(service.port, 3)
     peers.wait_held(3)
     before = leases(world.database_url)
-    assert set(before.values()) == {"node-0"}
+    owners = {"node-0"} if processes == "1" else {"node-0.1", "node-0.2"}
+    assert set(before.values()) <= owners
 
     refused = start_expecting_refusal(service.env, service.port)  # same name, same address
 
@@ -300,6 +303,25 @@ def test_the_name_of_a_killed_node_is_taken_over_and_its_deliveries_resume_at_on
     assert_each_delivered_once(world, ids, timeout=30)  # well within the 90 s lease
     row = node_row(world.database_url, "node-0")
     assert row is not None and row["pid"] == again.proc.pid  # type: ignore[union-attr]
+
+
+def test_a_killed_supervisor_takes_its_processes_with_it_and_its_name_is_free(
+    world: Forwarder,
+) -> None:
+    """kill -9 of the supervisor of two processes: they die too (nothing of the node goes on
+    delivering), and a new start takes the name and resumes their deliveries at once."""
+    peers = gated(world)
+    dead = world.start(processes="2")
+    ids = send_messages(dead.port, 3)
+    peers.wait_held(3)
+    dead.kill()
+    peers.wait_held(0)  # the serving processes died with it: their MX sessions ended
+
+    peers.gate.set()
+    again = world.start(node_name="node-0")  # one process this time
+    resumed = again.wait_event("resumed")
+    assert (resumed["node"], resumed["deliveries"]) == ("node-0", 3)
+    assert_each_delivered_once(world, ids, timeout=30)
 
 
 @pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
