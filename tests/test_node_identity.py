@@ -7,6 +7,7 @@ as the holders that run or died on this machine. The end-to-end cases (real
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
@@ -26,7 +27,9 @@ from smtpy.queue.nodes import (
     stopped,
 )
 from smtpy.queue.queries import NewDelivery, NewMessage, enqueue_claimed, release_node
+from smtpy.queue.writer import StoreThread
 from smtpy.runtime.supervisor import PRELOAD, import_all
+from smtpy.runtime.upkeep import Upkeep
 from smtpy.store.db import Database
 
 T = 1_800_000_000.0
@@ -153,6 +156,30 @@ def test_two_starts_racing_for_a_stale_name_never_both_win(store_url: str) -> No
             assert [row["name"] for row in list_nodes(db)] == ["vm"]
             assert db.scalar("SELECT instance FROM nodes") == won[0].instance
             assert heartbeat(db, won[0], now=now)
+
+
+def test_a_node_whose_name_was_taken_over_learns_it_at_its_next_heartbeat(store_url: str) -> None:
+    async def scenario() -> None:
+        store = StoreThread(store_url, name="writer")
+        store.start()
+        try:
+            node = NodeInfo("vm", started_at=time.time(), process=None, heartbeat_seconds=1.0)
+            await store.call(lambda db: claim(db, node, now=time.time()))
+            lost = asyncio.Event()
+            upkeep = Upkeep(store, node=node, retention_days=0, on_lost=lost.set)
+            upkeep.start()
+            # Another start, once this node's heartbeat looks stale (a hang, a clock jump).
+            usurper = elsewhere("vm", at=time.time() + 60)
+            await store.call(lambda db: claim(db, usurper, now=time.time() + 60))
+            await asyncio.wait_for(lost.wait(), 30)  # bounded; told at the next beat
+            await upkeep.stop()
+            [row] = await store.call(list_nodes)
+            assert row["stopped_at"] is None  # its stop did not mark the new holder stopped
+            assert await store.call(lambda db: heartbeat(db, usurper, now=time.time() + 61))
+        finally:
+            store.stop()
+
+    asyncio.run(scenario())
 
 
 def test_old_per_process_rows_go_when_their_node_starts(db: Database) -> None:
