@@ -392,7 +392,13 @@ def test_status_lists_each_node_with_what_it_holds_and_since_when(world: Forward
 
     table = world.cli("status")
     assert table.code == 0
-    assert "2 deliveries" in table.stdout and "1 deliveries" in table.stdout
+    rows = {
+        cells[0]: cells
+        for line in table.stdout.splitlines()
+        if (cells := [c.strip() for c in line.strip("│┃ ").split("│")])[0].startswith("node-")
+    }
+    assert "leased" in table.stdout
+    assert (rows["node-0"][1:3], rows["node-1"][1:3]) == (["up", "2"], ["up", "1"])
 
     peers.gate.set()
     assert_each_delivered_once(world, ids)

@@ -38,12 +38,12 @@ def status(ctx: typer.Context, json: JsonOption = False) -> None:
         if result.nodes:
             print_table(
                 "nodes",
-                ["node", "state", "holds", "host", "pid", "version", "started", "last seen"],
+                ["node", "state", "leased", "host", "pid", "version", "started", "last seen"],
                 [
                     (
                         n["name"],
                         "up" if n["up"] else ("stopped" if n["stopped_at"] else "not responding"),
-                        f"{n['leased']} deliveries",
+                        n["leased"],
                         n["hostname"],
                         n["pid"],
                         n["version"],
