@@ -10,7 +10,7 @@ from smtpy.admin.stats import compute
 from smtpy.admin.status import status
 from smtpy.errors import InvalidInput
 from smtpy.queue.message_log import LogEvent, write_events
-from smtpy.queue.nodes import NodeInfo, heartbeat, stopped
+from smtpy.queue.nodes import NodeInfo, claim, heartbeat, stopped
 from smtpy.queue.queries import NewDelivery, NewMessage, enqueue
 from smtpy.store.db import Database
 
@@ -162,7 +162,11 @@ def test_status_nodes_queue_and_recent_errors(db: Database) -> None:
     assert (empty.up, empty.nodes, empty.messages, empty.oldest) == (False, [], 0, None)
     assert empty.recent["error_rate"] is None
 
-    mx1, mx2 = NodeInfo("mx1", started_at=now - 100), NodeInfo("mx2", started_at=now - 100)
+    # Nodes elsewhere (no process this machine can see): the heartbeat tells.
+    mx1 = NodeInfo("mx1", started_at=now - 100, process=None)
+    mx2 = NodeInfo("mx2", started_at=now - 100, process=None)
+    claim(db, mx1, now=now - 100)
+    claim(db, mx2, now=now - 400)
     heartbeat(db, mx1, now=now - 5)
     heartbeat(db, mx2, now=now - 300)  # silent for five minutes: down
     result = status(db, now=now)

@@ -15,7 +15,7 @@ from smtpy.queue.message_log import (
     rejected_event,
     write_events,
 )
-from smtpy.queue.nodes import list_nodes
+from smtpy.queue.nodes import NodeInfo, claim, list_nodes
 from smtpy.queue.queries import AttemptResult, Claimed
 from smtpy.queue.writer import StoreThread
 from smtpy.runtime.upkeep import Upkeep
@@ -131,7 +131,9 @@ def test_upkeep_writes_buffered_rows_beats_and_prunes(store_url: str) -> None:
                     + [LogEvent(at=now - 86400, event="received")],
                 )
             )
-            upkeep = Upkeep(store, node_name="mx1", retention_days=30, flush_seconds=0.05)
+            node = NodeInfo("mx1", started_at=now)
+            await store.call(lambda db: claim(db, node, now=now))
+            upkeep = Upkeep(store, node=node, retention_days=30, flush_seconds=0.05)
             upkeep.events.add(LogEvent(at=now, event="rejected", reason="relay"))
             upkeep.start()
             for _ in range(100):  # bounded: 5 s

@@ -1,8 +1,9 @@
 """`smtpy status`: is the daemon up, how deep is the queue, is mail going out.
 
 Read from the store only, so it works from any machine that reaches it and
-sees every node sharing a PostgreSQL store: nodes and their heartbeat
-(`smtpy.queue.nodes`), queue depth by state, the oldest queued message, the last
+sees every node sharing a PostgreSQL store: nodes, whether each is alive
+(`smtpy.queue.nodes`), since when it runs and how many deliveries it holds
+(leased: in flight, or waiting here for a slot), queue depth by state, the oldest queued message, the last
 delivery, and the delivery error rate of the last `RECENT_SECONDS` from the
 message log. `up` is false when no node has sent a heartbeat recently: the
 CLI then exits 1, a check a monitoring script can use.
@@ -14,8 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from smtpy.queue.nodes import STALE_AFTER, is_up, list_nodes
-from smtpy.queue.queries import queue_depth
+from smtpy.queue.nodes import is_up, list_nodes, stale_after
+from smtpy.queue.queries import leases_by_owner, owner_node, queue_depth
 from smtpy.store.db import Database
 
 RECENT_SECONDS = 900.0  # the window of the recent error rate
@@ -71,8 +72,27 @@ def _recent(db: Database, now: float, window: float) -> dict[str, Any]:
 
 def status(db: Database, *, now: float | None = None, window: float = RECENT_SECONDS) -> Status:
     now = time.time() if now is None else now
+    rows = list_nodes(db)
+    names = {str(row["name"]) for row in rows}
+    leased: dict[str, int] = dict.fromkeys(names, 0)
+    for owner, count in leases_by_owner(db, now=now).items():
+        name = owner_node(owner, names)
+        if name is not None:
+            leased[name] += count
     nodes = [
-        {**node, "up": is_up(node, now=now), "stale_after": STALE_AFTER} for node in list_nodes(db)
+        {
+            "name": row["name"],
+            "up": is_up(row, now=now),
+            "hostname": row["hostname"],
+            "pid": row["pid"],
+            "version": row["version"],
+            "started_at": row["started_at"],
+            "seen_at": row["seen_at"],
+            "stopped_at": row["stopped_at"],
+            "leased": leased[str(row["name"])],
+            "stale_after": stale_after(row),
+        }
+        for row in rows
     ]
     oldest = db.one("SELECT queue_id, received_at FROM messages ORDER BY id LIMIT 1")
     last = db.one(

@@ -17,12 +17,14 @@ from smtpy.cli.queue import age as _age
 
 
 def status(ctx: typer.Context, json: JsonOption = False) -> None:
-    """Show whether the daemon is up, the queue depth, the oldest message, the last delivery
-    and the recent delivery error rate.
+    """Show which nodes are up, since when, what each holds, the queue depth, the oldest
+    message, the last delivery and the recent delivery error rate.
 
-    Every `smtpy serve` node writes a heartbeat to the store every 10 seconds; nodes sharing
-    a PostgreSQL store are listed each. Exits 0 when at least one node was seen in the last
-    30 seconds, 1 when none was (for monitoring: `smtpy status --json > /dev/null || alert`).
+    Every `smtpy serve` node writes a heartbeat to the store every `heartbeat_seconds` (10 by
+    default); nodes sharing a PostgreSQL store are listed each, with the deliveries each holds
+    leased (in flight). A node is down once three heartbeats are missing. Exits 0 when at
+    least one node is up, 1 when none is (for monitoring: `smtpy status --json > /dev/null ||
+    alert`).
     """
     from smtpy.admin.status import status as read_status
     from smtpy.config import mask_url
@@ -39,11 +41,12 @@ def status(ctx: typer.Context, json: JsonOption = False) -> None:
         if result.nodes:
             print_table(
                 "nodes",
-                ["node", "state", "host", "pid", "version", "started", "last seen"],
+                ["node", "state", "leased", "host", "pid", "version", "started", "last seen"],
                 [
                     (
                         n["name"],
                         "up" if n["up"] else ("stopped" if n["stopped_at"] else "not responding"),
+                        n["leased"],
                         n["hostname"],
                         n["pid"],
                         n["version"],

@@ -3,9 +3,10 @@
 A message is stored once; each destination is a delivery row. A worker claims
 due rows by moving `next_attempt_at` past its lease and writing its node name
 in `lease_owner`; if the node dies, the row simply becomes due again when the
-lease runs out. On PostgreSQL the claim uses `FOR UPDATE SKIP LOCKED`, so any
-number of nodes share one queue with no coordinator. A node that restarts
-releases its own leases at once.
+lease runs out (`lease_seconds`). On PostgreSQL the claim uses `FOR UPDATE SKIP
+LOCKED`, so any number of nodes share one queue with no coordinator. A node
+that restarts releases its own leases at once, once it holds its name
+(`smtpy.queue.nodes`), matching lease owners exactly (`release_node`).
 
 Delivery rows: status queued (due or waiting), held (by an admin), and the
 final ones, which remove the delivery: a message leaves the store when none of
@@ -24,7 +25,7 @@ from typing import Any, Literal
 from smtpy.queue.message_log import LogEvent, write_events
 from smtpy.store.db import Database
 
-LEASE_SECONDS = 90.0
+LEASE_SECONDS = 90.0  # the default of the `lease_seconds` setting; daemons pass theirs
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -276,20 +277,12 @@ def release_leases(
     *,
     node: str,
     ids: Sequence[int] | None = None,
-    prefix: bool = False,
     now: float | None = None,
 ) -> int:
-    """Make this node's leased deliveries due now (at start-up, or when stopping).
-
-    With `prefix`, every lease owner whose name starts with `node` is released
-    (the serving processes `NODE.1`, `NODE.2` … of a supervisor).
-    """
+    """Make the deliveries leased to exactly `node` due now (all, or those of `ids`)."""
     now = time.time() if now is None else now
     params: dict[str, Any] = {"node": node, "now": now}
     where = "lease_owner = :node AND status = 'queued'"
-    if prefix:
-        params["length"] = len(node)
-        where = "substr(lease_owner, 1, :length) = :node AND status = 'queued'"
     if ids is not None:
         if not ids:
             return 0
@@ -299,6 +292,72 @@ def release_leases(
         f"UPDATE deliveries SET lease_owner = NULL, next_attempt_at = :now WHERE {where}",
         params,
     )
+
+
+def process_owner(node: str, index: int) -> str:
+    """The lease owner of serving process `index` of `node` (several processes: `NODE.1` …)."""
+    return f"{node}.{index}"
+
+
+def owner_node(owner: str, nodes: Collection[str]) -> str | None:
+    """Which of `nodes` a lease owner belongs to: the node itself, or one of its processes.
+
+    Names are matched exactly: `mx1.example.net` is not a process of `mx1`,
+    and `mx1.2` belongs to a node of that name before it belongs to `mx1`.
+    """
+    if owner in nodes:
+        return owner
+    base, dot, index = owner.rpartition(".")
+    if dot and index.isascii() and index.isdigit() and base in nodes:
+        return base
+    return None
+
+
+def release_node(db: Database, *, node: str, now: float | None = None) -> int:
+    """Make every delivery leased by `node` due now: at the start of the node, once it holds
+    its name, since nothing of an earlier start of it still runs.
+
+    That is the leases of `node` itself and those of its serving processes
+    (`NODE.1`, `NODE.2` …, of a start with several), matched exactly: never
+    those of another node whose name begins with this one's (`mx1.example.net`
+    for `mx1`), nor of a node that is itself called `NODE.2`.
+    """
+    now = time.time() if now is None else now
+    prefix = f"{node}."
+    bound = {"length": len(prefix), "prefix": prefix}
+    others = {
+        str(row["name"])
+        for row in db.all("SELECT name FROM nodes WHERE substr(name, 1, :length) = :prefix", bound)
+    }
+    owners = [node] + [
+        owner
+        for row in db.all(
+            "SELECT DISTINCT lease_owner FROM deliveries"
+            " WHERE status = 'queued' AND substr(lease_owner, 1, :length) = :prefix",
+            bound,
+        )
+        if owner_node(owner := str(row["lease_owner"]), {node} | others) == node
+    ]
+    params: dict[str, Any] = {f"o{n}": owner for n, owner in enumerate(owners)}
+    params["now"] = now
+    names = ", ".join(f":o{n}" for n in range(len(owners)))
+    return db.execute(
+        "UPDATE deliveries SET lease_owner = NULL, next_attempt_at = :now"
+        f" WHERE status = 'queued' AND lease_owner IN ({names})",
+        params,
+    )
+
+
+def leases_by_owner(db: Database, *, now: float) -> dict[str, int]:
+    """How many deliveries each lease owner holds now (leases that have not run out)."""
+    return {
+        str(row["lease_owner"]): int(row["n"])
+        for row in db.all(
+            "SELECT lease_owner, count(*) AS n FROM deliveries WHERE status = 'queued'"
+            " AND lease_owner IS NOT NULL AND next_attempt_at > :now GROUP BY lease_owner",
+            {"now": now},
+        )
+    }
 
 
 Result = Literal["delivered", "deferred", "failed"]

@@ -28,6 +28,7 @@ from smtpy.outbound.deliver import Deliverer, Outcome
 from smtpy.outbound.prepare import outgoing
 from smtpy.queue.message_log import delivery_events, write_events
 from smtpy.queue.queries import (
+    LEASE_SECONDS,
     AttemptResult,
     Claimed,
     NewDelivery,
@@ -63,6 +64,8 @@ class WorkerSettings:
     arc_seal: bool = False  # ARC-seal what goes out (smtpy.dkim.arc_seal)
     arc_seal_domain: str | None = None  # seal with this domain's key, not the alias domain's
     from_rewrite_name: str | None = None  # apply From-rewrite decisions with this display name
+    lease_seconds: float = LEASE_SECONDS  # how long a claim holds (settings: lease_seconds)
+    heartbeat_seconds: float = HEARTBEAT_SECONDS  # between lease renewals (heartbeat_seconds)
 
 
 class SignerCache:
@@ -216,7 +219,12 @@ class DeliveryWorker:
         self._reserved += wanted
         try:
             claims = await self.store.write(
-                partial(enqueue_claimed, message=message, node=self.settings.node)
+                partial(
+                    enqueue_claimed,
+                    message=message,
+                    node=self.settings.node,
+                    lease=self.settings.lease_seconds,
+                )
             )
         finally:
             self._reserved -= wanted
@@ -257,6 +265,7 @@ class DeliveryWorker:
                                 node=self.settings.node,
                                 limit=free,
                                 exclude_domains=saturated,
+                                lease=self.settings.lease_seconds,
                             )
                         )
                     except Exception as exc:
@@ -355,11 +364,18 @@ class DeliveryWorker:
 
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await asyncio.sleep(self.settings.heartbeat_seconds)
             ids = list(self._inflight)
             if ids:
                 try:
-                    await self.store.call(partial(renew_leases, node=self.settings.node, ids=ids))
+                    await self.store.call(
+                        partial(
+                            renew_leases,
+                            node=self.settings.node,
+                            ids=ids,
+                            lease=self.settings.lease_seconds,
+                        )
+                    )
                 except Exception as exc:
                     logger.error("lease_renewal_failed", error=str(exc))
 

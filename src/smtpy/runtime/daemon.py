@@ -1,9 +1,11 @@
 """`smtpy serve`: inbound SMTP and delivery workers on one asyncio loop.
 
 Start-up: open the store (a SQLite store is created or migrated, an outdated
-PostgreSQL schema refused), return this node's interrupted deliveries to the
-queue, listen on every SMTPY_LISTEN address, start the workers, then tell
-systemd we are ready. SIGTERM/SIGINT: stop accepting, let sessions and
+PostgreSQL schema refused), bind every SMTPY_LISTEN address, take the node's
+name (refused while a live node holds it: `smtpy.queue.nodes`), and only then,
+certain to be the node, return its interrupted deliveries to the queue; start
+the workers, serve, then tell systemd we are ready. A start that fails (an
+address in use, a name in use) changes nothing in the queue. SIGTERM/SIGINT: stop accepting, let sessions and
 deliveries finish for a few seconds, return what is still in flight to the
 queue, exit 0. SIGHUP: reload DKIM keys, alias rules and the TLS certificate
 without dropping sessions.
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from smtpy import log
 from smtpy.config import Settings
 from smtpy.errors import ConfigError, SmtpyError
+from smtpy.queue.nodes import NodeInfo
 from smtpy.queue.writer import StoreThread
 from smtpy.route.aliases import DomainRules
 from smtpy.route.srs import SRS
@@ -95,11 +98,37 @@ def _inbound_checker(settings: Settings, lookups: Any) -> Any:
     )
 
 
+def take_name(db: Database, settings: Settings) -> NodeInfo:
+    """Claim SMTPY_NODE_NAME for this start (ConfigError while a live node holds it)."""
+    from smtpy.queue.nodes import claim
+
+    node = NodeInfo(
+        settings.node_name, started_at=time.time(), heartbeat_seconds=settings.heartbeat_seconds
+    )
+    claim(db, node, now=time.time())
+    return node
+
+
+def resume(db: Database, node: str) -> int:
+    """Return what an earlier start of `node` left leased (after a crash) to the queue.
+
+    Only once this process holds the node's name: nothing of that start runs.
+    """
+    from smtpy.queue.queries import release_node
+
+    released = release_node(db, node=node)
+    if released:
+        logger.info("resumed", deliveries=released, node=node)
+    return released
+
+
 class Daemon:
     """One serving process: inbound sessions and delivery workers on one event loop.
 
     `sockets` are listening sockets bound beforehand (shared by the processes
     of a supervisor); without them the daemon binds SMTPY_LISTEN itself.
+    `node` is the name a supervisor took for its processes; without it the
+    daemon takes SMTPY_NODE_NAME itself, once its sockets are bound.
     `ready` is called once it serves (default: tell systemd). Of several
     processes, only the one with `serve_metrics` answers SMTPY_METRICS_LISTEN.
     """
@@ -112,8 +141,11 @@ class Daemon:
         sockets: list[socket.socket] | None = None,
         ready: Callable[[str], None] | None = None,
         serve_metrics: bool = True,
+        node: NodeInfo | None = None,
     ) -> None:
         self.settings = settings
+        self._node = node
+        self._exit_code = 0
         self._serve_metrics = serve_metrics
         self._reload = reload
         self._sockets = sockets
@@ -128,26 +160,43 @@ class Daemon:
         from smtpy.checks.scanners import scanner_from_settings
         from smtpy.dns import Lookups, make_resolver
         from smtpy.outbound.deliver import Deliverer
+        from smtpy.queue.nodes import heartbeat
         from smtpy.queue.queries import release_leases
         from smtpy.queue.scheduler import DeliveryWorker, SignerCache, WorkerSettings
         from smtpy.runtime.upkeep import Upkeep
         from smtpy.smtp.handler import Handler, Policy
 
         settings = self.settings
+        # Listen first: a start that cannot (another daemon has the address) stops here.
+        own_sockets = self._sockets is None
+        sockets = self._sockets if self._sockets is not None else listeners.bind(settings.listen)
         writer = StoreThread(settings.database_url, name="writer")
         reader = StoreThread(settings.database_url, name="reader")
         writer.start()
         reader.start()
         try:
+            # Then the name; the queue is touched only once this process is the node.
+            if self._node is None:
+                node = await writer.call(lambda db: take_name(db, settings))
+                await writer.call(lambda db: resume(db, settings.node_name))
+            else:  # a serving process of a supervisor: the supervisor took the name
+                node = self._node
+                if not await writer.call(lambda db: heartbeat(db, node, now=time.time())):
+                    raise ConfigError(
+                        f"node name {node.name!r} was taken over by another smtpy serve while "
+                        "this one started; set SMTPY_NODE_NAME to a name of its own for each node"
+                    )
+                released = await writer.call(
+                    lambda db: release_leases(db, node=settings.node_name)
+                )
+                if released:  # this process, started again after it died
+                    logger.info("resumed", deliveries=released, node=settings.node_name)
             secret = (
                 settings.srs_secret.get_secret_value()
                 if settings.srs_secret is not None
                 else await writer.call(stored_srs_secret)
             )
             srs = SRS(secrets=(secret.encode(),), domain=settings.hostname)
-            released = await writer.call(lambda db: release_leases(db, node=settings.node_name))
-            if released:
-                logger.info("resumed", deliveries=released, node=settings.node_name)
 
             from smtpy import metrics
 
@@ -170,6 +219,8 @@ class Daemon:
                     arc_seal=settings.arc_seal,
                     arc_seal_domain=settings.arc_seal_domain,
                     from_rewrite_name=settings.from_rewrite_name if settings.from_rewrite else None,
+                    lease_seconds=settings.lease_seconds,
+                    heartbeat_seconds=settings.heartbeat_seconds,
                 ),
                 store=writer,
                 deliverer=deliverer,
@@ -178,7 +229,7 @@ class Daemon:
             )
             rules = RuleCache(reader)
             upkeep = Upkeep(
-                writer, node_name=settings.node_name, retention_days=settings.log_retention
+                writer, node=node, retention_days=settings.log_retention, on_lost=self._lost
             )
             guard = guard_from_settings(settings, lookups)
             handler = Handler(
@@ -197,7 +248,7 @@ class Daemon:
                 authcheck=_inbound_checker(settings, lookups),
             )
             self._tls = tls_context(settings)
-            await self._listen(handler)
+            await self._listen(handler, sockets)
             metrics_server: MetricsServer | None = None
             if settings.metrics_listen is not None and self._serve_metrics:
                 from smtpy.runtime.metrics_server import MetricsServer
@@ -240,12 +291,20 @@ class Daemon:
             if metrics_server is not None:
                 await metrics_server.stop()
             logger.info("stopped")
-            return 0
+            return self._exit_code
         finally:
             writer.stop()
             reader.stop()
+            if own_sockets:  # those not handed to a server yet (a failed start)
+                for sock in sockets:
+                    sock.close()
 
-    async def _listen(self, handler: Any) -> None:
+    def _lost(self) -> None:
+        """Another start took this node's name (ours went stale): stop, with exit code 1."""
+        self._exit_code = 1
+        self._stop.set()
+
+    async def _listen(self, handler: Any, sockets: list[socket.socket]) -> None:
         from smtpy.smtp.handler import server_factory
 
         loop = asyncio.get_running_loop()
@@ -255,9 +314,6 @@ class Daemon:
             max_message_size=self.settings.max_message_size,
             tls_context=lambda: self._tls,
             timeout=self.settings.command_timeout,
-        )
-        sockets = (
-            self._sockets if self._sockets is not None else listeners.bind(self.settings.listen)
         )
         for sock in sockets:
             self._servers.append(await loop.create_server(factory, sock=sock))

@@ -4,9 +4,15 @@ A Python process runs on one core; `smtpy serve` with SMTPY_PROCESSES=N binds
 the listening sockets once, forks N serving processes that all accept on
 them, and watches them:
 
+- The supervisor binds the sockets, then takes the node's name
+  (`smtpy.queue.nodes.claim`; refused while a live node holds it), and only
+  then returns to the queue what an earlier start of the node left leased.
+  A start that fails changes nothing in the queue.
 - Each process is a whole daemon (inbound sessions and delivery workers) with
   its own store connections. They share the queue the way several nodes do,
-  so each leases deliveries under its own name, `NODE.1` … `NODE.N`.
+  so each leases deliveries under its own name, `NODE.1` … `NODE.N`; each
+  keeps the node's heartbeat, and dies with the supervisor (the node is the
+  supervisor's process: another start may take the name once it is gone).
 - systemd hears READY=1 once every process serves, and STOPPING=1 on
   SIGTERM, which goes to every process; each finishes its sessions and
   returns its in-flight deliveries to the queue, and the supervisor exits 0
@@ -18,8 +24,8 @@ them, and watches them:
   error.
 
 Nothing but the supervisor's own bookkeeping runs in the parent: no thread is
-started before the forks, and the store is touched only to resume the
-deliveries a previous run left leased.
+started before the forks, and the store is touched only to take the name and
+resume the deliveries a previous run left leased.
 """
 
 from __future__ import annotations
@@ -33,11 +39,12 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from smtpy import log
 from smtpy.config import Settings
 from smtpy.errors import SmtpyError
+from smtpy.queue.nodes import NodeInfo
 from smtpy.runtime import listeners
 from smtpy.runtime.watcher import SIGNALS, Child, Watcher, notify_systemd, parse_process_spec, reap
 from smtpy.store.db import dialect
@@ -45,7 +52,11 @@ from smtpy.store.db import dialect
 logger = log.get("smtpy.runtime.supervisor")
 
 READY_TIMEOUT = 60.0
-# The modules a serving process imports as it starts.
+# The instance of the node (and the supervisor's pid) for a serving process the watcher starts again.
+NODE_VAR = "SMTPY_SERVING_NODE"  # "instance:pid"
+PR_SET_PDEATHSIG = 1  # prctl(2): a signal for this process when its parent dies (Linux)
+# The modules a serving process imports as it starts (a test imports each: a name
+# that no longer exists fails loudly instead of silently not being preloaded).
 PRELOAD = (
     "smtpy.smtp.handler",
     "smtpy.queue.scheduler",
@@ -56,12 +67,13 @@ PRELOAD = (
     "smtpy.admin.aliases",
     "smtpy.admin.keys",
     "smtpy.admin.srs_secret",
-    "smtpy.authcheck",
+    "smtpy.checks.authentication",
     "smtpy.checks.limits",
     "smtpy.checks.scanners",
     "smtpy.runtime.upkeep",
     "smtpy.metrics",
     "aiosmtplib",
+    "ctypes",  # _die_with
 )
 
 
@@ -78,6 +90,7 @@ class Supervisor:
         self._reload = reload
         self._children: dict[int, Child] = {}
         self._sockets: list[socket.socket] = []
+        self._node: NodeInfo | None = None
 
     def run(self) -> int:
         from smtpy.runtime.daemon import tls_context
@@ -88,13 +101,16 @@ class Supervisor:
         metrics_dir: str | None = None
         try:
             tls_context(self.settings)  # a bad certificate fails here, once, not in every process
-            self._resume_deliveries()
+            # Listen, then take the name, then touch the queue: a start that fails changes nothing.
+            self._sockets = listeners.bind(self.settings.listen)
+            self._node = self._take_name()
             metrics_dir = self._share_metrics()
             _preload(
                 postgres=dialect(self.settings.database_url) == "postgresql",
                 metrics=metrics_dir is not None,
             )
-            self._sockets = listeners.bind(self.settings.listen)
+            # For the processes the watcher starts again (it keeps this environment).
+            os.environ[NODE_VAR] = f"{self._node.instance}:{self._node.pid}"
             watcher = Watcher(
                 command=[sys.executable, *sys.orig_argv[1:]],
                 sockets=[sock.fileno() for sock in self._sockets],
@@ -130,15 +146,15 @@ class Supervisor:
 
     # -- the parent --------------------------------------------------------
 
-    def _resume_deliveries(self) -> None:
-        """Return what the processes of a previous run still held (after a crash) to the queue."""
-        from smtpy.queue.queries import release_leases
+    def _take_name(self) -> NodeInfo:
+        """Claim the node's name, then return what a previous start left leased to the queue."""
+        from smtpy.runtime.daemon import resume, take_name
         from smtpy.store.db import Database
 
         with Database(self.settings.database_url) as db:
-            released = release_leases(db, node=f"{self.settings.node_name}.", prefix=True)
-        if released:
-            logger.info("resumed", deliveries=released, node=self.settings.node_name)
+            node = take_name(db, self.settings)
+            resume(db, self.settings.node_name)
+        return node
 
     def _share_metrics(self) -> str | None:
         """With SMTPY_METRICS_LISTEN: a directory where every process keeps its counters."""
@@ -187,9 +203,11 @@ class Supervisor:
     # -- a serving process -------------------------------------------------
 
     def _child_main(self, index: int, ready_write: int) -> int:
+        assert self._node is not None
         return serve_process(
             self.settings,
             index,
+            node=self._node,
             sockets=self._sockets,
             ready_write=ready_write,
             reload=self._reload,
@@ -200,13 +218,18 @@ def serve_process(
     settings: Settings,
     index: int,
     *,
+    node: NodeInfo,
     sockets: list[socket.socket],
     ready_write: int,
     reload: Callable[[], Settings] | None,
 ) -> int:
     """Serving process `index` (forked, or started again by the watcher); its exit code."""
+    from smtpy.queue.queries import process_owner
     from smtpy.runtime.daemon import Daemon
 
+    if not _die_with(node.pid):
+        logger.error("supervisor_gone", process=index, consequence="not serving")
+        return 1
     os.environ.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
     # Until the daemon's own handlers are in place: SIGTERM stops this process
     # cleanly (KeyboardInterrupt, exit 0), SIGHUP has nothing to reload yet.
@@ -214,14 +237,19 @@ def serve_process(
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     log.bind(process=index)  # on every event of this process
-    settings = settings.model_copy(update={"node_name": f"{settings.node_name}.{index}"})
+    settings = settings.model_copy(update={"node_name": process_owner(settings.node_name, index)})
 
     def ready(status: str) -> None:
         os.write(ready_write, bytes([index]))
 
     try:
         daemon = Daemon(
-            settings, reload=reload, sockets=sockets, ready=ready, serve_metrics=index == 1
+            settings,
+            reload=reload,
+            sockets=sockets,
+            ready=ready,
+            serve_metrics=index == 1,
+            node=node,
         )
         return asyncio.run(daemon.serve())
     except SmtpyError as exc:
@@ -243,7 +271,33 @@ def serve_restarted(settings: Settings, spec: str, reload: Callable[[], Settings
     """A serving process the watcher started again: its index and descriptors are in `spec`."""
     index, fds, ready = parse_process_spec(spec)
     sockets = [socket.socket(fileno=fd) for fd in fds]
-    return serve_process(settings, index, sockets=sockets, ready_write=ready, reload=reload)
+    instance, _, pid = os.environ.pop(NODE_VAR, "").partition(":")
+    node = NodeInfo(
+        settings.node_name,
+        started_at=time.time(),
+        pid=int(pid) if pid.isdigit() else os.getppid(),
+        instance=instance,
+        process=None,
+        heartbeat_seconds=settings.heartbeat_seconds,
+    )
+    return serve_process(
+        settings, index, node=node, sockets=sockets, ready_write=ready, reload=reload
+    )
+
+
+def _die_with(supervisor: int) -> bool:
+    """Have the kernel kill this process when the supervisor dies (Linux); False if it has.
+
+    The node is the supervisor's process: once it is gone, another start may
+    take the node's name and resume its deliveries, so none of its serving
+    processes may go on delivering.
+    """
+    if sys.platform == "linux":
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    return os.getppid() == supervisor
 
 
 def _become(watcher: Watcher) -> None:
@@ -273,14 +327,25 @@ def _preload(*, postgres: bool, metrics: bool) -> None:
     headers in each process, which would copy the shared pages one by one.
     """
     import gc
-    import importlib
 
     wanted = (
         *PRELOAD,
         *(["psycopg"] if postgres else []),
         *(["prometheus_client"] if metrics else []),
     )
-    for module in wanted:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(module)
+    import_all(wanted)
     gc.freeze()
+
+
+def import_all(modules: Sequence[str]) -> None:
+    """Import each of `modules`; a missing one is an error, never silently skipped."""
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise SmtpyError(
+                f"cannot import {module} before starting the serving processes ({exc}): "
+                "this installation of smtpy is incomplete; reinstall it"
+            ) from None

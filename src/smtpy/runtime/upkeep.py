@@ -2,7 +2,9 @@
 
 - writes the message-log events that had no transaction to join (at most
   once a second, sooner when `FLUSH_ROWS` are waiting);
-- writes this node's heartbeat every `HEARTBEAT_SECONDS` (`smtpy status`);
+- writes this node's heartbeat every `heartbeat_seconds` (`smtpy status`, and
+  what keeps its name: a heartbeat that finds the name taken over by another
+  start calls `on_lost`, and the daemon stops);
 - prunes message-log rows older than SMTPY_LOG_RETENTION days, a batch per
   transaction, so the group commit of incoming mail never waits long;
 - refreshes SQLite's planner statistics of the log hourly (a sampled ANALYZE
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from functools import partial
 
 from smtpy import log
@@ -24,7 +27,7 @@ from smtpy.queue.message_log import (
     refresh_statistics,
     write_events,
 )
-from smtpy.queue.nodes import HEARTBEAT_SECONDS, NodeInfo, heartbeat, stopped
+from smtpy.queue.nodes import NodeInfo, heartbeat, stopped
 from smtpy.queue.writer import StoreThread
 
 logger = log.get("smtpy.runtime.upkeep")
@@ -40,19 +43,20 @@ class Upkeep:
         self,
         store: StoreThread,
         *,
-        node_name: str,
+        node: NodeInfo,
         retention_days: int,
+        on_lost: Callable[[], None] = lambda: None,
         events: EventBuffer | None = None,
         flush_seconds: float = FLUSH_SECONDS,
-        heartbeat_seconds: float = HEARTBEAT_SECONDS,
         prune_seconds: float = PRUNE_SECONDS,
     ) -> None:
         self.store = store
         self.events = EventBuffer() if events is None else events  # for the SMTP handler
-        self.node = NodeInfo(node_name, started_at=time.time())
+        self.node = node  # claimed already (`smtpy.queue.nodes.claim`)
+        self.on_lost = on_lost
         self.retention = retention_days * 86400.0
         self.flush_seconds = flush_seconds
-        self.heartbeat_seconds = heartbeat_seconds
+        self.heartbeat_seconds = node.heartbeat_seconds
         self.prune_seconds = prune_seconds
         self._wake = asyncio.Event()
         self.events.on_full(self._wake.set)
@@ -115,9 +119,17 @@ class Upkeep:
 
     async def _beat(self) -> None:
         try:
-            await self.store.call(partial(heartbeat, node=self.node, now=time.time()))
+            kept = await self.store.call(partial(heartbeat, node=self.node, now=time.time()))
         except Exception as exc:
             logger.error("heartbeat_failed", error=str(exc))
+            return
+        if not kept:
+            logger.error(
+                "node_name_taken_over",
+                node=self.node.name,
+                consequence="stopping: another smtpy serve now runs as this node",
+            )
+            self.on_lost()
 
     async def prune(self) -> int:
         """Delete rows past the retention, batch by batch; the number deleted."""

@@ -28,7 +28,7 @@ from smtpy.errors import Conflict, NotFound, SchemaOutdated, StoreError, StoreMi
 
 # The newest migration. A test checks it against the migration scripts, so the
 # start-up check needs no Alembic import.
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0006"
 
 Row = dict[str, Any]
 Params = Mapping[str, Any]

@@ -55,14 +55,25 @@ def upgrade(url: str) -> None:
 
 
 def upgrade_in_child(url: str) -> None:
-    """`upgrade(url)` in a short-lived Python process of its own; the same errors."""
-    result = subprocess.run(  # noqa: S603 - this Python, this module
-        [sys.executable, "-P", "-m", "smtpy.store.migrate", url],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    """`upgrade(url)` in a short-lived Python process of its own; the same errors.
+
+    A child that cannot be started (this Python gone after an upgrade, no
+    memory or processes left) is a `StoreError` too: one line, no traceback.
+    """
+    try:
+        result = subprocess.run(  # noqa: S603 - this Python, this module
+            [sys.executable, "-P", "-m", "smtpy.store.migrate", url],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError as exc:
+        raise StoreError(
+            f"cannot start the migration process ({sys.executable}): "
+            f"{exc.strerror or exc}; check that this Python still exists, or run "
+            "`smtpy db upgrade`"
+        ) from None
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines()
         raise StoreError(

@@ -194,6 +194,9 @@ class Node(SQLModel, table=True):
     started_at: float
     seen_at: float  # the last heartbeat
     stopped_at: float | None = None  # set when the node stopped cleanly
+    instance: str | None = Field(default=None, max_length=32)  # the start that holds the name
+    process: str | None = Field(default=None, max_length=200)  # where its pid is meaningful
+    heartbeat_seconds: float | None = None  # its heartbeat interval: stale after three
 
 
 class RateLimit(SQLModel, table=True):
