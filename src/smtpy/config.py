@@ -60,7 +60,7 @@ SYSTEM_STATE_DIR = Path("/var/lib/smtpy")
 
 # `SMTPY_*` variables that are no setting: the CLI's --config, what a restarted
 # serving process is told, and the test suite's and benchmarks' own.
-NOT_SETTINGS = frozenset({"SMTPY_CONFIG", "SMTPY_SERVING_PROCESS"})
+NOT_SETTINGS = frozenset({"SMTPY_CONFIG", "SMTPY_SERVING_PROCESS", "SMTPY_SERVING_NODE"})
 NOT_SETTINGS_PREFIX = "SMTPY_TEST_"
 
 # SMTPY_RETRY_SCHEDULE: a delay from a second to a week, at most 100 steps (the
