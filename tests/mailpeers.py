@@ -377,7 +377,12 @@ class Serve:
         self.env = {**self.env, "SMTPY_LISTEN": f"{self.host}:{self.port}"}
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start the daemon and return once it accepts connections."""
+        """Start the daemon and return once it serves: a client gets its 220 greeting.
+
+        The sockets listen before the daemon has taken its node name and started
+        serving (a start that fails changes nothing), so a connection alone does
+        not say it is ready; the greeting does.
+        """
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.killed = False
         with self.log_path.open("ab") as log:
@@ -394,10 +399,16 @@ class Serve:
                 raise AssertionError(
                     f"smtpy serve exited with {self.proc.returncode} at start-up:\n{self.log_tail()}"
                 )
-            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 1):
-                return
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), 1) as probe,
+            ):
+                probe.settimeout(max(0.1, deadline - time.monotonic()))
+                if probe.recv(4) == b"220 ":
+                    probe.sendall(b"QUIT\r\n")
+                    return
             time.sleep(0.05)
-        raise AssertionError(f"smtpy serve did not listen within {timeout}s:\n{self.log_tail()}")
+        raise AssertionError(f"smtpy serve did not serve within {timeout}s:\n{self.log_tail()}")
 
     @property
     def running(self) -> bool:

@@ -351,6 +351,9 @@ def run(settings: Settings, *, reload: Callable[[], Settings] | None = None) -> 
         from smtpy.runtime.supervisor import Supervisor
 
         return Supervisor(settings, processes=processes, reload=reload).run()
+    # The sockets listen before the loop's handlers are in place: a SIGTERM in between
+    # (a client may already connect) stops cleanly, as KeyboardInterrupt, exit 0.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return asyncio.run(Daemon(settings, reload=reload).serve())
     except KeyboardInterrupt:
