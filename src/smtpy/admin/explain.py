@@ -163,7 +163,7 @@ async def explain(
     deliverer: Deliverer,
 ) -> Explanation:
     """Explain what `smtpy serve` would do with mail from `sender` to `address`."""
-    from smtpy.smtp.handler import BAD_SENDER, OK_RECIPIENT
+    from smtpy.smtp.replies import BAD_SENDER, OK_RECIPIENT
 
     null_sender = sender is not None and sender.strip() in ("", "<>")
     if sender is not None and not null_sender:

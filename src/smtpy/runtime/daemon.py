@@ -95,6 +95,19 @@ def _inbound_checker(settings: Settings, lookups: Any) -> Any:
     )
 
 
+def _node_names(settings: Settings, reader: StoreThread) -> Any:
+    """Every node's SMTPY_HOSTNAME: results a client sends under any of them are forged."""
+    if not settings.auth_checks:
+        return None
+    from smtpy.checks.authentication import OurNames
+    from smtpy.queue.nodes import list_nodes
+
+    async def load() -> list[str]:
+        return [row["hostname"] for row in await reader.call(list_nodes)]
+
+    return OurNames(settings.hostname, load)
+
+
 class Daemon:
     """One serving process: inbound sessions and delivery workers on one event loop.
 
@@ -120,6 +133,7 @@ class Daemon:
         self._ready = ready or (lambda status: notify_systemd(f"READY=1\nSTATUS={status}"))
         self._stop = asyncio.Event()
         self._servers: list[asyncio.Server] = []
+        self._sessions: Any = None  # smtpy.smtp.server.Sessions
         self._tls: ssl.SSLContext | None = None
 
     async def serve(self) -> int:
@@ -178,7 +192,10 @@ class Daemon:
             )
             rules = RuleCache(reader)
             upkeep = Upkeep(
-                writer, node_name=settings.node_name, retention_days=settings.log_retention
+                writer,
+                node_name=settings.node_name,
+                hostname=settings.hostname,
+                retention_days=settings.log_retention,
             )
             guard = guard_from_settings(settings, lookups)
             handler = Handler(
@@ -195,6 +212,7 @@ class Daemon:
                 scanner=scanner_from_settings(settings),
                 events=upkeep.events,
                 authcheck=_inbound_checker(settings, lookups),
+                names=_node_names(settings, reader),
             )
             self._tls = tls_context(settings)
             await self._listen(handler)
@@ -226,7 +244,7 @@ class Daemon:
             logger.info("stopping")
             for server in self._servers:
                 server.close()
-            await worker.stop(STOP_GRACE)
+            await asyncio.gather(worker.stop(STOP_GRACE), self._sessions.shut_down(STOP_GRACE))
             worker_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker_task
@@ -246,10 +264,10 @@ class Daemon:
             reader.stop()
 
     async def _listen(self, handler: Any) -> None:
-        from smtpy.smtp.handler import server_factory
+        from smtpy.smtp.server import server_factory
 
         loop = asyncio.get_running_loop()
-        factory = server_factory(
+        factory = self._sessions = server_factory(
             handler,
             hostname=self.settings.hostname,
             max_message_size=self.settings.max_message_size,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from functools import partial
 
@@ -42,6 +43,7 @@ class Upkeep:
         *,
         node_name: str,
         retention_days: int,
+        hostname: str | None = None,
         events: EventBuffer | None = None,
         flush_seconds: float = FLUSH_SECONDS,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
@@ -49,7 +51,9 @@ class Upkeep:
     ) -> None:
         self.store = store
         self.events = EventBuffer() if events is None else events  # for the SMTP handler
-        self.node = NodeInfo(node_name, started_at=time.time())
+        node = NodeInfo(node_name, started_at=time.time())
+        # SMTPY_HOSTNAME: the other nodes remove results a client forged under this name.
+        self.node = node if hostname is None else dataclasses.replace(node, hostname=hostname)
         self.retention = retention_days * 86400.0
         self.flush_seconds = flush_seconds
         self.heartbeat_seconds = heartbeat_seconds

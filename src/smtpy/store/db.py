@@ -12,6 +12,7 @@ and each worker thread their own.
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,11 +20,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from smtpy.errors import SchemaOutdated, StoreError
+from smtpy.errors import SchemaOutdated, StorageFull, StoreError
 
 # The newest migration. A test checks it against the migration scripts, so the
 # start-up check needs no Alembic import.
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
 
 Row = dict[str, Any]
 Params = Mapping[str, Any]
@@ -47,6 +48,15 @@ def _sqlite_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
 def sqlite_path(url: str) -> Path:
     """The file of a `sqlite:///PATH` URL."""
     return Path(url.removeprefix("sqlite:///"))
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    """SQLite's SQLITE_FULL, PostgreSQL's disk_full (53100), or a write that found no space."""
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    return getattr(exc, "sqlstate", None) == "53100"
 
 
 def dialect(url: str) -> str:
@@ -138,6 +148,8 @@ class Database:
         if isinstance(exc, sqlite3.Error) or type(exc).__module__.startswith("psycopg"):
             if self.is_unique_violation(exc):
                 return exc
+            if is_storage_full(exc):
+                return StorageFull(f"store full: {str(exc).strip().splitlines()[0]}")
             return StoreError(
                 f"store error: {str(exc).strip().splitlines()[0] if str(exc) else exc!r}"
             )
