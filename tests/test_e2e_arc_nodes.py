@@ -119,7 +119,7 @@ def test_mail_received_by_one_node_and_delivered_by_the_other_is_sealed_with_its
     # To node b: results forged under node a's name.
     id_b = f"<{uuid.uuid4().hex}@sender.test>"
     forged_a = f"Authentication-Results: {HOST_A}; {FORGED}"
-    queue_b = send(node_b.port, author.sign(message(extra=(forged_a,), message_id=id_b)))
+    send(node_b.port, author.sign(message(extra=(forged_a,), message_id=id_b)))
 
     node_a.wait_event("deferred", lambda e: e.get("queue_id") == queue_a, timeout=30)
     assert node_a.stop() == 0  # its deliveries go back to the queue
