@@ -225,7 +225,7 @@ class RateLimiter:
 # -- what the SMTP server asks ------------------------------------------------------
 
 
-Blocklist = Callable[[str], Awaitable[str | None]]
+Blocklist = Callable[[str], Awaitable[str | None]]  # a ConnectCheck's `check`
 
 
 @dataclass

@@ -1,14 +1,16 @@
 """The stages of an SMTP session a check can act at, one small protocol each.
 
-    connect      ConnectCheck.check_connect(client_ip)       before the banner
-    MAIL FROM    MailCheck.check_mail(session, txn, sender, options)
-    RCPT TO      RcptCheck.check_rcpt(session, txn, recipient)   recipient: routed
-    end of DATA  DataCheck.check_data(session, txn, message)
+    connect      ConnectCheck.check(client_ip)                  before the banner
+    MAIL FROM    MailCheck.check_mail(client, txn, sender, options)
+    RCPT TO      RcptCheck.check_rcpt(client, txn, recipient)   recipient: routed
+    end of DATA  DataCheck.check_data(client, txn, message)
 
 A check answers a `Refusal` (the reply, a short reason for the message log
 and the metrics, details for the log) or None to let the client go on. An end
 of DATA check may also amend the message: add header fields on top, replace
-what it found forged. The SMTP handler (`smtpy.smtp.handler`) runs the
+what it found forged. A connect check answers the reply alone: the connection
+guard (`smtpy.checks.limits`) runs it during the pregreet delay, sends the
+reply instead of the banner and ends the session. The SMTP handler (`smtpy.smtp.handler`) runs the
 configured checks of each stage in order and stops at the first refusal; a
 new check is a new file with a class that has one of these methods (as in
 Maddy's `check` modules).
@@ -76,7 +78,7 @@ class Message:
 
 
 class ConnectCheck(Protocol):
-    async def check_connect(self, client_ip: str) -> Refusal | None: ...
+    async def check(self, client_ip: str) -> str | None: ...
 
 
 class MailCheck(Protocol):

@@ -288,24 +288,37 @@ class Handler(ScannedPerConnection):
             refusal = await check.check_data(client, txn, message)
             if refusal is not None:
                 return self._check_refused(session, envelope, refusal, size=len(message.content))
+        return await self._hand_off(session, envelope, txn, message, deliveries, started)
+
+    async def _hand_off(
+        self,
+        session: Session,
+        envelope: Envelope,
+        txn: Transaction,
+        message: Message,
+        deliveries: list[NewDelivery],
+        started: float,
+    ) -> str:
+        """Queue the message: 250 once the store committed it, else 451 (452 when full)."""
         size = len(message.content)
-        queued = self._new_message(session, envelope, txn, message, deliveries)
         try:
-            await self.queue(queued)
+            await self.queue(self._new_message(session, envelope, txn, message, deliveries))
         except Exception as exc:
             full = isinstance(exc, StorageFull) or is_storage_full(exc)
             logger.error(
-                "enqueue_failed", queue_id=message.queue_id, client=client.ip, error=str(exc)
+                "enqueue_failed",
+                queue_id=message.queue_id,
+                client=client_ip(session),
+                error=str(exc),
             )
             reply = replies.STORAGE_FULL if full else replies.TEMPORARY
-            return self._refused(
-                session, envelope, reply, "store_full" if full else "store_error", size=size
-            )
+            reason = "store_full" if full else "store_error"
+            return self._refused(session, envelope, reply, reason, size=size)
         metrics.message_received()
         logger.info(
             "received",
             queue_id=message.queue_id,
-            client=client.ip,
+            client=client_ip(session),
             sender=txn.sender,
             recipients=[a.original for a in txn.accepted],
             destinations=len(deliveries),
