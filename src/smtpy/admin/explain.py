@@ -227,7 +227,7 @@ async def _matched_rule(address: str, rules_for: RulesFor, plus_separator: str) 
 
 async def _from_rewrite(from_domain: str, settings: Settings, lookups: Lookups) -> FromRewrite:
     from smtpy.checks.dmarc import lookup_policy
-    from smtpy.outbound.from_rewrite import decide as decide_from
+    from smtpy.checks.from_decision import decide as decide_from
 
     dmarc: str | None = None
     error: str | None = None

@@ -21,17 +21,9 @@ from email.header import decode_header, make_header
 from email.utils import formataddr, getaddresses
 
 from smtpy.checks.auth_results import FROM_REWRITE_FIELD
-from smtpy.checks.from_decision import FromDecision, decide, decision_field
 from smtpy.mail.headers import Field, header_fields, join_fields, split_message, unfolded
 
-__all__ = [
-    "DEFAULT_DISPLAY",
-    "FromDecision",
-    "decide",
-    "decision_field",
-    "rewrite_from",
-    "wants_rewrite",
-]
+__all__ = ["DEFAULT_DISPLAY", "rewrite_from", "wants_rewrite"]
 
 DEFAULT_DISPLAY = "{name} via smtpy"
 
