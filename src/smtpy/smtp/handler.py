@@ -100,7 +100,7 @@ class Handler(ScannedPerConnection):
         # Message-log rows with no transaction to join; the daemon's upkeep writes them.
         self.events = events if events is not None else EventBuffer()
         checker = authcheck
-        if checker is not None:
+        if checker is not None:  # its modules load only when the checks are on
             from smtpy.checks.authentication import (
                 Authenticate,
                 OnePolicyPerTransaction,
