@@ -20,7 +20,8 @@ from smtpy.checks.scanners import Scanner
 from smtpy.queue.writer import StoreThread
 from smtpy.route.aliases import DomainRules
 from smtpy.route.srs import SRS
-from smtpy.smtp.handler import Handler, Policy, server_factory
+from smtpy.smtp.handler import Handler, Policy
+from smtpy.smtp.server import server_factory
 
 HOSTNAME = "mx.forwarder.test"
 BANNER = f"220 {HOSTNAME} smtpy"

@@ -13,8 +13,9 @@ from smtpy.checks.auth_results import authentication_results, remove_forged_resu
 from smtpy.checks.authentication import decide_action
 from smtpy.checks.dkim import DkimResult
 from smtpy.checks.dmarc import DmarcOutcome, evaluate, parse_record
+from smtpy.checks.from_decision import decide, decision_field
 from smtpy.checks.spf import SpfResult
-from smtpy.outbound.from_rewrite import decide, decision_field, rewrite_from, wants_rewrite
+from smtpy.outbound.from_rewrite import rewrite_from, wants_rewrite
 
 # -- the From-rewrite rule: every combination ---------------------------------------------
 

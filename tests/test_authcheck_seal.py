@@ -26,9 +26,14 @@ def arc_verify(server: DNSServer, wire: bytes) -> tuple[bytes, list[dict[str, ob
     return cv, results, reason
 
 
-def received(results: str = "spf=pass smtp.mailfrom=alice@sender.test;\r\n\tarc=none") -> bytes:
-    """A stored message as receive leaves it: our Authentication-Results on top."""
-    return f"Authentication-Results: {HOST};\r\n\t{results}\r\n".encode() + message()
+RESULTS = f"{HOST};\tspf=pass smtp.mailfrom=alice@sender.test;\tarc=none"
+
+
+def received(results: str = RESULTS) -> bytes:
+    """A stored message as receive leaves it: our Authentication-Results on top
+    (the queue keeps `results` with it, for the seal)."""
+    folded = results.replace(";\t", ";\r\n\t")
+    return f"Authentication-Results: {folded}\r\n".encode() + message()
 
 
 @pytest.fixture
@@ -46,7 +51,7 @@ def test_first_seal_verifies_with_cv_none(dns_server: DNSServer, forwarder_key: 
         alias="team@example.test",
         signer=signer,
         sealer=signer,
-        authserv_id=HOST,
+        auth_results=RESULTS,
         from_display=None,
     )
     cv, results, reason = arc_verify(dns_server, wire)
@@ -109,7 +114,7 @@ def test_nothing_sealed_without_our_results_or_an_rsa_key(dns_server: DNSServer)
         alias="a@example.test",
         signer=ed,
         sealer=ed,
-        authserv_id=HOST,
+        auth_results=RESULTS,
         from_display=None,
     )
     assert wire.startswith(b"DKIM-Signature:")
@@ -117,8 +122,9 @@ def test_nothing_sealed_without_our_results_or_an_rsa_key(dns_server: DNSServer)
 
 
 def test_rewritten_from_is_signed_and_sealed(dns_server: DNSServer, forwarder_key: Key) -> None:
+    results = f"{HOST}; dmarc=fail (p=reject); arc=none"
     data = (
-        f"Authentication-Results: {HOST}; dmarc=fail (p=reject); arc=none\r\n"
+        f"Authentication-Results: {results}\r\n"
         "X-Smtpy-From-Rewrite: yes (p=reject and no aligned DKIM signature)\r\n"
     ).encode() + message()
     signer = signer_for(forwarder_key)
@@ -127,7 +133,7 @@ def test_rewritten_from_is_signed_and_sealed(dns_server: DNSServer, forwarder_ke
         alias="team@example.test",
         signer=signer,
         sealer=signer,
-        authserv_id=HOST,
+        auth_results=results,
         from_display="{name} via smtpy",
     )
     assert b"\r\nFrom: Alice via smtpy <team@example.test>\r\n" in wire
@@ -141,7 +147,7 @@ def test_rewritten_from_is_signed_and_sealed(dns_server: DNSServer, forwarder_ke
         alias="team@example.test",
         signer=Signer([]),
         sealer=None,
-        authserv_id=HOST,
+        auth_results=results,
         from_display="{name} via smtpy",
     )
     assert unsigned == data

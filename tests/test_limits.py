@@ -12,10 +12,6 @@ import pytest
 
 from inbound import BANNER, Client, Running, scenario, serve_example
 from smtpy.checks.limits import (
-    EARLY_TALKER,
-    RATE_IP,
-    TOO_MANY_CONNECTIONS,
-    TOO_MANY_FROM_IP,
     ConnectionGuard,
     ConnectionLimits,
     RateLimiter,
@@ -24,6 +20,7 @@ from smtpy.checks.limits import (
     parse_networks,
 )
 from smtpy.queue.writer import StoreThread
+from smtpy.smtp.replies import EARLY_TALKER, RATE_IP, TOO_MANY_CONNECTIONS, TOO_MANY_FROM_IP
 
 
 class Clock:

@@ -26,7 +26,8 @@ from smtpy.queue.queries import NewMessage
 from smtpy.queue.writer import StoreThread
 from smtpy.route.aliases import DomainRules
 from smtpy.route.srs import SRS
-from smtpy.smtp.handler import Handler, Policy, SmtpServer, server_factory
+from smtpy.smtp.handler import Handler, Policy
+from smtpy.smtp.server import SmtpServer, server_factory
 from smtpy.store.db import Database
 
 HOSTNAME = "mx.forwarder.test"

@@ -25,15 +25,13 @@ import pytest
 
 from inbound import Running, scenario, serve_example
 from smtpy.checks.scanners import (
-    SCAN_FAILED,
-    SPAM,
-    VIRUS,
     ScanError,
     Scanner,
     Verdict,
     parse_clamd_reply,
     parse_spamd_reply,
 )
+from smtpy.smtp.replies import SCAN_FAILED, SPAM, VIRUS
 from smtpy.store.db import Database
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"

@@ -60,6 +60,10 @@ class StoreError(SmtpyError):
     exit_code = 1
 
 
+class StorageFull(StoreError):
+    """The store has no room left (a full disk or quota): retry once space is freed."""
+
+
 class SchemaOutdated(StoreError):
     """The database schema is older than this version of smtpy."""
 

@@ -163,7 +163,7 @@ async def explain(
     deliverer: Deliverer,
 ) -> Explanation:
     """Explain what `smtpy serve` would do with mail from `sender` to `address`."""
-    from smtpy.smtp.handler import BAD_SENDER, OK_RECIPIENT
+    from smtpy.smtp.replies import BAD_SENDER, OK_RECIPIENT
 
     null_sender = sender is not None and sender.strip() in ("", "<>")
     if sender is not None and not null_sender:
@@ -227,7 +227,7 @@ async def _matched_rule(address: str, rules_for: RulesFor, plus_separator: str) 
 
 async def _from_rewrite(from_domain: str, settings: Settings, lookups: Lookups) -> FromRewrite:
     from smtpy.checks.dmarc import lookup_policy
-    from smtpy.outbound.from_rewrite import decide as decide_from
+    from smtpy.checks.from_decision import decide as decide_from
 
     dmarc: str | None = None
     error: str | None = None

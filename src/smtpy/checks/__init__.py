@@ -1,1 +1,2 @@
-"""Checks on incoming mail: limits, recipients, SPF, DKIM, DMARC, ARC, DNSBL and scanners."""
+"""Checks on incoming mail, one small protocol per stage (`stages`): limits, recipients,
+SPF, DKIM, DMARC, ARC (`authentication`), DNSBL and scanners, one file each."""

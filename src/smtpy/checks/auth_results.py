@@ -1,8 +1,12 @@
 """The Authentication-Results header field (RFC 8601) smtpy adds, and the ones it removes.
 
-    header = authentication_results("mx.example.net", spf=..., helo_spf=..., dkim=[...],
-                                    dmarc=..., arc=...)
-    data = remove_forged_results(data, "mx.example.net")
+    value = results("mx.example.net", spf=..., helo_spf=..., dkim=[...], dmarc=..., arc=...)
+    header = results_field(value)         # what receive puts on top of the message
+    data = remove_forged_results(data, {"mx.example.net", "mx2.example.net"})
+
+`results` gives the value unfolded (its parts joined by ";<TAB>"), as an ARC
+seal copies it into ARC-Authentication-Results; the queue keeps it with the
+message, so the seal never reads it back from the message.
 
 Pure functions. Property values are sanitized: an address that is not a plain
 RFC 5322 dot-atom is reported by its domain only, and comments never carry
@@ -12,7 +16,7 @@ parentheses, backslashes or control characters.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -30,6 +34,8 @@ __all__ = [
     "authserv_id",
     "remove_forged",
     "remove_forged_results",
+    "results",
+    "results_field",
 ]
 
 #: The header field that records smtpy's From-rewrite decision (`smtpy.outbound.from_rewrite`).
@@ -69,7 +75,39 @@ def authentication_results(
     dmarc: DmarcOutcome | None,
     arc: ArcChain | None,
 ) -> bytes:
-    """The `Authentication-Results:` field, folded, ending with CRLF.
+    """The `Authentication-Results:` field, folded, ending with CRLF (see `results`)."""
+    return results_field(
+        results(
+            authserv_id,
+            spf=spf,
+            mailfrom=mailfrom,
+            helo_spf=helo_spf,
+            helo=helo,
+            dkim=dkim,
+            dmarc=dmarc,
+            arc=arc,
+        )
+    )
+
+
+def results_field(value: str) -> bytes:
+    """The `Authentication-Results:` field of a `results` value: folded, ending with CRLF."""
+    folded = value.replace(";\t", ";\r\n\t")
+    return f"Authentication-Results: {folded}\r\n".encode()
+
+
+def results(
+    authserv_id: str,
+    *,
+    spf: SpfResult | None,
+    mailfrom: str,
+    helo_spf: SpfResult | None,
+    helo: str,
+    dkim: Sequence[DkimResult],
+    dmarc: DmarcOutcome | None,
+    arc: ArcChain | None,
+) -> str:
+    """The value of our Authentication-Results field, unfolded: "authserv-id; part;<TAB>part".
 
     `mailfrom` is the MAIL FROM address (empty for the null sender), `helo`
     the HELO name. A check that was not run is left out.
@@ -104,8 +142,7 @@ def authentication_results(
     if arc is not None:
         sealer = arc.last_sealer if arc.last_sealer and _DOMAIN.match(arc.last_sealer) else None
         parts.append(f"arc={arc.result}{_comment(sealer or '')}")
-    body = ";\r\n\t".join([authserv_id, *parts]) if parts else f"{authserv_id}; none"
-    return f"Authentication-Results: {body}\r\n".encode()
+    return ";\t".join([authserv_id, *parts]) if parts else f"{authserv_id}; none"
 
 
 def authserv_id(field: Field) -> str:
@@ -116,15 +153,17 @@ def authserv_id(field: Field) -> str:
     return token.decode("ascii", "replace").lower().rstrip(".")
 
 
-def remove_forged_results(data: bytes, hostname: str) -> bytes:
+def remove_forged_results(data: bytes, ours: str | Collection[str]) -> bytes:
     """Remove every Authentication-Results field that claims to be ours (RFC 8601 §5),
-    and any From-rewrite decision field, which only smtpy may set."""
-    return without(data, partial(_forged, hostname.lower().rstrip(".")))
+    and any From-rewrite decision field, which only smtpy may set.
+
+    `ours`: every authserv-id of ours (the hostnames of all nodes), or one."""
+    return without(data, partial(_forged, _names(ours)))
 
 
-def remove_forged(message: Parsed, hostname: str) -> Parsed:
+def remove_forged(message: Parsed, ours: str | Collection[str]) -> Parsed:
     """`remove_forged_results` on a parsed message; the same object if nothing is removed."""
-    forged = partial(_forged, hostname.lower().rstrip("."))
+    forged = partial(_forged, _names(ours))
     kept = [f for f in message.fields if not forged(f)]
     if len(kept) == len(message.fields):
         return message
@@ -132,7 +171,12 @@ def remove_forged(message: Parsed, hostname: str) -> Parsed:
     return Parsed(kept, message.body, join_fields(kept) + message.data[head_length:], {})
 
 
-def _forged(ours: str, field: Field) -> bool:
+def _names(ours: str | Collection[str]) -> frozenset[str]:
+    names = (ours,) if isinstance(ours, str) else ours
+    return frozenset(name.lower().rstrip(".") for name in names)
+
+
+def _forged(ours: frozenset[str], field: Field) -> bool:
     if field.name == "authentication-results":
-        return authserv_id(field) == ours
+        return authserv_id(field) in ours
     return field.name == _DECISION

@@ -1,4 +1,4 @@
-"""The end-of-DATA authentication check: SPF, DKIM, DMARC and ARC, then the verdict.
+"""The authentication checks: SPF, DKIM, DMARC and ARC, then the verdict.
 
     checker = InboundChecker(lookups, AuthPolicy(hostname="mx.example.net"))
     spf = checker.start_spf(client_ip=..., helo=..., sender=...)     # at MAIL FROM
@@ -15,6 +15,18 @@ real, so the client gets 451 and retries. Everything else is accepted and
 marked. The decision and its inputs are logged (event "authenticated" or
 "auth_refused"; at info level unless DMARC passed or found no policy and From
 stays, which is logged at debug level).
+
+The stage checks (`smtpy.checks.stages`) over one `InboundChecker`:
+
+    OnePolicyPerTransaction   RCPT TO: recipients whose domains differ on DMARC
+                              rejection go to separate transactions (452)
+    StartSpf                  RCPT TO: starts SPF at the first accepted recipient
+    Authenticate              end of DATA: the verdict; forged results removed,
+                              ours added on top and kept with the message
+
+Every Authentication-Results field that claims one of our names (this node's
+and every node's the store knows, `OurNames`) is removed before anything
+reads the message: only results smtpy computed may carry them.
 """
 
 from __future__ import annotations
@@ -22,23 +34,38 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Callable, Collection
+import time
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from email.utils import getaddresses
 
 from smtpy import log
+from smtpy.checks import from_decision as fromrewrite
 from smtpy.checks.arc import ARC_FIELDS, ArcChain, verify_chain
-from smtpy.checks.auth_results import authentication_results, remove_forged
+from smtpy.checks.auth_results import remove_forged, results, results_field
 from smtpy.checks.dkim import DkimResult, verify_signatures
 from smtpy.checks.dmarc import DmarcOutcome, DmarcPolicy, evaluate, lookup_policy
+from smtpy.checks.recipients import Accepted
 from smtpy.checks.spf import SpfResult, check_host
+from smtpy.checks.stages import Client, Message, Refusal, Transaction
 from smtpy.dns import DNSTemporaryError, Lookups
 from smtpy.errors import InvalidInput
 from smtpy.mail.addresses import normalize_domain
 from smtpy.mail.headers import Parsed, parse
-from smtpy.outbound import from_rewrite as fromrewrite
+from smtpy.smtp.replies import DMARC_INCOMPLETE, OTHER_POLICY, dmarc_rejected
 
-__all__ = ["AuthPolicy", "InboundChecker", "SpfCheck", "Verdict", "decide_action", "from_domain"]
+__all__ = [
+    "AuthPolicy",
+    "Authenticate",
+    "InboundChecker",
+    "OnePolicyPerTransaction",
+    "OurNames",
+    "SpfCheck",
+    "StartSpf",
+    "Verdict",
+    "decide_action",
+    "from_domain",
+]
 
 logger = log.get("smtpy.authcheck")
 
@@ -74,6 +101,7 @@ class Verdict:
     message: bytes  # the content with forged Authentication-Results removed
     headers: bytes  # Authentication-Results and the From-rewrite decision, to prepend
     reason: str
+    results: str | None = None  # our Authentication-Results value (`auth_results.results`)
     spf: SpfCheck | None = None
     dkim: tuple[DkimResult, ...] = ()
     dmarc: DmarcOutcome | None = None
@@ -130,13 +158,10 @@ def decide_action(
         return None, "dmarc=fail with p=reject, outside the policy's pct= sample: accepted"
     if temporary:
         return (
-            "451 4.7.5 DMARC check incomplete (a DNS lookup failed), please try again later",
+            DMARC_INCOMPLETE,
             "dmarc=fail with p=reject while SPF or DKIM failed temporarily: deferred",
         )
-    reply = (
-        f"550 5.7.1 Rejected by the DMARC policy of {dmarc.from_domain} (p=reject): {dmarc.reason}"
-    )
-    return reply, "dmarc=fail with p=reject: rejected"
+    return dmarc_rejected(dmarc.from_domain, dmarc.reason), "dmarc=fail with p=reject: rejected"
 
 
 class InboundChecker:
@@ -199,12 +224,14 @@ class InboundChecker:
         sender: str,
         queue_id: str,
         dmarc_reject: bool | None = None,
+        ours: Collection[str] = (),
     ) -> Verdict:
         """Check a message (CRLF content, as received) and decide; never raises.
 
         `dmarc_reject` is the recipients' domain's own switch (None: the policy's default).
+        `ours`: the other nodes' hostnames; results claiming them are forged too.
         """
-        parsed = remove_forged(parse(content), self.policy.hostname)
+        parsed = remove_forged(parse(content), {self.policy.hostname, *ours})
         if spf is None:
             spf = self.start_spf(client_ip=client_ip, helo=helo, sender=sender)
         domain, why_no_domain = from_domain(parsed)
@@ -246,7 +273,7 @@ class InboundChecker:
             temporary=temporary,
             sampled=sampled,
         )
-        headers = authentication_results(
+        value = results(
             self.policy.hostname,
             spf=spf_check.mailfrom,
             mailfrom=sender,
@@ -256,6 +283,7 @@ class InboundChecker:
             dmarc=dmarc,
             arc=arc,
         )
+        headers = results_field(value)
         decision = None
         if self.policy.from_rewrite and reply is None:
             decision = fromrewrite.decide(
@@ -296,6 +324,7 @@ class InboundChecker:
             message=parsed.data,
             headers=headers,
             reason=reason,
+            results=value,
             spf=spf_check,
             dkim=tuple(dkim),
             dmarc=dmarc,
@@ -311,3 +340,103 @@ class InboundChecker:
             return await lookup_policy(self.lookups, domain)
         except DNSTemporaryError as exc:
             return str(exc)
+
+
+class OurNames:
+    """Every authserv-id of ours: this node's hostname and each node's the store knows.
+
+    `load` reads the nodes' hostnames (`smtpy.queue.nodes`); they are read again
+    when older than `ttl` seconds, and a failed read keeps the previous ones.
+    """
+
+    def __init__(
+        self,
+        hostname: str,
+        load: Callable[[], Awaitable[Collection[str]]] | None = None,
+        *,
+        ttl: float = 10.0,
+    ) -> None:
+        self._load = load
+        self._ttl = ttl
+        self._names = frozenset({hostname.lower().rstrip(".")})
+        self._loaded_at = -ttl
+        self._loading: asyncio.Future[None] | None = None
+
+    async def get(self) -> frozenset[str]:
+        if self._load is not None and time.monotonic() - self._loaded_at >= self._ttl:
+            if self._loading is None:
+                self._loading = asyncio.ensure_future(self._reload(self._load))
+            await asyncio.shield(self._loading)
+        return self._names
+
+    async def _reload(self, load: Callable[[], Awaitable[Collection[str]]]) -> None:
+        try:
+            found = await load()
+        except Exception as exc:
+            logger.warning("node_names_unavailable", error=str(exc)[:200])
+        else:
+            names = {name.lower().rstrip(".") for name in found if name}
+            self._names = self._names | frozenset(names)
+        finally:
+            self._loaded_at = time.monotonic()
+            self._loading = None
+
+
+@dataclass(frozen=True)
+class OnePolicyPerTransaction:
+    """RCPT TO: one DATA gets one answer, so a domain with another DMARC policy waits
+    for a transaction of its own (the client sends it right after this one)."""
+
+    checker: InboundChecker
+
+    async def check_rcpt(
+        self, client: Client, txn: Transaction, recipient: Accepted
+    ) -> Refusal | None:
+        if txn.accepted and self.checker.rejects_dmarc(
+            recipient.dmarc_reject
+        ) != self.checker.rejects_dmarc(txn.accepted[0].dmarc_reject):
+            return Refusal(OTHER_POLICY, "policy_split")
+        return None
+
+
+@dataclass(frozen=True)
+class StartSpf:
+    """RCPT TO: SPF starts at the first accepted recipient, so its DNS overlaps DATA."""
+
+    checker: InboundChecker
+
+    async def check_rcpt(
+        self, client: Client, txn: Transaction, recipient: Accepted
+    ) -> Refusal | None:
+        if txn.spf is None:
+            txn.spf = self.checker.start_spf(
+                client_ip=client.ip, helo=client.helo, sender=txn.sender
+            )
+        return None
+
+
+@dataclass(frozen=True)
+class Authenticate:
+    """End of DATA: the verdict; the message gets our results, kept for the ARC seal."""
+
+    checker: InboundChecker
+    names: OurNames | None = None
+
+    async def check_data(
+        self, client: Client, txn: Transaction, message: Message
+    ) -> Refusal | None:
+        verdict = await self.checker.check(
+            message.content,
+            spf=txn.spf,
+            client_ip=client.ip,
+            helo=client.helo,
+            sender=txn.sender,
+            queue_id=message.queue_id,
+            dmarc_reject=txn.accepted[0].dmarc_reject,
+            ours=await self.names.get() if self.names is not None else (),
+        )
+        if verdict.reply is not None:
+            return Refusal(verdict.reply, "dmarc", verdict.reason)
+        message.content = verdict.headers + verdict.message
+        message.auth_results = verdict.results
+        return None

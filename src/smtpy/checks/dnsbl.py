@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from smtpy import log
 from smtpy.dns import DNSTemporaryError, Lookups
+from smtpy.smtp.replies import blocklisted
 
 logger = log.get("smtpy.checks.dnsbl")
 
@@ -47,12 +48,12 @@ def is_listing(answer: str) -> bool:
     return address in _LISTED and address not in _ERROR_CODES
 
 
-def refusal(ip: str, zone: str) -> str:
-    return f"554 5.7.1 Service unavailable; client [{ip}] blocked using {zone}"
-
-
 class DNSBL:
-    """The configured zones; `check(ip)` is the refusal for a listed client, or None."""
+    """The configured zones; `check(ip)` is the refusal for a listed client, or None.
+
+    The connect-stage check (`smtpy.checks.stages.ConnectCheck`): the connection
+    guard runs it while the client waits for the banner.
+    """
 
     def __init__(self, lookups: Lookups, zones: Sequence[str]) -> None:
         self.lookups = lookups
@@ -81,4 +82,4 @@ class DNSBL:
         if zone is None:
             return None
         logger.info("dnsbl_listed", client=ip, zone=zone)
-        return refusal(ip, zone)
+        return blocklisted(ip, zone)

@@ -4,8 +4,12 @@ Pure bookkeeping, no I/O of its own (the DNSBL lookup is `smtpy.checks.dnsbl`'s)
 
     ConnectionLimits   connections at once, in total and per client IP
     RateLimiter        token buckets per client IP, sender domain and recipient domain
-    ConnectionGuard    what `smtpy.smtp.handler` asks at connect, before the banner and
-                       at MAIL and RCPT; it answers with a reply to send, or None
+    ConnectionGuard    what `smtpy.smtp.server` asks at connect and before the banner,
+                       and the rates; it answers with a reply to send, or None
+    SenderRate         the MAIL FROM check (`smtpy.checks.stages`): client IP and
+                       sender domain rates
+    RecipientDomainRate  the RCPT TO check: the recipient domain's rate, once a
+                       transaction
 
 A token bucket holds up to `rate` tokens (one minute's worth) and refills at
 `rate / 60` tokens a second; every message takes one. A sender that stays
@@ -32,9 +36,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from smtpy import log
+from smtpy.checks.stages import Client, Refusal, Transaction
 from smtpy.config import parse_networks
+from smtpy.smtp.replies import (
+    EARLY_TALKER,
+    RATE_IP,
+    RATE_RECIPIENT_DOMAIN,
+    RATE_SENDER_DOMAIN,
+    TOO_MANY_CONNECTIONS,
+    TOO_MANY_FROM_IP,
+)
 
 if TYPE_CHECKING:
+    from smtpy.checks.recipients import Accepted
     from smtpy.config import Settings
     from smtpy.dns import Lookups
     from smtpy.store.db import Database
@@ -43,14 +57,6 @@ logger = log.get("smtpy.checks.limits")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Kind = Literal["ip", "sender_domain", "recipient_domain"]
-
-# Replies (RFC 3463 codes); each ends the session where RFC 5321 allows it.
-TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
-TOO_MANY_FROM_IP = "421 4.7.0 Too many connections from your address, try again later"
-EARLY_TALKER = "554 5.5.1 Protocol error: you talked before the greeting"
-RATE_IP = "450 4.7.1 Too much mail from your address, try again later"
-RATE_SENDER_DOMAIN = "450 4.7.1 Too much mail from this sender domain, try again later"
-RATE_RECIPIENT_DOMAIN = "450 4.7.1 Too much mail for this domain, try again later"
 
 _RATE_REPLIES: dict[Kind, str] = {
     "ip": RATE_IP,
@@ -219,15 +225,15 @@ class RateLimiter:
 # -- what the SMTP server asks ------------------------------------------------------
 
 
-Blocklist = Callable[[str], Awaitable[str | None]]
+Blocklist = Callable[[str], Awaitable[str | None]]  # a ConnectCheck's `check`
 
 
 @dataclass
 class ConnectionGuard:
     """The session-level limits of one daemon, shared by all its connections.
 
-    `blocklist(ip)` (optional, `smtpy.checks.dnsbl.DNSBL.check`) returns the refusal
-    for a listed client or None. Timeouts are in seconds: `first_command_timeout`
+    `blocklist(ip)` (optional, the connect-stage check `smtpy.checks.dnsbl.DNSBL.check`)
+    returns the refusal for a listed client or None; it runs during the pregreet delay. Timeouts are in seconds: `first_command_timeout`
     until the client said HELO or EHLO, `command_timeout` after that (RFC 5321
     §4.5.3.2.7: the server waits 5 minutes for a command).
     """
@@ -288,6 +294,39 @@ class ConnectionGuard:
         if self.is_exempt(ip) or self.rates.allow("recipient_domain", domain):
             return None
         return _RATE_REPLIES["recipient_domain"]
+
+
+@dataclass(frozen=True)
+class SenderRate:
+    """MAIL FROM: one message from this client IP and this sender domain."""
+
+    guard: ConnectionGuard
+
+    async def check_mail(
+        self, client: Client, txn: Transaction, sender: str, options: list[str]
+    ) -> Refusal | None:
+        # The null sender "<>" has no domain: only the IP is counted.
+        refusal = self.guard.mail(client.ip, sender.rpartition("@")[2].lower() or None)
+        return None if refusal is None else Refusal(refusal, "rate_limit")
+
+
+@dataclass(frozen=True)
+class RecipientDomainRate:
+    """RCPT TO: one message for the recipient's domain, charged once a transaction."""
+
+    guard: ConnectionGuard
+
+    async def check_rcpt(
+        self, client: Client, txn: Transaction, recipient: Accepted
+    ) -> Refusal | None:
+        domain = recipient.alias_domain
+        if domain in txn.rate_domains:
+            return None
+        refusal = self.guard.recipient_domain(client.ip, domain)
+        if refusal is not None:
+            return Refusal(refusal, "rate_limit")
+        txn.rate_domains.add(domain)
+        return None
 
 
 def guard_from_settings(settings: Settings, lookups: Lookups) -> ConnectionGuard:

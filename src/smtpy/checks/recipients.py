@@ -20,10 +20,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from smtpy.checks.stages import Refusal
 from smtpy.errors import InvalidInput
 from smtpy.mail.addresses import parse_address
 from smtpy.route.aliases import DomainRules, How, resolve
 from smtpy.route.srs import SRS, SRSError, is_srs_address
+from smtpy.smtp import replies
 
 MAX_DEPTH = 8
 
@@ -41,17 +43,10 @@ class Accepted:
     dmarc_reject: bool | None = None  # the served domain's DMARC switch; None: the default
 
 
-@dataclass(frozen=True, slots=True)
-class Refused:
-    reply: str
-    reason: str  # short key for logs and stats
+Refused = Refusal  # the reply, and a short key for logs and stats
 
 
 Decision = Accepted | Refused
-
-
-def _refuse(code: str, text: str, reason: str) -> Refused:
-    return Refused(f"{code} {text}", reason)
 
 
 async def decide(
@@ -61,21 +56,19 @@ async def decide(
     try:
         address = parse_address(recipient)
     except InvalidInput:
-        return _refuse("501", "5.1.3 Bad recipient address syntax", "bad_address")
+        return Refused(replies.BAD_RECIPIENT, "bad_address")
     original = str(address)
 
     if address.domain == srs_domain and srs is not None and is_srs_address(original):
         try:
             reversed_to = srs.reverse(original)
         except SRSError:
-            return _refuse("550", "5.1.1 Invalid or expired SRS address", "srs_invalid")
+            return Refused(replies.SRS_INVALID, "srs_invalid")
         return Accepted(original, address.domain, (reversed_to,), None, None, srs_reversed=True)
 
     rules = await rules_for(address.domain)
     if rules is None:
-        return _refuse(
-            "550", "5.7.1 Relaying denied: this server does not serve that domain", "relay"
-        )
+        return Refused(replies.RELAY_DENIED, "relay")
 
     expanded = {address.key}
     destinations: dict[str, None] = {}
@@ -92,23 +85,18 @@ async def decide(
         is_first = depth == 0
         if match is None:
             if is_first:
-                return _refuse(
-                    "550", "5.1.1 Recipient address rejected: no such user here", "unknown_user"
-                )
+                return Refused(replies.UNKNOWN_USER, "unknown_user")
             continue  # a destination on a served domain that matches nothing: dropped
         rule = match.rule
         if is_first:
             first_how, first_alias = match.how, rule.address
         if not rule.enabled:
             if is_first:
-                return _refuse(
-                    "550", "5.2.1 Recipient address rejected: mailbox disabled", "disabled"
-                )
+                return Refused(replies.MAILBOX_DISABLED, "disabled")
             continue
         if rule.mode == "reject":
             if is_first:
-                text = rule.reject_message or "Recipient address rejected"
-                return _refuse("550", f"5.7.1 {text}", "alias_reject")
+                return Refused(replies.alias_rejected(rule.reject_message), "alias_reject")
             continue
         if rule.mode == "discard":
             discarded = True
@@ -121,16 +109,14 @@ async def decide(
                 continue
             key = target_address.key
             if key in path or depth + 1 > MAX_DEPTH:
-                return _refuse("554", "5.4.6 Routing loop detected", "loop")
+                return Refused(replies.ROUTING_LOOP, "loop")
             if key in expanded:
                 continue  # reached through another alias already
             expanded.add(key)
             pending.append((target_address.local, target_rules, depth + 1, path | {key}))
 
     if not destinations and not discarded:
-        return _refuse(
-            "550", "5.1.1 Recipient address rejected: no valid destination", "no_destination"
-        )
+        return Refused(replies.NO_DESTINATION, "no_destination")
     return Accepted(
         original,
         address.domain,

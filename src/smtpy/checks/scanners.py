@@ -27,14 +27,12 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from smtpy.checks.stages import Client, Message, Refusal, Transaction
 from smtpy.config import parse_host_port
+from smtpy.smtp.replies import SCAN_FAILED, SPAM, VIRUS
 
 if TYPE_CHECKING:
     from smtpy.config import Settings
-
-VIRUS = "554 5.7.1 Message refused: it contains a virus"
-SPAM = "554 5.7.1 Message refused as spam"
-SCAN_FAILED = "451 4.3.0 The message could not be scanned, please try again later"
 
 _CHUNK = 64 * 1024
 _CONNECT_TIMEOUT = 10.0
@@ -186,6 +184,22 @@ class Scanner:
             "Yes" if spam else "No", score, self.spam_threshold
         )
         return Verdict(headers=header.encode(), detail=f"spam score {score:g}")
+
+
+@dataclass(frozen=True)
+class Scan:
+    """The end-of-DATA check: a refusal, or the scanners' header fields on top of the message."""
+
+    scanner: Scanner
+
+    async def check_data(
+        self, client: Client, txn: Transaction, message: Message
+    ) -> Refusal | None:
+        verdict = await self.scanner.scan(message.content)
+        if verdict.reply is not None:
+            return Refusal(verdict.reply, verdict.reason, verdict.detail)
+        message.content = verdict.headers + message.content
+        return None
 
 
 async def _none() -> None:

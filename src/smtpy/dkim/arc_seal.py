@@ -1,17 +1,21 @@
 """ARC sealing on delivery (RFC 8617): the ARC set smtpy adds to what it forwards.
 
     key = signer.seal_key()                       # the alias domain's DKIM key
-    wire = seal(message, key, authserv_id="mx.example.net") + message
+    wire = seal(message, key, results=stored) + message
 
 The ARC set (ARC-Seal, ARC-Message-Signature, ARC-Authentication-Results, in
 that order on top of the message) gets instance i = the highest instance on
-the message + 1. ARC-Authentication-Results copies smtpy's own
-Authentication-Results field, which receive put on top of the message; its
-arc= result gives the chain validation status cv= (none for the first set,
-pass or fail after; a set with cv=fail covers only itself, RFC 8617 §5.1.2).
-Not sealed: a message without smtpy's Authentication-Results (the checks
-were off, or it is a bounce smtpy made), a chain already at instance 50, and
-a chain whose newest seal already says cv=fail (RFC 8617 §5.1).
+the message + 1. ARC-Authentication-Results copies `results`: the value of
+the Authentication-Results field the receiving node computed, which the queue
+keeps with the message (never one read back from the message, which a client
+could have forged under any node's name). Its arc= result gives the chain
+validation status cv= (none for the first set, pass or fail after; a set with
+cv=fail covers only itself, RFC 8617 §5.1.2). Without `results`, the first
+Authentication-Results field of `authserv_id` in the message is used: only
+for a message whose such fields are known to be ours.
+Not sealed: a message without results (the checks were off, or it is a bounce
+smtpy made), a chain already at instance 50, and a chain whose newest seal
+already says cv=fail (RFC 8617 §5.1).
 
 Signing reuses `smtpy.dkim.sign`: relaxed canonicalization, the same header list
 and OpenSSL's RSA through the parsed key, so a seal costs two private-key
@@ -80,7 +84,8 @@ def seal(
     message: bytes,
     key: PreparedKey,
     *,
-    authserv_id: str,
+    results: str | bytes | None = None,
+    authserv_id: str | None = None,
     timestamp: int | None = None,
     body_hash: bytes | None = None,
     crlf: bool = False,
@@ -93,8 +98,11 @@ def seal(
     if not crlf:
         message = crlf_line_endings(message)
     fields, body = split_fields(message)
-    results = _own_results(fields, authserv_id)
-    if results is None:
+    if isinstance(results, str):
+        results = results.encode("utf-8")
+    elif results is None and authserv_id is not None:
+        results = _own_results(fields, authserv_id)
+    if not results:
         return b""
     sets: dict[int, dict[bytes, bytes]] = {}
     for name, value in fields:

@@ -1,20 +1,11 @@
-"""Keep forwarded mail passing DMARC: when to rewrite From, and the rewrite itself (pure).
+"""Keep forwarded mail passing DMARC: the From rewrite itself, on delivery (pure).
 
-A forwarded message keeps its DMARC pass at the destination only through an
-aligned DKIM signature that survives forwarding: SRS changes the envelope
-sender, so SPF never aligns after a forward. So, per message:
-
-- the From domain publishes no policy, or p=none: keep From (nothing gets lost);
-- a valid DKIM signature aligned with From exists and survives forwarding
-  (smtpy only prepends header fields, so a valid signature does): keep From,
-  SRS and the ARC seal suffice;
-- p=quarantine or p=reject and no aligned signature survives: rewrite From to
-  an address of the alias domain, with the original in Reply-To (unless the
-  message has one) and in X-Original-From.
-
-The decision is taken at reception and recorded in an `X-Smtpy-From-Rewrite`
-field (`yes` or `no`, and the reason in a comment); the delivery worker applies
-it per alias domain (a message for two alias domains gets one From per domain).
+The decision is taken at reception (`smtpy.checks.from_decision`: p=quarantine
+or p=reject and no aligned DKIM signature that survives forwarding) and
+recorded in an `X-Smtpy-From-Rewrite` field; the delivery worker applies it
+per alias domain (a message for two alias domains gets one From per domain):
+From becomes an address of the alias domain, with the original in Reply-To
+(unless the message has one) and in X-Original-From.
 
 The new address is the alias address the message was sent to (its original
 recipient, e.g. `team@example.org`): it is on the alias domain, so the
@@ -26,55 +17,15 @@ to Reply-To, the original author.
 from __future__ import annotations
 
 import contextlib
-import re
-from dataclasses import dataclass
 from email.header import decode_header, make_header
 from email.utils import formataddr, getaddresses
 
 from smtpy.checks.auth_results import FROM_REWRITE_FIELD
 from smtpy.mail.headers import Field, header_fields, join_fields, split_message, unfolded
 
-__all__ = [
-    "DEFAULT_DISPLAY",
-    "FromDecision",
-    "decide",
-    "decision_field",
-    "rewrite_from",
-    "wants_rewrite",
-]
+__all__ = ["DEFAULT_DISPLAY", "rewrite_from", "wants_rewrite"]
 
 DEFAULT_DISPLAY = "{name} via smtpy"
-_UNSAFE = re.compile(r"[^\x20-\x7e]|[()\\]")
-
-
-@dataclass(frozen=True)
-class FromDecision:
-    rewrite: bool
-    reason: str
-
-
-def decide(*, disposition: str | None, aligned_dkim: bool, survives: bool) -> FromDecision:
-    """Whether to rewrite From, given the From domain's DMARC policy (`none`,
-    `quarantine`, `reject`, or None when it publishes none or it is unknown),
-    whether a valid DKIM signature aligned with From exists, and whether it will
-    survive forwarding."""
-    if disposition not in ("quarantine", "reject"):
-        why = "no DMARC policy" if disposition is None else f"DMARC policy p={disposition}"
-        return FromDecision(False, f"{why}: forwarding cannot make it fail")
-    if aligned_dkim and survives:
-        return FromDecision(False, "an aligned DKIM signature survives forwarding")
-    if aligned_dkim:
-        return FromDecision(
-            True, f"p={disposition} and the aligned DKIM signature will not survive forwarding"
-        )
-    return FromDecision(True, f"p={disposition} and no aligned DKIM signature")
-
-
-def decision_field(decision: FromDecision) -> bytes:
-    """The `X-Smtpy-From-Rewrite: yes|no (reason)` field, ending with CRLF."""
-    verdict = "yes" if decision.rewrite else "no"
-    reason = _UNSAFE.sub("?", decision.reason)[:200]
-    return f"{FROM_REWRITE_FIELD}: {verdict} ({reason})\r\n".encode()
 
 
 def wants_rewrite(data: bytes) -> bool:

@@ -85,6 +85,7 @@ class NewMessage:
     client_helo: str | None = None
     smtputf8: bool = False
     received_at: float = field(default_factory=time.time)
+    auth_results: str | None = None  # what this node's checks found, for the ARC seal
     log: Sequence[LogEvent] = ()  # message-log rows written in the same transaction
 
 
@@ -103,6 +104,7 @@ class Claimed:
     sender: str
     received_at: float
     smtputf8: bool
+    auth_results: str | None = None  # the receiving node's results, sealed on delivery
 
 
 def enqueue(db: Database, message: NewMessage) -> int:
@@ -129,9 +131,9 @@ def _insert(
     db: Database, message: NewMessage, *, lease_owner: str | None, next_attempt_at: float
 ) -> tuple[int, list[Claimed]]:
     message_id = db.insert(
-        "INSERT INTO messages (queue_id, sender, client_ip, client_helo, smtputf8, size, received_at, data)"
-        " VALUES (:queue_id, :sender, :client_ip, :client_helo, :smtputf8, :size, :received_at, :data)"
-        " RETURNING id",
+        "INSERT INTO messages (queue_id, sender, client_ip, client_helo, smtputf8, size, received_at,"
+        " auth_results, data) VALUES (:queue_id, :sender, :client_ip, :client_helo, :smtputf8,"
+        " :size, :received_at, :auth_results, :data) RETURNING id",
         {
             "queue_id": message.queue_id,
             "sender": message.sender,
@@ -140,6 +142,7 @@ def _insert(
             "smtputf8": message.smtputf8,
             "size": len(message.data),
             "received_at": message.received_at,
+            "auth_results": message.auth_results,
             "data": message.data,
         },
     )
@@ -175,6 +178,7 @@ def _insert(
                 sender=message.sender,
                 received_at=message.received_at,
                 smtputf8=message.smtputf8,
+                auth_results=message.auth_results,
             )
         )
     write_events(db, message.log)
@@ -220,7 +224,8 @@ def claim_due(
         messages = {
             m["id"]: m
             for m in db.all(
-                f"SELECT id, queue_id, sender, received_at, smtputf8 FROM messages WHERE id IN ({placeholders})",
+                f"SELECT id, queue_id, sender, received_at, smtputf8, auth_results FROM messages"
+                f" WHERE id IN ({placeholders})",
                 params,
             )
         }
@@ -240,6 +245,7 @@ def claim_due(
                 sender=message["sender"],
                 received_at=float(message["received_at"]),
                 smtputf8=bool(message["smtputf8"]),
+                auth_results=message["auth_results"],
             )
         )
     return claimed

@@ -395,7 +395,7 @@ class DeliveryWorker:
                     alias=first.original_recipient,
                     signer=signer,
                     sealer=await self._sealer(signer),
-                    authserv_id=self.settings.hostname,
+                    auth_results=first.auth_results,
                     from_display=self.settings.from_rewrite_name,
                 )
             except InvalidInput as exc:  # it would fail the same way at every attempt: bounce

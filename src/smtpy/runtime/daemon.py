@@ -103,7 +103,11 @@ def take_name(db: Database, settings: Settings) -> NodeInfo:
     from smtpy.queue.nodes import claim
 
     node = NodeInfo(
-        settings.node_name, started_at=time.time(), heartbeat_seconds=settings.heartbeat_seconds
+        settings.node_name,
+        started_at=time.time(),
+        # SMTPY_HOSTNAME: the other nodes remove results a client forged under this name.
+        hostname=settings.hostname,
+        heartbeat_seconds=settings.heartbeat_seconds,
     )
     claim(db, node, now=time.time())
     return node
@@ -120,6 +124,19 @@ def resume(db: Database, node: str) -> int:
     if released:
         logger.info("resumed", deliveries=released, node=node)
     return released
+
+
+def _node_names(settings: Settings, reader: StoreThread) -> Any:
+    """Every node's SMTPY_HOSTNAME: results a client sends under any of them are forged."""
+    if not settings.auth_checks:
+        return None
+    from smtpy.checks.authentication import OurNames
+    from smtpy.queue.nodes import list_nodes
+
+    async def load() -> list[str]:
+        return [row["hostname"] for row in await reader.call(list_nodes)]
+
+    return OurNames(settings.hostname, load)
 
 
 class Daemon:
@@ -152,6 +169,7 @@ class Daemon:
         self._ready = ready or (lambda status: notify_systemd(f"READY=1\nSTATUS={status}"))
         self._stop = asyncio.Event()
         self._servers: list[asyncio.Server] = []
+        self._sessions: Any = None  # smtpy.smtp.server.Sessions
         self._tls: ssl.SSLContext | None = None
 
     async def serve(self) -> int:
@@ -246,6 +264,7 @@ class Daemon:
                 scanner=scanner_from_settings(settings),
                 events=upkeep.events,
                 authcheck=_inbound_checker(settings, lookups),
+                names=_node_names(settings, reader),
             )
             self._tls = tls_context(settings)
             await self._listen(handler, sockets)
@@ -277,7 +296,7 @@ class Daemon:
             logger.info("stopping")
             for server in self._servers:
                 server.close()
-            await worker.stop(STOP_GRACE)
+            await asyncio.gather(worker.stop(STOP_GRACE), self._sessions.shut_down(STOP_GRACE))
             worker_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker_task
@@ -305,10 +324,10 @@ class Daemon:
         self._stop.set()
 
     async def _listen(self, handler: Any, sockets: list[socket.socket]) -> None:
-        from smtpy.smtp.handler import server_factory
+        from smtpy.smtp.server import server_factory
 
         loop = asyncio.get_running_loop()
-        factory = server_factory(
+        factory = self._sessions = server_factory(
             handler,
             hostname=self.settings.hostname,
             max_message_size=self.settings.max_message_size,

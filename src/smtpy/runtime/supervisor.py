@@ -275,6 +275,7 @@ def serve_restarted(settings: Settings, spec: str, reload: Callable[[], Settings
     node = NodeInfo(
         settings.node_name,
         started_at=time.time(),
+        hostname=settings.hostname,
         pid=int(pid) if pid.isdigit() else os.getppid(),
         instance=instance,
         process=None,

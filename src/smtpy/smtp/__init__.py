@@ -1,1 +1,2 @@
-"""Inbound SMTP: the aiosmtpd server and the session handler that runs the checks."""
+"""Inbound SMTP: the aiosmtpd server adaptation (`server`), the session handler that runs
+the checks and hands mail to the queue (`handler`), and every reply smtpy sends (`replies`)."""

@@ -17,6 +17,7 @@ directory, no file (a mistyped path must not become a new, empty store).
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,7 +25,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from smtpy.errors import Conflict, NotFound, SchemaOutdated, StoreError, StoreMissing
+from smtpy.errors import (
+    Conflict,
+    NotFound,
+    SchemaOutdated,
+    StorageFull,
+    StoreError,
+    StoreMissing,
+)
 
 # The newest migration. A test checks it against the migration scripts, so the
 # start-up check needs no Alembic import.
@@ -67,6 +75,15 @@ def missing_store_message(path: Path, *, empty: bool = False) -> str:
         f"{what}: check SMTPY_DATABASE_URL (`smtpy config show`), or create it with "
         "`smtpy db upgrade` or `smtpy domain add DOMAIN`"
     )
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    """SQLite's SQLITE_FULL, PostgreSQL's disk_full (53100), or a write that found no space."""
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    return getattr(exc, "sqlstate", None) == "53100"
 
 
 def dialect(url: str) -> str:
@@ -179,6 +196,8 @@ class Database:
                 return Conflict(f"the store already holds this object ({detail})")
             if _is_violation(exc, "FOREIGN KEY", "23503"):
                 return NotFound(f"the object it refers to is gone ({detail})")
+            if is_storage_full(exc):
+                return StorageFull(f"store full: {detail}")
             return StoreError(f"store error: {detail}")
         return exc
 

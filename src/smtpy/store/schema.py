@@ -11,7 +11,7 @@ the queue's indexes and mean the same on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -90,6 +90,9 @@ class Message(SQLModel, table=True):
     smtputf8: bool = False
     size: int
     received_at: float
+    # The Authentication-Results value the receiving node computed (RFC 8601, unfolded);
+    # the ARC seal copies it, whichever node delivers. NULL when the checks were off.
+    auth_results: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # headers and body, CRLF
 
 
