@@ -151,8 +151,8 @@ class Harness:
         return int(rows[0]["n"])
 
     async def until(self, check: Callable[[], Awaitable[bool]], what: str) -> None:
-        """Wait for `check` to hold (bounded: ten seconds of polls)."""
-        for _ in range(1000):
+        """Wait for `check` to hold (bounded: twenty seconds of polls)."""
+        for _ in range(2000):
             if await check():
                 return
             await asyncio.sleep(0.01)
