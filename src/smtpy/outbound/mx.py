@@ -101,8 +101,10 @@ class Routes:
 
     async def addresses(self, host: str) -> list[str]:
         """The addresses of an MX host (A, then AAAA); HostFailed if it has none."""
-        if is_ip(host):
+        try:
             return [str(ipaddress.ip_address(host))]
+        except ValueError:
+            pass
         try:
             addresses = await self._lookups.addresses(host)
         except DNSTemporaryError as exc:
