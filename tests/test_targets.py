@@ -8,7 +8,9 @@ loopback addresses and DNS answers come from the loopback DNS server.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +157,7 @@ def test_replies_map_to_statuses_with_their_enhanced_codes() -> None:
 
 
 def test_a_tls_fallback_is_one_json_event_on_stderr(
-    dns_server: DNSServer, certificate: tuple[Path, Path], capfd: pytest.CaptureFixture[str]
+    dns_server: DNSServer, certificate: tuple[Path, Path]
 ) -> None:
     two_mx(dns_server)
     sink = Sink()
@@ -174,11 +176,16 @@ def test_a_tls_fallback_is_one_json_event_on_stderr(
             finally:
                 await target.close()
 
-    log.configure(json=True)
-    capfd.readouterr()
-    [outcome] = run(scenario())
+    stderr = io.StringIO()
+    saved, sys.stderr = sys.stderr, stderr
+    try:
+        log.configure(json=True)  # as the daemon does, onto this stderr
+        [outcome] = run(scenario())
+    finally:
+        sys.stderr = saved
+        log.configure()  # back onto the test session's stderr
     assert outcome.status == "delivered"
-    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    lines = [line for line in stderr.getvalue().splitlines() if line.strip()]
     events: list[dict[str, Any]] = [json.loads(line) for line in lines]  # every line is JSON
     [fallback] = [e for e in events if e["event"] == "tls_fallback"]
     assert fallback["level"] == "info"

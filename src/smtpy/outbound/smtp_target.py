@@ -160,12 +160,11 @@ class SmtpTarget:
             try:
                 return await self._deliver(domain, envelope)
             except Exception as exc:
-                logger.error(
+                logger.exception(
                     "delivery_crashed",
                     domain=domain,
                     error_type=type(exc).__name__,
                     error=str(exc)[:300],
-                    exc_info=True,
                 )
                 text = f"internal error: {type(exc).__name__}: {exc}"
                 return outcomes(recipients, "deferred", text, "4.3.0")
