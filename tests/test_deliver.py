@@ -1,8 +1,8 @@
-"""Tests of smtpy.outbound.deliver against real SMTP servers and a real DNS server on loopback.
+"""Tests of smtpy.outbound.smtp_target against real SMTP servers and a real DNS server on loopback.
 
 Destination "MX hosts" are aiosmtpd servers (or tiny raw asyncio servers for
 misbehaving peers) bound on their own loopback addresses (127.0.0.2,
-127.0.0.3, ...) and sharing one port, since a Deliverer uses one port for every
+127.0.0.3, ...) and sharing one port, since an SmtpTarget uses one port for every
 MX. DNS answers come from tests/dnsserver.py.
 """
 
@@ -28,7 +28,9 @@ from cryptography.x509.oid import NameOID
 
 from dnsserver import DNSServer
 from smtpy.dns import Lookups, make_resolver
-from smtpy.outbound.deliver import Deliverer, Outcome, Route
+from smtpy.outbound.mx import Route
+from smtpy.outbound.smtp_target import SmtpTarget
+from smtpy.outbound.target import Outcome
 from smtpy.outbound.tls_policy import TlsPolicies
 
 T = TypeVar("T")
@@ -276,11 +278,11 @@ def server_tls(certificate: tuple[Path, Path]) -> ssl.SSLContext:
     return context
 
 
-def deliverer(dns_server: DNSServer, port: int, **kwargs: Any) -> Deliverer:
+def deliverer(dns_server: DNSServer, port: int, **kwargs: Any) -> SmtpTarget:
     lookups = Lookups(make_resolver([("127.0.0.1", dns_server.port)], timeout=2.0))
     options: dict[str, Any] = {"connect_timeout": 2.0, "command_timeout": 5.0}
     options.update(kwargs)
-    return Deliverer(hostname=HOSTNAME, lookups=lookups, port=port, **options)
+    return SmtpTarget(hostname=HOSTNAME, lookups=lookups, port=port, **options)
 
 
 def two_mx(dns_server: DNSServer, domain: str = "example.test") -> None:
@@ -431,7 +433,7 @@ def test_unexpected_error_defers(dns_server: DNSServer) -> None:
         async with serving({"127.0.0.2": smtp_server(sink, "mx1.example.test")}) as port:
             lookups = Lookups(make_resolver([("127.0.0.1", dns_server.port)], timeout=2.0))
             # A hostname aiosmtplib refuses to send: a local bug, not the remote's doing.
-            d = Deliverer(hostname="bad host", lookups=lookups, port=port)
+            d = SmtpTarget(hostname="bad host", lookups=lookups, port=port)
             return await d.deliver(sender=SENDER, recipients=["bob@example.test"], message=MESSAGE)
 
     [outcome] = run(scenario())
@@ -916,7 +918,7 @@ def test_per_domain_limit_does_not_stall_other_domains(dns_server: DNSServer) ->
 async def one_then_another(
     dns_server: DNSServer, sink: Sink, recipient: str, **options: Any
 ) -> list[Outcome]:
-    """Deliver to bob@example.test, then to `recipient` through the same Deliverer (and MX)."""
+    """Deliver to bob@example.test, then to `recipient` through the same SmtpTarget (and MX)."""
     async with serving({"127.0.0.2": smtp_server(sink, "mx1.example.test")}) as port:
         sender = deliverer(dns_server, port, **options)
         await sender.deliver(sender=SENDER, recipients=["bob@example.test"], message=MESSAGE)

@@ -22,7 +22,8 @@ from dnsserver import DNSServer
 from mailpeers import forwarding_world, send
 from smtpy.dns import Lookups, make_resolver
 from smtpy.errors import ConfigError
-from smtpy.outbound.deliver import Deliverer, Outcome
+from smtpy.outbound.smtp_target import SmtpTarget
+from smtpy.outbound.target import Outcome
 from smtpy.outbound.tls_policy import (
     MtaStsError,
     StsPolicy,
@@ -140,8 +141,8 @@ class World:
     def lookups(self) -> Lookups:
         return Lookups(make_resolver([("127.0.0.1", self.dns.port)], timeout=2.0))
 
-    def deliverer(self, mx_port: int, **options: Any) -> Deliverer:
-        return Deliverer(
+    def deliverer(self, mx_port: int, **options: Any) -> SmtpTarget:
+        return SmtpTarget(
             hostname="fwd.test",
             lookups=self.lookups(),
             port=mx_port,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from smtpy.queue.scheduler import SignerCache
+from smtpy.outbound.signers import SignerCache
 
 
 class FakeDatabase:

@@ -192,8 +192,6 @@ def remove_key(*, db: Database, org: int, domain: str, selector: str) -> KeyPubl
 
 def signing_keys(db: Database, domain: str) -> list[dict[str, Any]]:
     """Active keys with their private parts, for the daemon's signer only (any organization)."""
-    return db.all(
-        "SELECT k.selector, k.algorithm, k.private_key FROM dkim_keys k JOIN domains d"
-        " ON d.id = k.domain_id WHERE d.name = :name AND k.active = :t ORDER BY k.id",
-        {"name": domain, "t": True},
-    )
+    from smtpy.outbound.signers import signing_keys as load
+
+    return load(db, domain)

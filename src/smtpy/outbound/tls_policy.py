@@ -50,7 +50,7 @@ __all__ = [
     "verified_context",
 ]
 
-logger = log.get("smtpy.outbound.tls_policy")
+logger = log.get(__name__)
 
 Mode = Literal["enforce", "testing", "none"]
 PolicyMode = Literal["opportunistic", "required", "enforce", "testing"]

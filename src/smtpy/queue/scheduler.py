@@ -1,12 +1,14 @@
-"""Delivery workers: claim due deliveries, sign, send, record, bounce.
+"""Delivery workers: claim due deliveries, prepare, hand them to a Target, record, bounce.
 
 One scheduler per node claims due deliveries in batches (up to the free
 concurrency), groups those of one message with the same destination domain
-into one SMTP transaction, and runs the transactions as tasks, at most
-`destination_concurrency` at once per destination domain; a group beyond that
-waits in memory, still leased, for the next free slot of its destination.
-Results and any bounce they cause are written in one transaction. A heartbeat
-renews the leases of what is held; stopping returns it to the queue at once.
+into one delivery (one SMTP transaction), prepares the message
+(`smtpy.outbound.prepare`) and hands it to its `Target`
+(`smtpy.outbound.target`), at most `destination_concurrency` deliveries at
+once per destination domain; a group beyond that waits in memory, still
+leased, for the next free slot of its destination. Results and any bounce
+they cause are written in one transaction. A heartbeat renews the leases of
+what is held; stopping returns it to the queue at once.
 """
 
 from __future__ import annotations
@@ -15,17 +17,18 @@ import asyncio
 import contextlib
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 
 from smtpy import log, metrics
-from smtpy.dkim.sign import Signer, SigningKey
+from smtpy.dkim.sign import Signer
 from smtpy.errors import InvalidInput
 from smtpy.mail.addresses import split_address
-from smtpy.outbound.deliver import Deliverer, Outcome
 from smtpy.outbound.prepare import outgoing
+from smtpy.outbound.signers import SignerCache
+from smtpy.outbound.target import Outcome, Target
 from smtpy.queue.message_log import delivery_events, write_events
 from smtpy.queue.queries import (
     LEASE_SECONDS,
@@ -45,11 +48,19 @@ from smtpy.queue.queries import (
 from smtpy.queue.writer import StoreThread
 from smtpy.store.db import Database
 
-logger = log.get("smtpy.outbound.deliver")
+__all__ = [
+    "DeliveryWorker",
+    "SignerCache",  # built by the daemon with the worker
+    "WorkerSettings",
+    "bounce_message",
+    "group_claims",
+    "unforwardable",
+]
+
+logger = log.get(__name__)
 
 POLL_SECONDS = 1.0
 HEARTBEAT_SECONDS = 30.0
-SIGNER_TTL = 30.0
 WAITING_DATA_MAX = 256 * 1024  # a waiting group keeps a message this small in memory
 
 
@@ -66,51 +77,6 @@ class WorkerSettings:
     from_rewrite_name: str | None = None  # apply From-rewrite decisions with this display name
     lease_seconds: float = LEASE_SECONDS  # how long a claim holds (settings: lease_seconds)
     heartbeat_seconds: float = HEARTBEAT_SECONDS  # between lease renewals (heartbeat_seconds)
-
-
-class SignerCache:
-    """The active DKIM keys of each domain, reloaded every `SIGNER_TTL` seconds or on demand.
-
-    Parsing an RSA key holds the GIL for tens of milliseconds, so deliveries
-    that miss the cache at the same moment (a restart with a backlog, the TTL
-    running out under load) share one load instead of each parsing the keys.
-    """
-
-    def __init__(self, store: StoreThread) -> None:
-        self._store = store
-        self._cache: dict[str, tuple[float, Signer]] = {}
-        self._loading: dict[str, asyncio.Future[Signer]] = {}
-
-    def clear(self) -> None:
-        self._cache.clear()
-        self._loading.clear()  # a load already running must not fill the cache with old keys
-
-    async def get(self, domain: str) -> Signer:
-        hit = self._cache.get(domain)
-        if hit is not None and time.monotonic() - hit[0] < SIGNER_TTL:
-            return hit[1]
-        loading = self._loading.get(domain)
-        if loading is None:
-            loading = asyncio.ensure_future(self._load(domain))
-            self._loading[domain] = loading
-            loading.add_done_callback(partial(self._loaded, domain))
-        # Shielded: a delivery cancelled while waiting must not cancel the others' load.
-        return await asyncio.shield(loading)
-
-    async def _load(self, domain: str) -> Signer:
-        from smtpy.admin.keys import signing_keys
-
-        rows = await self._store.call(lambda db: signing_keys(db, domain))
-        return Signer(
-            [SigningKey(domain, r["selector"], r["algorithm"], r["private_key"]) for r in rows]
-        )
-
-    def _loaded(self, domain: str, loading: asyncio.Future[Signer]) -> None:
-        if self._loading.get(domain) is not loading:
-            return  # cleared meanwhile
-        del self._loading[domain]
-        if not loading.cancelled() and loading.exception() is None:
-            self._cache[domain] = (time.monotonic(), loading.result())
 
 
 def group_claims(claims: Sequence[Claimed]) -> list[list[Claimed]]:
@@ -173,15 +139,17 @@ class DeliveryWorker:
         *,
         settings: WorkerSettings,
         store: StoreThread,
-        deliverer: Deliverer,
+        deliverer: Target,
         signers: SignerCache,
         reader: StoreThread | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.store = store  # the writer
         self.reader = reader or store
-        self.deliverer = deliverer
+        self.deliverer = deliverer  # where prepared messages go
         self.signers = signers
+        self._clock = clock  # the time leases, retries and bounces are reckoned from
         self._wake = asyncio.Event()
         self._inflight: dict[int, Claimed] = {}  # leased here: running or waiting
         self._running = 0  # deliveries in transactions now (at most settings.concurrency)
@@ -266,6 +234,7 @@ class DeliveryWorker:
                                 limit=free,
                                 exclude_domains=saturated,
                                 lease=self.settings.lease_seconds,
+                                now=self._clock(),
                             )
                         )
                     except Exception as exc:
@@ -317,7 +286,7 @@ class DeliveryWorker:
             self._backlog = True
             try:
                 await self.store.write(
-                    partial(release_leases, node=self.settings.node, ids=surplus)
+                    partial(release_leases, node=self.settings.node, ids=surplus, now=self._clock())
                 )
             except Exception as exc:  # the leases run out and the deliveries come back
                 logger.error("release_failed", deliveries=len(surplus), error=str(exc))
@@ -355,8 +324,9 @@ class DeliveryWorker:
         self._waiting_count = 0
         ids = list(self._inflight)  # with those settled during the grace: release skips them
         if ids:
+            now = self._clock()
             returned = await self.store.call(
-                lambda db: release_leases(db, node=self.settings.node, ids=ids)
+                lambda db: release_leases(db, node=self.settings.node, ids=ids, now=now)
             )
             if returned:
                 logger.info("returned_to_queue", deliveries=returned)
@@ -374,6 +344,7 @@ class DeliveryWorker:
                             node=self.settings.node,
                             ids=ids,
                             lease=self.settings.lease_seconds,
+                            now=self._clock(),
                         )
                     )
                 except Exception as exc:
@@ -469,7 +440,7 @@ class DeliveryWorker:
 
     def _settle(self, db: Database, results: list[AttemptResult], original: bytes) -> bool:
         """Record results and queue the bounce they need; True if a bounce was queued."""
-        now = time.time()
+        now = self._clock()
         with db.transaction():
             settled = record_results(
                 db,

@@ -30,7 +30,7 @@ from smtpy.queue.queries import NewMessage, enqueue
 from smtpy.store.db import Database
 
 T = TypeVar("T")
-logger = log.get("smtpy.store")
+logger = log.get(__name__)
 
 _STOP = object()
 
