@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
+from smtpy.outbound.target import Status
 from smtpy.queue.queries import (
     LEASE_SECONDS,
     AttemptResult,
     Claimed,
     NewDelivery,
     NewMessage,
-    Result,
     claim_due,
     enqueue,
     enqueue_claimed,
@@ -63,7 +63,7 @@ def put(db: Database, *recipients: str, received_at: float = T) -> int:
 
 
 def result(
-    claim: Claimed, outcome: Result, code: int | None = 250, enhanced: str = "2.0.0"
+    claim: Claimed, outcome: Status, code: int | None = 250, enhanced: str = "2.0.0"
 ) -> AttemptResult:
     return AttemptResult(claim, outcome, code, f"{code} {enhanced} reply", "mx.dest.test", enhanced)
 

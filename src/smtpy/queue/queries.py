@@ -22,6 +22,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from smtpy.outbound.target import Status
 from smtpy.queue.message_log import LogEvent, write_events
 from smtpy.store.db import Database
 
@@ -366,13 +367,12 @@ def leases_by_owner(db: Database, *, now: float) -> dict[str, int]:
     }
 
 
-Result = Literal["delivered", "deferred", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
 class AttemptResult:
     delivery: Claimed
-    result: Result
+    result: Status  # what the target said: delivered, deferred or failed
     code: int | None
     reply: str
     remote_host: str | None
