@@ -361,6 +361,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def greets(port: int, host: str = "127.0.0.1", *, timeout: float = 1.0) -> bool:
+    """Whether an SMTP server serves on `port`: it sends its 220 greeting.
+
+    A bound socket alone accepts connections (the kernel queues them) but says
+    nothing: `smtpy serve` listens before it has taken its node name.
+    """
+    with contextlib.suppress(OSError), socket.create_connection((host, port), 1) as sock:
+        sock.settimeout(timeout)
+        if sock.recv(4) == b"220 ":
+            sock.sendall(b"QUIT\r\n")
+            return True
+    return False
+
+
 @dataclass
 class Serve:
     """`python -m smtpy serve` as a subprocess, logging JSON lines to `log_path`."""
@@ -399,14 +413,8 @@ class Serve:
                 raise AssertionError(
                     f"smtpy serve exited with {self.proc.returncode} at start-up:\n{self.log_tail()}"
                 )
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection((self.host, self.port), 1) as probe,
-            ):
-                probe.settimeout(max(0.1, deadline - time.monotonic()))
-                if probe.recv(4) == b"220 ":
-                    probe.sendall(b"QUIT\r\n")
-                    return
+            if greets(self.port, self.host, timeout=max(0.1, deadline - time.monotonic())):
+                return
             time.sleep(0.05)
         raise AssertionError(f"smtpy serve did not serve within {timeout}s:\n{self.log_tail()}")
 
@@ -611,6 +619,8 @@ def forwarding_world(
     cli_env: Mapping[str, str],
     dns_server: DNSServer,
     tmp_path: Path,
+    *,
+    peers_class: type[MailPeers] = MailPeers,
     **settings: Any,
 ) -> Iterator[Forwarder]:
     for domain, host, address in (
@@ -621,7 +631,7 @@ def forwarding_world(
         dns_server.add(domain, "MX", f"10 {host}.")
         dns_server.add(host, "A", address)
     dns_server.add(HOSTNAME, "A", "127.0.0.1")
-    with MailPeers([DEST1, DEST2, SENDER_MX]) as peers:
+    with peers_class([DEST1, DEST2, SENDER_MX]) as peers:
         world = Forwarder(
             cli,
             dict(cli_env),

@@ -10,10 +10,8 @@ reached the MX exactly once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,16 +28,14 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from conftest import Cli
 from dnsserver import DNSServer
 from mailpeers import (
-    DEST1,
-    DEST2,
     DOMAIN,
-    HOSTNAME,
     SENDER,
-    SENDER_MX,
     Forwarder,
     MailPeers,
     _Handler,
+    forwarding_world,
     free_port,
+    greets,
     make_message,
     message_id_counts,
     send,
@@ -101,31 +97,14 @@ def world(
     cli: Cli, cli_env: dict[str, str], dns_server: DNSServer, tmp_path: Path
 ) -> Iterator[Forwarder]:
     """`mailpeers.forwarding_world`, with an MX whose gate is closed."""
-    for domain, host, address in (
-        ("dest1.test", "mx.dest1.test", DEST1),
-        ("dest2.test", "mx.dest2.test", DEST2),
-        ("sender.test", "mx.sender.test", SENDER_MX),
-    ):
-        dns_server.add(domain, "MX", f"10 {host}.")
-        dns_server.add(host, "A", address)
-    dns_server.add(HOSTNAME, "A", "127.0.0.1")
-    with GatedPeers([DEST1, DEST2, SENDER_MX]) as peers:
-        forwarder = Forwarder(
-            cli, dict(cli_env), dns_server, peers, tmp_path, settings={"processes": "1"}
-        )
-        forwarder.run("domain", "add", DOMAIN)
-        for record in json.loads(forwarder.run("domain", "records", DOMAIN, "--json")):
-            dns_server.add(record["name"], record["type"], record["value"])
+    with forwarding_world(
+        cli, cli_env, dns_server, tmp_path, peers_class=GatedPeers, processes="1"
+    ) as forwarder:
         forwarder.alias(ALIAS, DESTINATION)
         try:
             yield forwarder
         finally:
-            peers.gate.set()
-            codes = {d.log_path.name: d.stop() for d in forwarder.daemons if not d.killed}
-            failed = {name: code for name, code in codes.items() if code != 0}
-            assert not failed, f"smtpy serve did not exit 0 on SIGTERM: {failed}\n" + "\n".join(
-                d.log_tail() for d in forwarder.daemons
-            )
+            gated(forwarder).gate.set()  # held DATA answers, so every daemon can stop
 
 
 def gated(world: Forwarder) -> GatedPeers:
@@ -192,14 +171,6 @@ class Refused:
     code: int
     error: str  # the line that is not a JSON log line
     events: list[dict[str, Any]]
-
-
-def greets(port: int) -> bool:
-    """Whether an SMTP server answers on `port` (a bound socket alone does not greet)."""
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as sock:
-        sock.settimeout(1)
-        return sock.recv(3) == b"220"
-    return False
 
 
 def start_expecting_refusal(env: dict[str, str], port: int, timeout: float = 60.0) -> Refused:

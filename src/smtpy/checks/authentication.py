@@ -67,7 +67,7 @@ __all__ = [
     "from_domain",
 ]
 
-logger = log.get("smtpy.authcheck")
+logger = log.get(__name__)
 
 SPF_TIMEOUT = 20.0  # RFC 7208 §4.6.4: at least 20 seconds for the whole evaluation
 # `Name <local@domain>` (a name without quotes, commas, or @) or a bare `local@domain`.

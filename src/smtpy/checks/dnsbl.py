@@ -21,7 +21,7 @@ from smtpy import log
 from smtpy.dns import DNSTemporaryError, Lookups
 from smtpy.smtp.replies import blocklisted
 
-logger = log.get("smtpy.checks.dnsbl")
+logger = log.get(__name__)
 
 _ERROR_CODES = ipaddress.ip_network("127.255.255.0/24")
 _LISTED = ipaddress.ip_network("127.0.0.0/8")

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from smtpy.dns import Lookups
     from smtpy.store.db import Database
 
-logger = log.get("smtpy.checks.limits")
+logger = log.get(__name__)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Kind = Literal["ip", "sender_domain", "recipient_domain"]

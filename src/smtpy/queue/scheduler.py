@@ -50,7 +50,6 @@ from smtpy.store.db import Database
 
 __all__ = [
     "DeliveryWorker",
-    "SignerCache",  # built by the daemon with the worker
     "WorkerSettings",
     "bounce_message",
     "group_claims",

@@ -37,7 +37,7 @@ from smtpy.store.db import Database
 if TYPE_CHECKING:
     from smtpy.runtime.metrics_server import MetricsServer
 
-logger = log.get("smtpy.runtime.daemon")
+logger = log.get(__name__)
 
 RULES_TTL = 2.0  # seconds an alias change may take to reach a running daemon
 STOP_GRACE = 10.0
@@ -178,9 +178,10 @@ class Daemon:
         from smtpy.checks.scanners import scanner_from_settings
         from smtpy.dns import Lookups, make_resolver
         from smtpy.outbound.deliver import Deliverer
+        from smtpy.outbound.signers import SignerCache
         from smtpy.queue.nodes import heartbeat
         from smtpy.queue.queries import release_leases
-        from smtpy.queue.scheduler import DeliveryWorker, SignerCache, WorkerSettings
+        from smtpy.queue.scheduler import DeliveryWorker, WorkerSettings
         from smtpy.runtime.upkeep import Upkeep
         from smtpy.smtp.handler import Handler, Policy
 

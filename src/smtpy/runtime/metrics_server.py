@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from smtpy.queue.writer import StoreThread
     from smtpy.store.db import Database
 
-logger = log.get("smtpy.runtime.metrics_server")
+logger = log.get(__name__)
 
 QUEUE_CACHE_SECONDS = 5.0
 QUEUE_STATES = ("active", "deferred", "held")  # as smtpy.queue.queries.queue_depth counts them

@@ -49,7 +49,7 @@ from smtpy.runtime import listeners
 from smtpy.runtime.watcher import SIGNALS, Child, Watcher, notify_systemd, parse_process_spec, reap
 from smtpy.store.db import dialect
 
-logger = log.get("smtpy.runtime.supervisor")
+logger = log.get(__name__)
 
 READY_TIMEOUT = 60.0
 # The instance of the node (and the supervisor's pid) for a serving process the watcher starts again.

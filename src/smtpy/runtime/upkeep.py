@@ -30,7 +30,7 @@ from smtpy.queue.message_log import (
 from smtpy.queue.nodes import NodeInfo, heartbeat, stopped
 from smtpy.queue.writer import StoreThread
 
-logger = log.get("smtpy.runtime.upkeep")
+logger = log.get(__name__)
 
 FLUSH_SECONDS = 1.0
 PRUNE_SECONDS = 300.0

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Handler", "Policy"]
 
-logger = log.get("smtpy.smtp.handler")
+logger = log.get(__name__)
 
 # Control characters, and the lone surrogates aiosmtpd makes of invalid UTF-8.
 _BAD_ADDRESS = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")

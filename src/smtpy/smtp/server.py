@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import re
 import ssl
 import time
@@ -43,9 +42,7 @@ from smtpy.smtp.replies import (
     with_enhanced_code,
 )
 
-logger = log.get("smtpy.smtp.server")
-# aiosmtpd logs every command at INFO through the standard library: keep it quiet.
-logging.getLogger("mail.log").setLevel(logging.WARNING)
+logger = log.get(__name__)
 
 DATA_CHUNK = 256 * 1024  # bytes read from the socket at once during DATA
 _AIOSMTPD_TOO_LONG = "500 Command line too long"  # aiosmtpd's reply, replaced by ours
