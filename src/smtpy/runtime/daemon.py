@@ -35,6 +35,7 @@ from smtpy.runtime.watcher import PROCESS_VAR, notify_systemd
 from smtpy.store.db import Database
 
 if TYPE_CHECKING:
+    from smtpy.checks.authentication import OurNames
     from smtpy.runtime.metrics_server import MetricsServer
 
 logger = log.get(__name__)
@@ -126,7 +127,7 @@ def resume(db: Database, node: str) -> int:
     return released
 
 
-def _node_names(settings: Settings, reader: StoreThread) -> Any:
+def _node_names(settings: Settings, reader: StoreThread) -> OurNames | None:
     """Every node's SMTPY_HOSTNAME: results a client sends under any of them are forged."""
     if not settings.auth_checks:
         return None
