@@ -24,12 +24,13 @@ no setting (naming the closest one), and turns validation errors into one
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import (
     Field,
@@ -429,6 +430,52 @@ class Settings(BaseSettings):
         ),
     )
 
+    api_listen: HostPort = Field(
+        default=("127.0.0.1", 8025),
+        description=(
+            "host:port where `smtpy api` serves the HTTP API and the dashboard (plain HTTP: "
+            "put a TLS reverse proxy in front)."
+        ),
+    )
+    public_url: str | None = Field(
+        default=None,
+        description=(
+            "The URL users reach the API and dashboard at, e.g. https://mail.example.net: "
+            "links in mail smtpy sends; https makes cookies Secure and __Host- prefixed."
+        ),
+    )
+    signup: Literal["closed", "invite", "open"] = Field(
+        default="closed",
+        description=(
+            "Who may create an account through the API: closed (the CLI and invitations "
+            "only), invite (invitations), open (anyone, confirmed by e-mail)."
+        ),
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Networks (CIDR) of reverse proxies whose X-Forwarded-For and X-Forwarded-Proto "
+            "`smtpy api` believes; empty: none."
+        ),
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Origins (scheme://host[:port]) allowed to call the API from a browser with "
+            "API keys; empty: CORS off."
+        ),
+    )
+    session_idle_timeout: int = Field(
+        default=7200,
+        ge=60,
+        description="Seconds a dashboard session lasts without use.",
+    )
+    session_lifetime: int = Field(
+        default=7 * 86400,
+        ge=300,
+        description="Seconds a dashboard session lasts at most, however much it is used.",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -480,6 +527,30 @@ class Settings(BaseSettings):
             return parse_host_port(value, default_port=25) if value.strip() else None
         return value
 
+    @field_validator("api_listen", mode="before")
+    @classmethod
+    def _api_listen(cls, value: Any) -> Any:
+        return parse_host_port(value, default_port=8025) if isinstance(value, str) else value
+
+    @field_validator("public_url", mode="before")
+    @classmethod
+    def _public_url(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        text = str(value).strip().rstrip("/")
+        if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", text):
+            raise ValueError("expected an http:// or https:// URL, e.g. https://mail.example.net")
+        return text
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        origins = [part.rstrip("/") for part in _split(value)]
+        for origin in origins:
+            if not re.fullmatch(r"https?://[^/\s?#]+", origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port])")
+        return origins
+
     @field_validator(
         "srs_secret",
         "relay_username",
@@ -518,7 +589,7 @@ class Settings(BaseSettings):
         except InvalidInput as exc:
             raise ValueError(str(exc)) from None
 
-    @field_validator("limit_exempt_networks", mode="before")
+    @field_validator("limit_exempt_networks", "trusted_proxies", mode="before")
     @classmethod
     def _networks(cls, value: Any) -> Any:
         parts = _split(value)

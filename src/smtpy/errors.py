@@ -8,6 +8,9 @@ where it helps, what to do next. The shells translate them once:
     ├── InvalidInput          bad address, domain, pattern, option   CLI exit 2, HTTP 422
     │   ├── NotFound          unknown domain, alias, key, queue id    CLI exit 2, HTTP 404
     │   └── Conflict          duplicate domain, alias, selector       CLI exit 2, HTTP 409
+    ├── Unauthorized          no or bad credentials, expired session  CLI exit 2, HTTP 401
+    ├── Forbidden             the role does not allow it              CLI exit 2, HTTP 403
+    ├── TooManyRequests       throttled: retry after some seconds     CLI exit 1, HTTP 429
     ├── ConfigError           a setting is invalid                    CLI exit 2
     ├── StoreError            the database failed or is unreachable   CLI exit 1, SMTP 451
     │   ├── SchemaOutdated    the schema needs `smtpy db upgrade`     CLI exit 2
@@ -46,6 +49,28 @@ class NotFound(InvalidInput):
 
 class Conflict(InvalidInput):
     """The object already exists or the change contradicts the store."""
+
+
+class Unauthorized(SmtpyError):
+    """No credentials, or credentials that are wrong, expired or revoked."""
+
+    exit_code = 2
+
+
+class Forbidden(SmtpyError):
+    """The caller is known but may not do this (its role, or a missing CSRF token)."""
+
+    exit_code = 2
+
+
+class TooManyRequests(SmtpyError):
+    """Too many attempts: try again after `retry_after` seconds."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
 
 
 class ConfigError(SmtpyError):

@@ -235,9 +235,13 @@ def update_alias(*, db: Database, org: int, address: str, update: AliasUpdate) -
 
 
 def domain_rules(db: Database, domain: str) -> DomainRules | None:
-    """The router's view of one domain, or None when the domain is not served."""
+    """The router's view of one domain, or None when the domain is not served (unknown, or
+    added through the API and not verified yet)."""
     alabel = normalize_domain(domain)
-    row = db.one("SELECT id, dmarc_reject FROM domains WHERE name = :name", {"name": alabel})
+    row = db.one(
+        "SELECT id, dmarc_reject FROM domains WHERE name = :name AND NOT pending",
+        {"name": alabel},
+    )
     if row is None:
         return None
     rows = db.all(_SELECT + " WHERE a.domain_id = :d", {"d": row["id"]})

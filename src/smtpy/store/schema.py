@@ -33,6 +33,8 @@ class Domain(SQLModel, table=True):
     verified_at: float | None = None
     # Refuse DMARC p=reject failures for this domain's mail; None: SMTPY_DMARC_REJECT.
     dmarc_reject: bool | None = None
+    # Added through the API and not yet verified: receives no mail (its aliases can be set up).
+    pending: bool = False
     created_at: float
 
 
@@ -216,3 +218,140 @@ class RateLimit(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=300)
     used: float
     updated_at: float
+
+
+# -- accounts (the HTTP API and the dashboard) ---------------------------------
+
+
+class User(SQLModel, table=True):
+    """A person who signs in to the API or the dashboard."""
+
+    __tablename__ = "users"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, unique=True)  # lower-cased
+    name: str = Field(default="", max_length=200)
+    password_hash: str | None = Field(default=None, max_length=300)  # argon2id; None: no password
+    email_confirmed_at: float | None = None
+    totp_secret: str | None = Field(default=None, max_length=64)  # base32; None: no 2FA
+    totp_enabled_at: float | None = None  # None while enrolment waits for its first code
+    totp_last_step: int | None = None  # the last TOTP time step used: a code works once
+    created_at: float
+
+
+class Membership(SQLModel, table=True):
+    """A user's role in an organization: owner, admin or member."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (UniqueConstraint("organization_id", "user_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    organization_id: int = Field(foreign_key="organizations.id", index=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    role: str = Field(max_length=16)
+    created_at: float
+
+
+class WebSession(SQLModel, table=True):
+    """A signed-in browser: only the SHA-256 of its cookie's value is kept."""
+
+    __tablename__ = "sessions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    organization_id: int | None = Field(default=None, foreign_key="organizations.id")
+    mfa_passed: bool = False  # False while a 2FA user has not given a code yet
+    created_at: float
+    last_seen_at: float
+    expires_at: float  # the absolute end; the idle end is last_seen_at + the idle time-out
+    client_ip: str | None = Field(default=None, max_length=64)
+    user_agent: str | None = Field(default=None, max_length=300)
+
+
+class RecoveryCode(SQLModel, table=True):
+    """A single-use 2FA recovery code, stored hashed."""
+
+    __tablename__ = "recovery_codes"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    code_hash: str = Field(max_length=64)
+    used_at: float | None = None
+
+
+class ApiKey(SQLModel, table=True):
+    """An organization's API key `smtpy_<id>_<secret>`: only the secret's SHA-256 is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=32)
+    organization_id: int = Field(foreign_key="organizations.id", index=True)
+    name: str = Field(max_length=200)
+    secret_hash: str = Field(max_length=64)
+    created_by: int | None = Field(default=None, foreign_key="users.id")
+    created_at: float
+    expires_at: float | None = None
+    last_used_at: float | None = None
+    revoked_at: float | None = None
+
+
+class LoginFailure(SQLModel, table=True):
+    """A failed sign-in, counted per account and per client address (`account:…`, `ip:…`)."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_key_at", "key", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=400)
+    at: float
+
+
+class AccountToken(SQLModel, table=True):
+    """A link sent by mail (confirm, reset, invite): works once, until it expires."""
+
+    __tablename__ = "account_tokens"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16)  # confirm | reset | invite
+    token_hash: str = Field(max_length=64, unique=True)
+    email: str = Field(max_length=320)
+    user_id: int | None = Field(default=None, foreign_key="users.id")
+    organization_id: int | None = Field(default=None, foreign_key="organizations.id")
+    role: str | None = Field(default=None, max_length=16)  # of an invitation
+    created_at: float
+    expires_at: float
+    used_at: float | None = None
+
+
+class AuditEvent(SQLModel, table=True):
+    """One change: who, what, when, from which address, through which shell."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_org_at", "organization_id", "at"),)
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    )
+    at: float
+    organization_id: int | None = Field(default=None)  # None: not an organization's change
+    actor: str = Field(max_length=400)  # user e-mail, "key NAME (ID)", or the Unix user
+    via: str = Field(max_length=16)  # cli | api_key | session | system
+    action: str = Field(max_length=64)  # domain.create, alias.update, user.login, …
+    target: str | None = Field(default=None, max_length=600)
+    detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON
+    client_ip: str | None = Field(default=None, max_length=64)
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """The first answer to a create sent with an `Idempotency-Key`, kept 24 hours."""
+
+    __tablename__ = "idempotency_keys"
+
+    principal: str = Field(primary_key=True, max_length=100)  # who sent it
+    key: str = Field(primary_key=True, max_length=200)
+    request_hash: str = Field(max_length=64)  # method, path and body
+    status: int
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: float
