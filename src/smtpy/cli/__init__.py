@@ -16,6 +16,7 @@ import typer
 from smtpy import __version__
 from smtpy.cli import (
     alias,
+    api,
     config,
     db,
     doctor,
@@ -47,6 +48,7 @@ app.add_typer(config.app, name="config")
 app.add_typer(db.app, name="db")
 app.add_typer(route.app, name="route")
 app.command("serve")(serve.serve)
+app.command("api")(api.api)
 app.command("log")(log.log)
 app.command("stats")(stats.stats)
 app.command("status")(status.status)

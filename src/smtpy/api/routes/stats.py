@@ -1,0 +1,7 @@
+"""/api/v1 routes: stats (see API.md)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
