@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -46,7 +47,7 @@ _SELECT = (
 )
 
 
-def _public(row: dict[str, object]) -> ApiKeyPublic:
+def _public(row: dict[str, Any]) -> ApiKeyPublic:
     return ApiKeyPublic.model_validate({k: v for k, v in row.items() if k != "secret_hash"})
 
 
