@@ -1,18 +1,30 @@
-"""What routes declare they need: the store, the settings, and the authenticated caller."""
+"""What routes declare they need: the store, the settings, and the authenticated caller.
+
+Two kinds of callers (API.md "Authentication"):
+- an API key, `Authorization: Bearer smtpy_<id>_<secret>`: acts in its organization
+  with the `admin` role; no CSRF (a browser never sends it by itself);
+- a browser session, the `smtpy_session` cookie: acts as its user in the session's
+  organization, with their role there, once the second factor is given; a POST, PUT,
+  PATCH or DELETE needs `X-CSRF-Token` and must not be `Sec-Fetch-Site: cross-site`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from smtpy.accounts import api_keys
+from smtpy.accounts import api_keys, members, sessions
 from smtpy.accounts.actor import Actor
+from smtpy.accounts.tokens import same
 from smtpy.api.principal import Principal
 from smtpy.config import Settings
-from smtpy.errors import Unauthorized
+from smtpy.errors import Forbidden, Unauthorized
 from smtpy.store.db import Database
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def get_settings(request: Request) -> Settings:
@@ -27,6 +39,10 @@ def get_db(request: Request) -> Iterator[Database]:
 
 
 def client_ip(request: Request) -> str | None:
+    """The client's address (the proxy's, unless SMTPY_TRUSTED_PROXIES trusts it)."""
+    forwarded: str | None = getattr(request.state, "client_ip", None)
+    if forwarded:
+        return forwarded
     return request.client.host if request.client else None
 
 
@@ -34,11 +50,61 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 Db = Annotated[Database, Depends(get_db)]
 
 
-def get_principal(request: Request, db: Db) -> Principal:
-    """The caller: an API key (`Authorization: Bearer smtpy_…`), else `Unauthorized` (401)."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token:
+def cookie_name(settings: Settings) -> str:
+    """`__Host-smtpy_session` when the public URL is https, else `smtpy_session`."""
+    secure = settings.public_url is not None and settings.public_url.startswith("https://")
+    return sessions.SECURE_COOKIE if secure else sessions.COOKIE
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentSession:
+    """The browser's session, whether or not its second factor was given yet."""
+
+    token: str  # the cookie's value
+    info: sessions.SessionInfo
+
+    @property
+    def csrf_token(self) -> str:
+        return sessions.csrf_token(self.token)
+
+
+def check_csrf(request: Request, token: str) -> None:
+    """Refuse (403) a cookie-authenticated change without the session's CSRF token, or
+    sent from another site."""
+    if request.method not in UNSAFE_METHODS:
+        return
+    if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
+        raise Forbidden("cross-site requests may not change anything")
+    sent = request.headers.get("x-csrf-token", "")
+    if not sent or not same(sent, sessions.csrf_token(token)):
+        raise Forbidden(
+            "the X-CSRF-Token header is missing or wrong: take it from the login answer "
+            "or GET /api/v1/auth/csrf"
+        )
+
+
+def get_session(request: Request, db: Db, settings: SettingsDep) -> CurrentSession:
+    """The session of the cookie (CSRF checked on changes); `Unauthorized` without one."""
+    token = request.cookies.get(cookie_name(settings))
+    if not token:
+        raise Unauthorized("sign in first")
+    info = sessions.authenticate(db=db, token=token, idle_timeout=settings.session_idle_timeout)
+    check_csrf(request, token)
+    return CurrentSession(token=token, info=info)
+
+
+SessionDep = Annotated[CurrentSession, Depends(get_session)]
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def get_principal(request: Request, db: Db, settings: SettingsDep) -> Principal:
+    """The caller: an API key, else a session past its second factor; `Unauthorized` (401)."""
+    token = _bearer(request)
+    if token is not None:
         key = api_keys.authenticate(db=db, key=token)
         actor = Actor(
             via="api_key",
@@ -47,7 +113,39 @@ def get_principal(request: Request, db: Db) -> Principal:
             client_ip=client_ip(request),
         )
         return Principal(org=key.organization_id, role="admin", actor=actor, api_key_id=key.id)
-    raise Unauthorized("sign in, or send an API key as Authorization: Bearer smtpy_…")
+    if request.headers.get("authorization"):
+        raise Unauthorized("send an API key as Authorization: Bearer smtpy_<id>_<secret>")
+    session = get_session(request, db, settings)
+    info = session.info
+    if not info.mfa_passed:
+        raise Unauthorized("enter your two-factor code first (POST /api/v1/auth/mfa)")
+    role = (
+        None
+        if info.organization_id is None
+        else members.role_of(db=db, org=info.organization_id, user_id=info.user_id)
+    )
+    if role is None or info.organization_id is None:
+        raise Forbidden("you are not a member of an organization: ask an owner for an invitation")
+    actor = Actor(
+        via="session", name=info.email, user_id=info.user_id, client_ip=client_ip(request)
+    )
+    return Principal(
+        org=info.organization_id,
+        role=role,
+        actor=actor,
+        user_id=info.user_id,
+        session_id=info.id,
+    )
 
 
 Auth = Annotated[Principal, Depends(get_principal)]
+
+
+def get_user(principal: Auth) -> Principal:
+    """A caller that is a signed-in user (for /me): API keys get 403."""
+    if principal.user_id is None:
+        raise Forbidden("this needs a signed-in user, not an API key")
+    return principal
+
+
+UserAuth = Annotated[Principal, Depends(get_user)]
