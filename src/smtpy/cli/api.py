@@ -17,7 +17,7 @@ def api(ctx: typer.Context) -> None:
     """
     import uvicorn
 
-    from smtpy.api.app import create_app
+    from smtpy.app import create_app
 
     settings = state(ctx).settings
     host, port = settings.api_listen
