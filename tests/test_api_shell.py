@@ -494,3 +494,33 @@ def test_api_unit_is_hardened_like_the_daemons() -> None:
         assert api.get(key) == daemon[key], key
     assert set(api) - set(daemon) == set()
     assert api["CapabilityBoundingSet"] == [""] and api["AmbientCapabilities"] == [""]
+
+
+WEB_STACK = {
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "jinja2",
+    "anyio",
+    "h11",
+    "argon2",
+    "pyotp",
+    "segno",
+}
+
+
+def test_the_web_stack_loads_only_when_smtpy_api_runs(cli_env: dict[str, str]) -> None:
+    """`smtpy --help` and `smtpy api --help` load none of it; `smtpy api` itself does."""
+    from test_import_budget import importtime
+
+    for args in (("--help",), ("api", "--help")):
+        proc, names = importtime(cli_env, *args)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert {"smtpy", "typer"} <= names  # the measurement works
+        assert not names & WEB_STACK, (args, sorted(names & WEB_STACK))
+    # and with the store missing, the command runs far enough to load it and refuse
+    proc, names = importtime(
+        {**cli_env, "SMTPY_DATABASE_URL": f"sqlite:///{cli_env['HOME']}/missing.db"}, "api"
+    )
+    assert proc.returncode == 2
+    assert {"fastapi", "uvicorn"} <= names
