@@ -150,6 +150,18 @@ def test_errors_headers_docs_and_readiness(cli_env: dict[str, str], store_url: s
         destroy_store(store_url)
         down = api.client.get("/readyz")
         assert_problem(down, 503, "store_unavailable")
+        # A middleware's store error (the idempotency keys') is a problem too. (A SQLite
+        # connection opened before the file was removed still reads the removed file.)
+        creating = api.client.post(
+            "/api/v1/domains",
+            json={"name": "down.test"},
+            headers={"Authorization": "Bearer smtpy_x_y", "Idempotency-Key": "down-1"},
+        )
+        assert_security_headers(creating, hsts=False)
+        if store_url.startswith("postgresql"):
+            assert_problem(creating, 503, "store_unavailable")
+        else:
+            assert creating.headers["content-type"] == "application/problem+json"
         assert api.client.get("/healthz").status_code == 200
         assert api.stop() == 0
     warnings = [e for e in log_lines(api.stderr) if e.get("event") == "store unavailable"]
@@ -364,6 +376,44 @@ def test_forwarded_for_is_ignored_from_untrusted_peers_and_the_log_keeps_no_secr
     assert started["store"].split("://")[0] == store_url.split("://")[0]
     assert ":smtpy@" not in started["store"]  # PostgreSQL's password is masked
     assert [e["event"] for e in log_lines(api.stderr)][-2:] == ["stopping", "stopped"]
+
+
+def test_a_bug_is_a_logged_500_problem_without_local_variables(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """In process: no route of smtpy fails on purpose, so a tiny application shows it."""
+    import asyncio
+
+    from fastapi import FastAPI
+
+    from smtpy import log
+    from smtpy.api import problems
+
+    app = FastAPI()
+    problems.install(app)
+    app.add_middleware(problems.CatchAll)
+
+    @app.get("/bug")
+    def bug() -> None:
+        private_key = "SECRET-LOCAL-VALUE"
+        raise RuntimeError(f"failed near {len(private_key)}")
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.get("/bug")
+
+    log.configure("info", json=True)
+    try:
+        answer = asyncio.run(call())
+    finally:
+        log.configure("info")
+    body = assert_problem(answer, 500, "internal_error")
+    assert "failed near" not in body["detail"] and "SECRET" not in answer.text
+    (line,) = [e for e in log_lines(capsys.readouterr().err) if e.get("event") == "unhandled error"]
+    assert line["path"] == "/bug" and line["error"] == "RuntimeError"
+    assert "RuntimeError: failed near 18" in line["exception"]
+    assert "SECRET-LOCAL-VALUE" not in line["exception"]  # no local variables
 
 
 def test_forwarded_client_rules() -> None:
