@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -37,6 +37,18 @@ class ApiKeyPublic(BaseModel):
     expires_at: float | None
     last_used_at: float | None
     revoked_at: float | None
+
+
+def key_state(
+    key: ApiKeyPublic, now: float | None = None
+) -> Literal["active", "expired", "revoked"]:
+    """Whether a key works: `revoked`, `expired`, else `active`."""
+    now = time.time() if now is None else now
+    if key.revoked_at is not None:
+        return "revoked"
+    if key.expires_at is not None and key.expires_at <= now:
+        return "expired"
+    return "active"
 
 
 class ApiKeyCreated(ApiKeyPublic):

@@ -173,14 +173,21 @@ def add_user(
     db: Database,
     email: str,
     org: int,
-    role: Role,
+    role: Role | None = None,
     password: str | None = None,
     name: str = "",
-) -> UserPublic:
-    """A new user, member of `org` with `role` (one transaction). An existing account
-    becomes a member of `org` (`Conflict` if it is one already); it keeps its password,
-    so none may be given then."""
+) -> tuple[UserPublic, Role]:
+    """A new user, member of `org` with `role` (one transaction); the user and the role.
+    `role` None: `owner` when the organization has no owner yet, else `member`. An existing
+    account becomes a member of `org` (`Conflict` if it is one already); it keeps its
+    password, so none may be given then."""
     with db.transaction():
+        if role is None:
+            owners = db.scalar(
+                "SELECT count(*) FROM memberships WHERE organization_id = :org AND role = 'owner'",
+                {"org": org},
+            )
+            role = "member" if int(owners) else "owner"
         found = find_by_email(db=db, email=email)
         if found is None:
             user = create_user(db=db, email=email, password=password, name=name)
@@ -193,7 +200,7 @@ def add_user(
                     "to add it to this organization, or change it with `smtpy user passwd`"
                 )
         add_member(db=db, org=org, user_id=user.id, role=role)
-    return user
+    return user, role
 
 
 def change_password(
