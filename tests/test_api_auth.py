@@ -155,6 +155,21 @@ def test_two_factor_enrolment_login_replay_and_recovery_code(cli_env: dict[str, 
         assert reused.status_code == 401
         assert fourth.get("/api/v1/me").status_code == 401
 
+        # Off again: a wrong password is refused, the right one turns 2FA off.
+        wrong = browser.request(
+            "DELETE",
+            "/api/v1/me/2fa",
+            json={"password": "not it at all"},
+            headers={"X-CSRF-Token": csrf},
+        )
+        assert wrong.status_code == 422
+        off = browser.request(
+            "DELETE", "/api/v1/me/2fa", json={"password": PASSWORD}, headers={"X-CSRF-Token": csrf}
+        )
+        assert off.status_code == 204, off.text
+        assert browser.get("/api/v1/me").json()["two_factor"] is False
+        assert login(api.browser(), seeded["email"]).json()["mfa_required"] is False
+
 
 def test_csrf_sessions_and_password_change(cli_env: dict[str, str]) -> None:
     with ApiServer(cli_env) as api:
