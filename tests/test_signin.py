@@ -407,3 +407,18 @@ def test_invitations_for_new_and_existing_users(db: Database, settings: Settings
         "acme",
     ]
     assert actions(db).count("member.join") == 2 and actions(db).count("member.invite") == 2
+
+
+def test_mail_from_setting_names_the_sender(db: Database, store_url: str, tmp_path: Path) -> None:
+    make_user(db)
+    settings = settings_for(store_url, tmp_path, mail_from="No-Reply@Example.ORG")
+    signin.request_password_reset(db=db, settings=settings, email="ann@example.test")
+    [mail] = queued_mail(db, "ann@example.test")
+    assert mail["From"] == "smtpy <No-Reply@example.org>"
+    assert mail["Message-ID"].endswith("@example.org>")
+    assert db.one("SELECT original_recipient, envelope_sender FROM deliveries") == {
+        "original_recipient": "No-Reply@example.org",  # DKIM-signed by example.org's key
+        "envelope_sender": "No-Reply@example.org",
+    }
+    with pytest.raises(ValueError, match="not a mail address"):
+        settings_for(store_url, tmp_path, mail_from="nobody")
