@@ -227,4 +227,3 @@ def disable(
     with db.transaction():
         _turn_off(db, user_id)
         audit.record(db, org=None, action="user.2fa_disable", target=email)
-
