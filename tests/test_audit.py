@@ -142,7 +142,7 @@ def test_every_change_of_every_service_is_recorded_as_the_acting_shells(db: Data
         owner, _ = users.add_user(db=db, email="o@acme.test", org=org, password=None)
         bob, role = users.add_user(db=db, email="b@acme.test", org=org, password=None)
         assert role == "member"
-        bob_member = [m for m in members.list_members(db=db, org=org) if m.user_id == bob.id][0]
+        bob_member = next(m for m in members.list_members(db=db, org=org) if m.user_id == bob.id)
         members.change_role(db=db, org=org, member_id=bob_member.id, role="admin")
         members.remove_member(db=db, org=org, member_id=bob_member.id)
         users.change_password(db=db, user_id=owner.id, password="a long password 1")
