@@ -144,7 +144,7 @@ def seed(url: str, rows: int) -> tuple[str, float]:
         placeholders = ", ".join("?" for _ in COLUMNS)
         with conn:
             conn.executemany(
-                f"INSERT INTO message_log ({', '.join(COLUMNS)}) VALUES ({placeholders})",  # noqa: S608
+                f"INSERT INTO message_log ({', '.join(COLUMNS)}) VALUES ({placeholders})",
                 log_rows(rows, now),
             )
         conn.execute("PRAGMA analysis_limit = 1000")
@@ -230,7 +230,7 @@ def running_api(url: str, state_dir: str) -> Iterator[Api]:
 
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
 def latency(client: httpx.Client, path: str, requests: int) -> tuple[float, float]:
