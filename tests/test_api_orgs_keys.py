@@ -240,3 +240,30 @@ def test_the_cli_and_the_api_see_the_same_keys_and_members(
     assert {m["email"]: m["role"] for m in members}["bob@acme.test"] == "admin"
     shown = json.loads(cli("org", "show", "acme", "--json").stdout)
     assert shown["members"] == len(members) == 2
+
+
+def test_a_user_in_no_organization_lists_none_and_creates_one(
+    api: ApiServer, store_url: str
+) -> None:
+    from smtpy.accounts import users
+
+    with Database(store_url) as db:
+        user = users.create_user(db=db, email="loner@solo.test", password="correct horse battery")
+        new = sessions.create(
+            db=db, user_id=user.id, organization_id=None, mfa_passed=True, lifetime=3600
+        )
+    browser = api.browser()
+    browser.cookies.set("smtpy_session", new.token)
+    browser.headers["X-CSRF-Token"] = sessions.csrf_token(new.token)
+
+    assert browser.get("/api/v1/orgs").json() == {
+        "data": [],
+        "has_more": False,
+        "next_cursor": None,
+    }
+    problem(browser.get("/api/v1/org"), 403)
+    created = browser.post("/api/v1/orgs", json={"name": "Solo"})
+    assert created.status_code == 201, created.text
+    # The session now acts in the organization it made.
+    detail = browser.get("/api/v1/org").json()
+    assert detail["name"] == "Solo" and detail["role"] == "owner"
