@@ -255,6 +255,32 @@ def test_idempotency_key_gives_the_first_answer_again(
     assert all(a["key"] not in r["principal"] for r in rows)  # a digest, never the key
 
 
+def test_idempotency_never_keeps_a_secret_shown_once(
+    cli_env: dict[str, str], store_url: str
+) -> None:
+    from smtpy.store.db import Database
+
+    a = seed_org(store_url, org="idem-secret")
+    with ApiServer(cli_env) as api:
+        client = api.as_key(a["key"])
+        key = {"Idempotency-Key": "new-key-1"}
+        first = client.post("/api/v1/api-keys", json={"name": "deploy"}, headers=key)
+        assert first.status_code == 201, first.text
+        secret = first.json()["key"]
+        assert secret.startswith("smtpy_")
+        again = client.post("/api/v1/api-keys", json={"name": "deploy"}, headers=key)
+        assert again.status_code == 201
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.json()["id"] == first.json()["id"]
+        assert again.json()["key"] is None  # shown once: a replay cannot show it again
+        listed = client.get("/api/v1/api-keys").json()["data"]
+        assert [k["name"] for k in listed].count("deploy") == 1
+
+    with Database(store_url) as db:
+        bodies = [str(r["body"]) for r in db.all("SELECT body FROM idempotency_keys")]
+    assert bodies and all(secret.split("_")[2] not in body for body in bodies)
+
+
 # -- CSRF for cookie sessions ------------------------------------------------------------
 
 

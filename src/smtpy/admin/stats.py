@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from smtpy.admin.organizations import scope
 from smtpy.errors import InvalidInput
+from smtpy.queue.message_log import EVENTS
 from smtpy.store.db import Database
 
 GroupBy = Literal["domain", "alias", "day"]
@@ -258,3 +259,223 @@ def compute(
         total=FiguresPublic(**_totals(db, seen, since, until).fields()),
         groups=[GroupFigures(key=key, **figures.fields()) for key, figures in groups.items()],
     )
+
+
+# -- a time series (the API's /stats and its export) -------------------------------------
+
+Interval = Literal["hour", "day"]
+INTERVALS: dict[str, int] = {"hour": 3600, "day": 86400}
+MAX_BUCKETS = 5000  # points of one series
+# message_log.event → the series' name, for the five the series counts
+_SERIES = {
+    "received": "received",
+    "delivered": "forwarded",
+    "bounced": "bounced",
+    "rejected": "rejected",
+    "deferred": "deferred",
+}
+
+
+class Point(BaseModel):
+    """One bucket of a series: its start (Unix time, UTC-aligned) and its counts."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    t: float
+    received: int
+    forwarded: int
+    bounced: int
+    rejected: int
+    deferred: int
+
+
+class SeriesTotals(BaseModel):
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    received: int
+    forwarded: int
+    bounced: int
+    rejected: int
+    deferred: int
+
+
+class Series(BaseModel):
+    """Counts per hour or day over `since <= at < until`: every bucket, empty ones too."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    since: float
+    until: float
+    interval: Interval
+    domain: str | None  # U-label, when one domain was asked for
+    series: list[Point]
+    totals: SeriesTotals
+
+
+HOUR = 3600
+SEAL_AFTER = 3600  # seconds after its end before an hour is rolled up (late commits)
+_EVENT_LIST = ", ".join(f"'{e}'" for e in _SERIES)
+
+
+def _bucket(db: Database, column: str) -> str:
+    """The SQL of a row's bucket number from `column` (a Unix time), :origin and :step."""
+    if db.dialect == "postgresql":
+        return f"floor(({column} - :origin) / :step)"
+    return f"CAST(({column} - :origin) / :step AS INTEGER)"
+
+
+def _live(
+    db: Database, seen: Seen, lo: float, hi: float, bounds: dict[str, float]
+) -> list[dict[str, Any]]:
+    """Counts per bucket and event counted in the log, for `lo <= at < hi`."""
+    window, params = _window(seen, lo, hi)
+    return db.all(
+        f"SELECT {_bucket(db, 'at')} AS b, event, count(*) AS n FROM message_log"  # noqa: S608
+        f" WHERE event IN ({_EVENT_LIST}) AND {window} GROUP BY 1, 2",
+        {**params, **bounds},
+    )
+
+
+def _rolled(
+    db: Database, seen: Seen, lo: float, hi: float, bounds: dict[str, float]
+) -> list[dict[str, Any]]:
+    """Counts per bucket and event from the rollup, for the whole hours `lo <= hour < hi`."""
+    condition, params = seen
+    where = "hour >= :lo AND hour < :hi" + (f" AND {condition}" if condition else "")
+    sums = ", ".join(f"sum({e}) AS {e}" for e in _SERIES)
+    rows = db.all(
+        f"SELECT {_bucket(db, 'hour')} AS b, {sums}"  # noqa: S608
+        f" FROM message_log_hourly WHERE {where} GROUP BY 1",
+        {**params, **bounds, "lo": int(lo), "hi": int(hi)},
+    )
+    return [{"b": r["b"], "event": e, "n": r[e] or 0} for r in rows for e in _SERIES]
+
+
+def seal(db: Database, *, now: float | None = None) -> float:
+    """Roll up the log's hours that ended at least SEAL_AFTER ago and are not rolled up yet;
+    the time before which every hour is in `message_log_hourly`.
+
+    One process does it at a time (the state row is updated first, in the same
+    transaction: another process that got there first leaves nothing to do).
+    The rollup keeps its counts when old log rows are pruned.
+    """
+    horizon = float((time.time() if now is None else now) - SEAL_AFTER) // HOUR * HOUR
+    state = "SELECT sealed_until FROM message_log_rollup WHERE name = 'hourly'"
+    mark = db.scalar(state)
+    if mark is None:
+        oldest = db.scalar("SELECT min(at) FROM message_log")
+        start = horizon if oldest is None else min(horizon, float(oldest) // HOUR * HOUR)
+        db.execute(
+            "INSERT INTO message_log_rollup (name, sealed_until) VALUES ('hourly', :start)"
+            " ON CONFLICT (name) DO NOTHING",
+            {"start": start},
+        )
+        mark = db.scalar(state)
+    mark = float(mark)
+    if mark >= horizon:
+        return mark
+    hour = (
+        "floor(at / 3600) * 3600"
+        if db.dialect == "postgresql"
+        else "CAST(at / 3600 AS INTEGER) * 3600"
+    )
+    with db.transaction():
+        taken = db.execute(
+            "UPDATE message_log_rollup SET sealed_until = :horizon"
+            " WHERE name = 'hourly' AND sealed_until = :mark",
+            {"horizon": horizon, "mark": mark},
+        )
+        if taken:
+            events = ", ".join(EVENTS)
+            counts = ", ".join(f"count(*) FILTER (WHERE event = '{e}')" for e in EVENTS)
+            db.execute(
+                f"INSERT INTO message_log_hourly (hour, domain, {events})"  # noqa: S608
+                f" SELECT {hour}, coalesce(domain, ''), {counts} FROM message_log"
+                " WHERE at >= :mark AND at < :horizon GROUP BY 1, 2",
+                {"mark": mark, "horizon": horizon},
+            )
+    return float(db.scalar(state))
+
+
+def series(
+    *,
+    db: Database,
+    org: int,
+    since: float,
+    until: float,
+    interval: str = "day",
+    domain: str | None = None,
+) -> Series:
+    """The organization's counts per `interval` (UTC hours or days) in the window, or one
+    of its domains'. Buckets start on UTC boundaries; the first and last may be partial
+    (only the window's rows count). One grouped read of the (event, at) or (domain, at)
+    covering index."""
+    from smtpy.admin.domains import domain_id
+    from smtpy.mail.addresses import display_domain
+
+    if interval not in INTERVALS:
+        raise InvalidInput(f"interval {interval!r} is not one of {', '.join(INTERVALS)}")
+    if until <= since:
+        raise InvalidInput("until must be later than since")
+    step = INTERVALS[interval]
+    origin = since // step * step
+    buckets = int(-(-(until - origin) // step))
+    if buckets > MAX_BUCKETS:
+        raise InvalidInput(
+            f"the period holds {buckets} {interval}s: ask for at most {MAX_BUCKETS} at once"
+        )
+    seen = scope(db=db, org=org).where("domain")
+    alabel = None
+    if domain is not None:
+        _, alabel = domain_id(db=db, org=org, name=domain)
+        seen = "domain = :domain", {"domain": alabel}
+    counts: dict[int, dict[str, int]] = {}
+
+    def add(rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            bucket = counts.setdefault(int(row["b"]), {})
+            name = _SERIES[row["event"]]
+            bucket[name] = bucket.get(name, 0) + int(row["n"])
+
+    # Whole hours already rolled up come from the rollup; the edges and the open hours
+    # from the log itself.
+    sealed = seal(db)
+    first = -(-since // HOUR) * HOUR
+    last = min(until // HOUR * HOUR, sealed)
+    bounds = {"origin": origin, "step": step}
+    if first < last:
+        add(_rolled(db, seen, first, last, bounds))
+        for lo, hi in ((since, first), (last, until)):
+            if lo < hi:
+                add(_live(db, seen, lo, hi, bounds))
+    else:
+        add(_live(db, seen, since, until, bounds))
+    names = tuple(_SERIES.values())
+    points = [
+        Point(t=origin + n * step, **{k: counts.get(n, {}).get(k, 0) for k in names})
+        for n in range(buckets)
+    ]
+    totals = SeriesTotals(**{k: sum(getattr(p, k) for p in points) for k in names})
+    return Series(
+        since=since,
+        until=until,
+        interval=interval,  # type: ignore[arg-type]
+        domain=None if alabel is None else display_domain(alabel),
+        series=points,
+        totals=totals,
+    )
+
+
+def series_csv(result: Series) -> str:
+    """The series as CSV: a header line, then one line per bucket (t in RFC 3339 UTC)."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(["t", *_SERIES.values()])
+    for point in result.series:
+        t = datetime.fromtimestamp(point.t, UTC).isoformat(timespec="milliseconds")
+        t = t.replace("+00:00", "Z")
+        writer.writerow([t, *(getattr(point, k) for k in _SERIES.values())])
+    return out.getvalue()
