@@ -196,19 +196,18 @@ def running_api(url: str, state_dir: str) -> Iterator[Api]:
             "SMTPY_API_LISTEN": f"127.0.0.1:{port}",
         }
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "smtpy", "api"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    # Its log (a line per request) goes to a file: a pipe nobody reads would fill and stall it.
+    errors = Path(state_dir) / f"api-{port}.log"
+    with errors.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "smtpy", "api"], env=env, stdout=sink, stderr=sink
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                sys.exit(f"smtpy api exited {proc.returncode}: {err}")
+                sys.exit(f"smtpy api exited {proc.returncode}: {errors.read_text()[-2000:]}")
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
                     break
@@ -224,8 +223,6 @@ def running_api(url: str, state_dir: str) -> Iterator[Api]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def percentile(values: list[float], share: float) -> float:
