@@ -139,17 +139,17 @@ def seed(url: str, rows: int) -> tuple[str, float]:
     if url.startswith("sqlite"):
         import sqlite3
 
-        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
-        conn.execute("PRAGMA synchronous = OFF")
+        lite = sqlite3.connect(url.removeprefix("sqlite:///"))
+        lite.execute("PRAGMA synchronous = OFF")
         placeholders = ", ".join("?" for _ in COLUMNS)
-        with conn:
-            conn.executemany(
+        with lite:
+            lite.executemany(
                 f"INSERT INTO message_log ({', '.join(COLUMNS)}) VALUES ({placeholders})",
                 log_rows(rows, now),
             )
-        conn.execute("PRAGMA analysis_limit = 1000")
-        conn.execute("ANALYZE")
-        conn.close()
+        lite.execute("PRAGMA analysis_limit = 1000")
+        lite.execute("ANALYZE")
+        lite.close()
     else:
         import psycopg
 
@@ -342,13 +342,13 @@ def postgres_database(url: str) -> Iterator[str]:
 
     name = f"smtpy_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+        conn.execute(f"CREATE DATABASE {name}")
     base, _, _ = url.rpartition("/")
     try:
         yield f"{base}/{name}"
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def main() -> None:
