@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from smtpy.accounts.audit import record
 from smtpy.admin.domains import domain_id
 from smtpy.errors import Conflict, InvalidInput, NotFound
 from smtpy.mail.addresses import (
@@ -171,11 +172,19 @@ def add_alias(*, db: Database, org: int, alias: AliasCreate) -> AliasPublic:
                     "now": time.time(),
                 },
             )
+            created = _get(db, new_id)
+            record(
+                db,
+                org=org,
+                action="alias.create",
+                target=created.address,
+                detail={"mode": created.mode, "destinations": created.destinations},
+            )
     except Conflict:
         raise Conflict(
             f"the alias {address} already exists; remove it first to change it"
         ) from None
-    return _get(db, new_id)
+    return created
 
 
 _SELECT = (
@@ -220,17 +229,28 @@ def list_aliases(*, db: Database, org: int, domain: str | None = None) -> list[A
 
 def remove_alias(*, db: Database, org: int, address: str) -> AliasPublic:
     alias_id, info = _find(db, org, address)
-    db.execute("DELETE FROM aliases WHERE id = :id", {"id": alias_id})
+    with db.transaction():
+        if db.execute("DELETE FROM aliases WHERE id = :id", {"id": alias_id}):
+            record(db, org=org, action="alias.remove", target=info.address)
     return info
 
 
 def update_alias(*, db: Database, org: int, address: str, update: AliasUpdate) -> AliasPublic:
     """Change an alias: `enabled` False refuses its mail with 550 until enabled again."""
-    alias_id, _ = _find(db, org, address)
-    if update.enabled is not None:
-        db.execute(
-            "UPDATE aliases SET enabled = :e WHERE id = :id", {"e": update.enabled, "id": alias_id}
-        )
+    alias_id, before = _find(db, org, address)
+    if update.enabled is not None and update.enabled != before.enabled:
+        with db.transaction():
+            db.execute(
+                "UPDATE aliases SET enabled = :e WHERE id = :id",
+                {"e": update.enabled, "id": alias_id},
+            )
+            record(
+                db,
+                org=org,
+                action="alias.update",
+                target=before.address,
+                detail={"enabled": update.enabled},
+            )
     return _get(db, alias_id)
 
 
