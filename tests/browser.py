@@ -13,6 +13,8 @@ Fixtures:
 - `browser` (per worker): Chromium, headless; skips the test when it is not installed.
 - `dashboard`: `smtpy api` on the test's store (SQLite and PostgreSQL, `store_url`),
   with an organization and an owner seeded (`seed_org`); `.url(path)`, `.user`.
+- `shared_dashboard` (per module, SQLite): the same, shared by a module's tests that
+  change nothing the others see.
 - `signed_in`: a page (its own browser context: own cookies and storage) signed in
   as that owner through the sign-in form.
 - `assert_accessible(page)`: an axe-core scan (bundled by axe-playwright-python,
@@ -29,6 +31,7 @@ from typing import Any
 import pytest
 
 from apiserver import ApiServer, seed_org
+from dnsserver import DNSServer
 
 CHROMIUM = os.environ.get("SMTPY_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -69,14 +72,37 @@ class Dashboard:
 
 
 def start_dashboard(cli_env: dict[str, str], **settings: str) -> Iterator[Dashboard]:
-    user = seed_org(cli_env["SMTPY_DATABASE_URL"], org="acme")
-    with ApiServer(cli_env, **settings) as api:
+    with ApiServer(cli_env, **settings) as api:  # migrates the store first
+        user = seed_org(cli_env["SMTPY_DATABASE_URL"], org="acme")
         yield Dashboard(api=api, store_url=cli_env["SMTPY_DATABASE_URL"], user=user)
 
 
 @pytest.fixture
 def dashboard(cli_env: dict[str, str]) -> Iterator[Dashboard]:
+    """On the test's own store (each backend)."""
     yield from start_dashboard(cli_env, SMTPY_SIGNUP="open")
+
+
+@pytest.fixture(scope="module")
+def shared_dashboard(
+    tmp_path_factory: pytest.TempPathFactory, dns_session: DNSServer
+) -> Iterator[Dashboard]:
+    """One SQLite store and `smtpy api` for a module's tests that change nothing they
+    share (pages, themes, widths, the keyboard): starting the process is the slow part."""
+    home = tmp_path_factory.mktemp("dashboard")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMTPY_")}
+    env.update(
+        {
+            "SMTPY_DATABASE_URL": f"sqlite:///{home / 'smtpy.db'}",
+            "SMTPY_HOSTNAME": "mx.forwarder.test",
+            "SMTPY_STATE_DIR": str(home / "state"),
+            "SMTPY_DNS_NAMESERVERS": dns_session.nameserver,
+            "SMTPY_DNS_TIMEOUT": "2",
+            "SMTPY_PROCESSES": "1",
+            "HOME": str(home),
+        }
+    )
+    yield from start_dashboard(env, SMTPY_SIGNUP="open")
 
 
 def new_page(browser: Browser, **options: Any) -> Page:
@@ -107,9 +133,7 @@ def assert_accessible(page: Page) -> None:
     from axe_playwright_python.sync_playwright import Axe
 
     results = Axe().run(page)
-    bad = [
-        v for v in results.response["violations"] if v.get("impact") in ("serious", "critical")
-    ]
+    bad = [v for v in results.response["violations"] if v.get("impact") in ("serious", "critical")]
     summary = "\n".join(
         f"{v['id']} ({v['impact']}): {v['help']} at "
         + ", ".join(str(n["target"]) for n in v["nodes"][:3])

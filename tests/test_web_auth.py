@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import pyotp
-import pytest
 from playwright.sync_api import Page, expect
 
 from browser import (  # noqa: F401
@@ -15,11 +14,10 @@ from browser import (  # noqa: F401
     browser,
     dashboard,
     new_page,
+    shared_dashboard,
     sign_in,
     signed_in,
 )
-
-SQLITE_ONLY = pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 
 SIGNED_OUT_PAGES = [
     "/",  # the landing page (sign-up is open)
@@ -39,9 +37,7 @@ def test_sign_in_and_out(browser, dashboard: Dashboard) -> None:  # noqa: F811
     expect(page).to_have_url(dashboard.url("/login?next=/settings/profile"))
 
     sign_in(page, dashboard, dashboard.user["email"], "wrong password", "/settings/profile")
-    expect(page.locator(".form-error")).to_have_text(
-        "The e-mail address or the password is wrong."
-    )
+    expect(page.locator(".form-error")).to_have_text("The e-mail address or the password is wrong.")
 
     page.get_by_label("Password").fill(dashboard.user["password"])
     page.get_by_role("button", name="Sign in").click()
@@ -104,10 +100,10 @@ def test_two_factor_enrolment_then_sign_in_with_the_code(
     other.context.close()
 
 
-@SQLITE_ONLY
-def test_keyboard_alone_signs_in_with_focus_visible(browser, dashboard: Dashboard) -> None:  # noqa: F811
+def test_keyboard_alone_signs_in_with_focus_visible(browser, shared_dashboard: Dashboard) -> None:  # noqa: F811
+    site = shared_dashboard
     page = new_page(browser)
-    page.goto(dashboard.url("/login"))
+    page.goto(site.url("/login"))
     for _ in range(10):  # skip link, brand, theme toggle, then the e-mail field
         page.keyboard.press("Tab")
         if page.evaluate("document.activeElement.id") == "f-email":
@@ -115,20 +111,23 @@ def test_keyboard_alone_signs_in_with_focus_visible(browser, dashboard: Dashboar
     assert page.evaluate("document.activeElement.id") == "f-email"
     outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
     assert outline != "none"
-    page.keyboard.type(dashboard.user["email"])
+    page.keyboard.type(site.user["email"])
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "f-password"
-    page.keyboard.type(dashboard.user["password"])
+    page.keyboard.type(site.user["password"])
     page.keyboard.press("Enter")
-    expect(page).to_have_url(dashboard.url("/"))
+    expect(page).to_have_url(site.url("/"))
     expect(page.get_by_role("navigation", name="Main")).to_be_visible()
     page.context.close()
 
 
-@SQLITE_ONLY
-def test_theme_follows_the_system_and_the_toggle_sticks(browser, dashboard: Dashboard) -> None:  # noqa: F811
+def test_theme_follows_the_system_and_the_toggle_sticks(
+    browser,  # noqa: F811
+    shared_dashboard: Dashboard,  # noqa: F811
+) -> None:
+    site = shared_dashboard
     page = new_page(browser, color_scheme="light")
-    page.goto(dashboard.url("/login"))
+    page.goto(site.url("/login"))
     html = page.locator("html")
     expect(html).to_have_attribute("data-theme", "light")
     light_bg = page.evaluate("getComputedStyle(document.body).backgroundColor")
@@ -144,17 +143,20 @@ def test_theme_follows_the_system_and_the_toggle_sticks(browser, dashboard: Dash
     page.context.close()
 
     system_dark = new_page(browser, color_scheme="dark")
-    system_dark.goto(dashboard.url("/login"))
+    system_dark.goto(site.url("/login"))
     expect(system_dark.locator("html")).to_have_attribute("data-theme", "dark")
     system_dark.context.close()
 
 
-@SQLITE_ONLY
-def test_signed_out_pages_fit_a_phone_and_pass_axe(browser, dashboard: Dashboard) -> None:  # noqa: F811
+def test_signed_out_pages_fit_a_phone_and_pass_axe(
+    browser,  # noqa: F811
+    shared_dashboard: Dashboard,  # noqa: F811
+) -> None:
+    site = shared_dashboard
     for scheme in ("light", "dark"):
         page = new_page(browser, viewport={"width": 390, "height": 844}, color_scheme=scheme)
         for path in SIGNED_OUT_PAGES:
-            page.goto(dashboard.url(path))
+            page.goto(site.url(path))
             expect(page.locator("h1")).to_be_visible()
             width = page.evaluate("document.documentElement.scrollWidth")
             assert width <= 390, f"{path} is {width} px wide at 390 px"
@@ -162,10 +164,13 @@ def test_signed_out_pages_fit_a_phone_and_pass_axe(browser, dashboard: Dashboard
         page.context.close()
 
 
-@SQLITE_ONLY
-def test_a_form_error_shows_at_its_field_without_javascript(browser, dashboard: Dashboard) -> None:  # noqa: F811
+def test_a_form_error_shows_at_its_field_without_javascript(
+    browser,  # noqa: F811
+    shared_dashboard: Dashboard,  # noqa: F811
+) -> None:
+    site = shared_dashboard
     page = new_page(browser, java_script_enabled=False)
-    page.goto(dashboard.url("/register"))
+    page.goto(site.url("/register"))
     page.get_by_label("E-mail address").fill("new@example.test")
     page.get_by_label("Password").fill("short")
     page.get_by_label("Organization name").fill("New Org")
