@@ -10,7 +10,7 @@ In a test module:
         assert_accessible(signed_in)
 
 Fixtures:
-- `browser` (per worker): Chromium, headless; skips the test when it is not installed.
+- `browser` (per module): Chromium, headless; skips the test when it is not installed.
 - `dashboard`: `smtpy api` on the test's store (SQLite and PostgreSQL, `store_url`),
   with an organization and an owner seeded (`seed_org`); `.url(path)`, `.user`.
 - `shared_dashboard` (per module, SQLite): the same, shared by a module's tests that
@@ -51,8 +51,11 @@ else:  # pragma: no cover
     Browser = BrowserContext = Page = Any  # type: ignore[misc,assignment]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Chromium for a module's tests. Module scope, not session: Playwright's sync API runs
+    one instance per thread, and pytest ends a module's fixtures before the next module's
+    start, so other modules may start their own."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium; scripts/test.sh does)")
     with sync_playwright() as playwright:
