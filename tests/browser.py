@@ -23,6 +23,7 @@ Fixtures:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,6 +79,9 @@ def start_dashboard(cli_env: dict[str, str], **settings: str) -> Iterator[Dashbo
     with ApiServer(cli_env, **settings) as api:  # migrates the store first
         user = seed_org(cli_env["SMTPY_DATABASE_URL"], org="acme")
         yield Dashboard(api=api, store_url=cli_env["SMTPY_DATABASE_URL"], user=user)
+
+
+running_dashboard = contextlib.contextmanager(start_dashboard)
 
 
 @pytest.fixture

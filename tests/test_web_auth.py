@@ -3,9 +3,11 @@ the theme, a phone's width and an axe-core scan of each page."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pyotp
+import pytest
 from playwright.sync_api import Page, expect
 
 from browser import (  # noqa: F401
@@ -14,6 +16,7 @@ from browser import (  # noqa: F401
     browser,
     dashboard,
     new_page,
+    running_dashboard,
     shared_dashboard,
     sign_in,
     signed_in,
@@ -183,3 +186,48 @@ def test_a_form_error_shows_at_its_field_without_javascript(
     expect(page.get_by_label("E-mail address")).to_have_value("new@example.test")
     expect(page.get_by_label("E-mail address")).not_to_have_attribute("aria-invalid", "true")
     page.context.close()
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_closed_sign_up_csrf_and_redirects_over_plain_http(cli_env: dict[str, str]) -> None:
+    """Without a browser: what the pages answer to forms sent by anyone."""
+    with running_dashboard(cli_env) as site:  # SMTPY_SIGNUP closed (the default)
+        client = site.api.browser()
+        home = client.get("/")
+        assert (home.status_code, home.headers["location"]) == (303, "/login")
+        assert client.get("/register").status_code == 404
+        refused = client.post(
+            "/register",
+            data={"email": "a@example.test", "password": "long enough pw", "organization": "A"},
+        )
+        assert refused.status_code == 403
+        assert "Sign-up is closed" in refused.text
+
+        credentials = {"email": site.user["email"], "password": site.user["password"]}
+        cross = client.post("/login", data=credentials, headers={"Sec-Fetch-Site": "cross-site"})
+        assert cross.status_code == 403
+        assert "smtpy_session" not in client.cookies
+        # `next` never leads to another site.
+        signed = client.post("/login", data={**credentials, "next": "//evil.example/x"})
+        assert (signed.status_code, signed.headers["location"]) == (303, "/")
+
+        page = client.get("/settings/profile")
+        token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
+        assert token is not None
+        csrf = token.group(1)
+        assert client.post("/settings/profile", data={"name": "A"}).status_code == 403
+        wrong = client.post("/settings/profile", data={"name": "A", "csrf_token": "0" * 64})
+        assert wrong.status_code == 403
+        by_field = client.post("/settings/profile", data={"name": "Field", "csrf_token": csrf})
+        assert by_field.status_code == 303
+        by_header = client.post(
+            "/settings/profile", data={"name": "Header"}, headers={"X-CSRF-Token": csrf}
+        )
+        assert by_header.status_code == 303
+        from_elsewhere = client.post(
+            "/settings/profile",
+            data={"name": "Evil", "csrf_token": csrf},
+            headers={"Sec-Fetch-Site": "cross-site"},
+        )
+        assert from_elsewhere.status_code == 403
+        assert 'value="Header"' in client.get("/settings/profile").text
