@@ -14,6 +14,7 @@ from browser import (  # noqa: F401
     Dashboard,
     assert_accessible,
     browser,
+    csp_violations,
     dashboard,
     new_page,
     running_dashboard,
@@ -144,6 +145,7 @@ def test_theme_follows_the_system_and_the_toggle_sticks(
     expect(html).to_have_attribute("data-theme", "dark")
     assert page.evaluate("getComputedStyle(document.body).backgroundColor") != light_bg
     page.context.close()
+    assert csp_violations(page) == []
 
     system_dark = new_page(browser, color_scheme="dark")
     system_dark.goto(site.url("/login"))
@@ -165,6 +167,7 @@ def test_signed_out_pages_fit_a_phone_and_pass_axe(
             assert width <= 390, f"{path} is {width} px wide at 390 px"
             assert_accessible(page)
         page.context.close()
+        assert csp_violations(page) == []
 
 
 def test_a_form_error_shows_at_its_field_without_javascript(
