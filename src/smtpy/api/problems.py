@@ -211,6 +211,10 @@ def install(app: FastAPI) -> None:
         response = from_error(exc)
         if response.status_code == 500:
             logger.error("unexpected error", error=type(exc).__name__, detail=str(exc))
+        elif response.status_code == 503:  # the operator wants to know the store is down
+            logger.warning(
+                "store unavailable", method=request.method, path=request.url.path, detail=str(exc)
+            )
         return response
 
     async def validation(request: Request, exc: Exception) -> JSONResponse:
