@@ -10,7 +10,7 @@ In a test module:
         assert_accessible(signed_in)
 
 Fixtures:
-- `browser` (per module): Chromium, headless; skips the test when it is not installed.
+- `browser` (per worker): Chromium, headless; skips the test when it is not installed.
 - `dashboard`: `smtpy api` on the test's store (SQLite and PostgreSQL, `store_url`),
   with an organization and an owner seeded (`seed_org`); `.url(path)`, `.user`.
 - `shared_dashboard` (per module, SQLite): the same, shared by a module's tests that
@@ -55,17 +55,29 @@ else:  # pragma: no cover
     Browser = BrowserContext = Page = Any  # type: ignore[misc,assignment]
 
 
-@pytest.fixture(scope="module")
+_running: list[Any] = []  # [playwright, chromium] once started
+
+
+@pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
-    """Chromium for a module's tests. Module scope, not session: Playwright's sync API runs
-    one instance per thread, and pytest ends a module's fixtures before the next module's
-    start, so other modules may start their own."""
+    """One Chromium for the whole session. Each test module that imports this fixture
+    registers its own copy, and Playwright's sync API cannot start twice in a process:
+    the copies share the one started first; the last to finish stops it."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium; scripts/test.sh does)")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
+    if not _running:
+        playwright = sync_playwright().start()
+        _running.extend(
+            [playwright, playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)]
+        )
+    _running.append(None)  # one more user
+    yield _running[1]
+    _running.pop()
+    if len(_running) == 2:
+        playwright, chromium = _running
+        _running.clear()
         chromium.close()
+        playwright.stop()
 
 
 @dataclass
