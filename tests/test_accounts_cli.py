@@ -272,3 +272,43 @@ def test_every_command_has_help(cli: Cli) -> None:
         for command in commands:
             assert command in listing
             assert "Usage:" in ok(cli, group, command, "--help")
+
+
+def test_on_a_terminal_user_add_asks_for_the_password_twice_without_echo(acme: Cli) -> None:
+    import os
+    import pty
+    import select
+    import sys
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: smtpy on a terminal
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", "smtpy", "user", "add", "tty@acme.test", "--org", "acme"],
+            acme.env,
+        )
+    seen = b""
+
+    def wait_for(token: bytes) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 60
+        while token not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                try:
+                    seen += os.read(fd, 1024)
+                except OSError:  # the child closed the terminal
+                    return
+
+    try:
+        wait_for(b"Password: ")
+        os.write(fd, b"typed on a terminal\n")
+        wait_for(b"Repeat for confirmation: ")
+        os.write(fd, b"typed on a terminal\n")
+        wait_for(b"added tty@acme.test")
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, seen
+    assert b"typed on a terminal" not in seen  # never echoed
+    assert signs_in(acme, "tty@acme.test", "typed on a terminal")

@@ -19,6 +19,7 @@ import pytest
 
 from apiserver import ApiServer, seed_org
 from conftest import Cli
+from dnsserver import DNSServer
 from smtpy.accounts import api_keys, audit, members, sessions, users
 from smtpy.accounts.actor import Actor, acting
 from smtpy.admin import aliases, domains, keys, organizations, queue
@@ -238,3 +239,40 @@ def test_without_a_shell_changes_are_the_systems(db: Database) -> None:
     org = organizations.add_organization(db=db, name="acme").id
     (event,) = audit.list_events(db=db, org=org).data
     assert (event.via, event.actor, event.action) == ("system", "smtpy", "organization.create")
+
+
+def test_verify_is_recorded_when_it_changes_the_domain(db: Database, dns_server: DNSServer) -> None:
+    """An API-added domain stops being pending and becomes verified: one event; verifying
+    again changes nothing and records nothing."""
+    host, _, port = dns_server.nameserver.rpartition(":")
+    with acting(Actor(via="session", name="o@acme.test", client_ip="127.0.0.9")):
+        org = organizations.add_organization(db=db, name="acme").id
+        domains.add_domain(
+            db=db,
+            org=org,
+            domain=DomainCreate(name="acme.test", key_algorithm="ed25519", pending=True),
+        )
+        for record in domains.domain_records(
+            db=db, org=org, name="acme.test", hostname="mx.forwarder.test"
+        ):
+            dns_server.add(record.name, record.type, record.value)
+        for _ in range(2):
+            report = domains.verify_domain(
+                db=db,
+                org=org,
+                name="acme.test",
+                hostname="mx.forwarder.test",
+                nameservers=[(host, int(port))],
+                timeout=2.0,
+            )
+            assert report.verified
+    events = [e for e in audit.list_events(db=db, org=org).data if e.action == "domain.verify"]
+    assert len(events) == 1
+    assert events[0].detail == {"pending": False, "verified": True}
+    assert (events[0].via, events[0].actor, events[0].client_ip) == (
+        "session",
+        "o@acme.test",
+        "127.0.0.9",
+    )
+    created = next(e for e in audit.list_events(db=db, org=org).data if e.action == "domain.create")
+    assert created.detail is not None and created.detail["pending"] is True
