@@ -14,8 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from smtpy.accounts.roles import Role, allows
 from smtpy.admin.domains import domain_id
-from smtpy.errors import Conflict, InvalidInput, NotFound
+from smtpy.errors import Conflict, Forbidden, InvalidInput, NotFound
 from smtpy.mail.addresses import (
     display_domain,
     local_key,
@@ -34,6 +35,7 @@ from smtpy.route.aliases import (
     parse_alias_address,
 )
 from smtpy.store.db import Database
+from smtpy.store.pages import Page, check_limit, keyset, page_of
 
 MODES: tuple[Mode, ...] = ("forward", "reject", "discard")
 MAX_DESTINATIONS = 50
@@ -46,6 +48,7 @@ class AliasCreate(BaseModel):
     destinations: list[str] = []
     mode: str = "forward"  # forward | reject | discard
     reject_message: str | None = None  # the 550 text of a reject alias
+    enabled: bool = True
 
 
 class AliasUpdate(BaseModel):
@@ -54,6 +57,15 @@ class AliasUpdate(BaseModel):
     model_config = ConfigDict(defer_build=True)
 
     enabled: bool | None = None
+    destinations: list[str] | None = None  # of a forwarding alias: replaces them all
+
+
+class FieldInvalid(InvalidInput):
+    """Invalid input in one field of the request (`destinations.2`): the API names it."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class AliasPublic(BaseModel):
@@ -113,10 +125,15 @@ def _key(db: Database, org: int, address: str) -> AliasKey:
         try:
             validate_local_part(local)
         except InvalidInput as exc:
-            raise InvalidInput(f"{address!r} is not a valid alias: {exc}") from None
+            raise FieldInvalid(
+                f"{address!r} is not a valid alias: {exc}", field="local_part"
+            ) from None
         key = local_key(local)
     elif kind == "regex":
-        compile_pattern(local)
+        try:
+            compile_pattern(local)
+        except InvalidInput as exc:
+            raise FieldInvalid(exc.message, field="local_part") from None
         key = local
     else:
         key = CATCHALL
@@ -125,25 +142,55 @@ def _key(db: Database, org: int, address: str) -> AliasKey:
 
 def _destinations(values: Sequence[str], alias: AliasKey) -> tuple[str, ...]:
     if len(values) > MAX_DESTINATIONS:
-        raise InvalidInput(f"an alias has at most {MAX_DESTINATIONS} destinations")
+        raise FieldInvalid(
+            f"an alias has at most {MAX_DESTINATIONS} destinations", field="destinations"
+        )
     seen: dict[str, None] = {}
-    for value in values:
-        address = parse_address(value)
+    for n, value in enumerate(values):
+        try:
+            address = parse_address(value)
+        except InvalidInput as exc:
+            raise FieldInvalid(exc.message, field=f"destinations.{n}") from None
         if alias.kind == "exact" and address.key == f"{alias.local_key}@{alias.domain}":
-            raise InvalidInput(f"{value!r} is the alias itself: that would be a mail loop")
+            raise FieldInvalid(
+                f"{value!r} is the alias itself: that would be a mail loop",
+                field=f"destinations.{n}",
+            )
         seen.setdefault(str(address), None)
     return tuple(seen)
 
 
-def add_alias(*, db: Database, org: int, alias: AliasCreate) -> AliasPublic:
-    """Add an alias; nothing is written unless every part of the input is valid."""
+def _authorize(db: Database, role: Role | None, did: int) -> None:
+    """Admins (and the operator at the shell, `role` None) manage every alias; a member
+    only those of a domain whose ownership is verified (not pending)."""
+    if allows(role, "manage"):
+        return
+    if allows(role, "aliases"):
+        pending = db.scalar("SELECT pending FROM domains WHERE id = :id", {"id": did})
+        if not pending:
+            return
+        raise Forbidden(
+            "a member may manage aliases only once the domain is verified: "
+            "ask an admin, or verify the domain first"
+        )
+    raise Forbidden(f"your role ({role}) may not change aliases: ask an admin")
+
+
+def add_alias(
+    *, db: Database, org: int, alias: AliasCreate, role: Role | None = None
+) -> AliasPublic:
+    """Add an alias; nothing is written unless every part of the input is valid. `role`:
+    the caller's in the organization (None: the operator at the shell)."""
     address, mode, reject_message = alias.address, alias.mode, alias.reject_message
     if mode not in MODES:
-        raise InvalidInput(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        raise FieldInvalid(f"mode {mode!r} is not one of {', '.join(MODES)}", field="mode")
     key = _key(db, org, address)
+    _authorize(db, role, key.domain_id)
     targets = _destinations(alias.destinations, key)
     if mode == "forward" and not targets:
-        raise InvalidInput("a forwarding alias needs at least one destination address")
+        raise FieldInvalid(
+            "a forwarding alias needs at least one destination address", field="destinations"
+        )
     if mode != "forward" and targets:
         raise InvalidInput(f"a {mode} alias takes no destinations")
     if reject_message is not None:
@@ -167,7 +214,7 @@ def add_alias(*, db: Database, org: int, alias: AliasCreate) -> AliasPublic:
                     "destinations": json.dumps(list(targets), ensure_ascii=False),
                     "mode": mode,
                     "reject_message": reject_message,
-                    "enabled": True,
+                    "enabled": alias.enabled,
                     "now": time.time(),
                 },
             )
@@ -218,20 +265,115 @@ def list_aliases(*, db: Database, org: int, domain: str | None = None) -> list[A
     return [_public(row) for row in rows]
 
 
-def remove_alias(*, db: Database, org: int, address: str) -> AliasPublic:
+def remove_alias(*, db: Database, org: int, address: str, role: Role | None = None) -> AliasPublic:
     alias_id, info = _find(db, org, address)
+    return _remove(db, alias_id, info, role)
+
+
+def _remove(db: Database, alias_id: int, info: AliasPublic, role: Role | None) -> AliasPublic:
+    _authorize(db, role, _domain_of(db, alias_id))
     db.execute("DELETE FROM aliases WHERE id = :id", {"id": alias_id})
     return info
 
 
-def update_alias(*, db: Database, org: int, address: str, update: AliasUpdate) -> AliasPublic:
-    """Change an alias: `enabled` False refuses its mail with 550 until enabled again."""
+def update_alias(
+    *, db: Database, org: int, address: str, update: AliasUpdate, role: Role | None = None
+) -> AliasPublic:
+    """Change an alias: `enabled` False refuses its mail with 550 until enabled again;
+    `destinations` replaces those of a forwarding alias."""
     alias_id, _ = _find(db, org, address)
+    return _update(db, alias_id, update, role)
+
+
+def _domain_of(db: Database, alias_id: int) -> int:
+    return int(db.scalar("SELECT domain_id FROM aliases WHERE id = :id", {"id": alias_id}))
+
+
+def _update(db: Database, alias_id: int, update: AliasUpdate, role: Role | None) -> AliasPublic:
+    _authorize(db, role, _domain_of(db, alias_id))
+    if update.destinations is not None:
+        current = _get(db, alias_id)
+        if current.mode != "forward":
+            raise FieldInvalid(
+                f"a {current.mode} alias takes no destinations", field="destinations"
+            )
+        kind, local, domain_text = parse_alias_address(current.address)
+        key = AliasKey(
+            _domain_of(db, alias_id),
+            normalize_domain(domain_text),
+            kind,
+            local,
+            local_key(local) if kind == "exact" else local,
+        )
+        targets = _destinations(update.destinations, key)
+        if not targets:
+            raise FieldInvalid(
+                "a forwarding alias needs at least one destination address", field="destinations"
+            )
+        db.execute(
+            "UPDATE aliases SET destinations = :t WHERE id = :id",
+            {"t": json.dumps(list(targets), ensure_ascii=False), "id": alias_id},
+        )
     if update.enabled is not None:
         db.execute(
             "UPDATE aliases SET enabled = :e WHERE id = :id", {"e": update.enabled, "id": alias_id}
         )
     return _get(db, alias_id)
+
+
+def _by_id(db: Database, org: int, alias_id: str | int) -> tuple[int, AliasPublic]:
+    """An alias of `org` by its id (as the API gives it); another organization's is not
+    found, exactly as a missing one."""
+    text = str(alias_id).strip()
+    missing = NotFound(
+        f"there is no alias with id {text}; list them with GET /domains/NAME/aliases"
+    )
+    if not text.isdigit() or len(text) > 18:
+        raise missing
+    row = db.one(
+        _SELECT + " WHERE a.id = :id AND d.organization_id = :org", {"id": int(text), "org": org}
+    )
+    if row is None:
+        raise missing
+    return int(row["id"]), _public(row)
+
+
+def get_alias(*, db: Database, org: int, alias_id: str | int) -> AliasPublic:
+    """One alias of the organization by id."""
+    return _by_id(db, org, alias_id)[1]
+
+
+def update_alias_by_id(
+    *, db: Database, org: int, alias_id: str | int, update: AliasUpdate, role: Role | None = None
+) -> AliasPublic:
+    return _update(db, _by_id(db, org, alias_id)[0], update, role)
+
+
+def remove_alias_by_id(
+    *, db: Database, org: int, alias_id: str | int, role: Role | None = None
+) -> AliasPublic:
+    found, info = _by_id(db, org, alias_id)
+    return _remove(db, found, info, role)
+
+
+def alias_page(
+    *,
+    db: Database,
+    org: int,
+    domain: str,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> Page[AliasPublic]:
+    """A domain's aliases, newest first, a page at a time (keyset on creation)."""
+    did, _ = domain_id(db=db, org=org, name=domain)
+    size = check_limit(limit)
+    after, params = keyset("a.created_at", "a.id", cursor)
+    where = "a.domain_id = :d" + (f" AND {after}" if after else "")
+    rows = db.all(
+        f"{_SELECT} WHERE {where} ORDER BY a.created_at DESC, a.id DESC LIMIT :n",
+        {**params, "d": did, "n": size + 1},
+    )
+    return page_of([_public(r) for r in rows], size, key=lambda a: (a.created_at, a.id))
 
 
 def domain_rules(db: Database, domain: str) -> DomainRules | None:

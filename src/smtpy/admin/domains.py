@@ -18,6 +18,7 @@ from smtpy.admin.records import DnsRecord, Finding, KeyRecord, judge, required_r
 from smtpy.errors import Conflict, InvalidInput, NotFound
 from smtpy.mail.addresses import display_domain, normalize_domain
 from smtpy.store.db import Database
+from smtpy.store.pages import Page, check_limit, keyset, page_of
 
 if TYPE_CHECKING:
     import dns.resolver
@@ -36,6 +37,8 @@ class DomainCreate(BaseModel):
 
     name: str  # Unicode or IDNA form
     key_algorithm: str = "rsa"  # of the first DKIM key
+    # Added through the API: receives no mail until `verify_domain` finds its ownership token.
+    pending: bool = False
 
 
 class DomainUpdate(BaseModel):
@@ -51,9 +54,11 @@ class DomainPublic(BaseModel):
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
+    id: int
     name: str  # U-label, as people write it
     ascii_name: str  # A-label, as DNS and the store have it
     organization: str
+    pending: bool  # added through the API, ownership not proven yet: receives no mail
     verified: bool
     verified_at: float | None
     created_at: float
@@ -63,7 +68,7 @@ class DomainPublic(BaseModel):
 
 
 _SELECT = """
-SELECT d.id, d.name, d.verified_at, d.created_at, d.dmarc_reject,
+SELECT d.id, d.name, d.verified_at, d.created_at, d.dmarc_reject, d.pending,
        o.name AS organization,
        (SELECT count(*) FROM aliases a WHERE a.domain_id = d.id) AS aliases,
        (SELECT count(*) FROM dkim_keys k WHERE k.domain_id = d.id) AS keys
@@ -73,9 +78,11 @@ FROM domains d JOIN organizations o ON o.id = d.organization_id
 
 def _public(row: dict[str, Any]) -> DomainPublic:
     return DomainPublic(
+        id=int(row["id"]),
         name=display_domain(row["name"]),
         ascii_name=row["name"],
         organization=row["organization"],
+        pending=bool(row["pending"]),
         verified=row["verified_at"] is not None,
         verified_at=row["verified_at"],
         created_at=row["created_at"],
@@ -102,7 +109,8 @@ def domain_id(*, db: Database, org: int, name: str) -> tuple[int, str]:
 
 
 def add_domain(*, db: Database, org: int, domain: DomainCreate) -> DomainPublic:
-    """Serve a new domain: an ownership token and a first active DKIM key."""
+    """Serve a new domain: an ownership token and a first active DKIM key. A `pending`
+    domain (added through the API) receives no mail until its ownership is verified."""
     from smtpy.admin.keys import KeyCreate, create_key
 
     alabel = normalize_domain(domain.name)
@@ -112,9 +120,15 @@ def add_domain(*, db: Database, org: int, domain: DomainCreate) -> DomainPublic:
             if db.one("SELECT id FROM domains WHERE name = :name", {"name": alabel}):
                 raise Conflict(served)
             new_id = db.insert(
-                "INSERT INTO domains (organization_id, name, verification_token, created_at) "
-                "VALUES (:org, :name, :token, :now) RETURNING id",
-                {"org": org, "name": alabel, "token": secrets.token_hex(16), "now": time.time()},
+                "INSERT INTO domains (organization_id, name, verification_token, pending,"
+                " created_at) VALUES (:org, :name, :token, :pending, :now) RETURNING id",
+                {
+                    "org": org,
+                    "name": alabel,
+                    "token": secrets.token_hex(16),
+                    "pending": domain.pending,
+                    "now": time.time(),
+                },
             )
             create_key(
                 db=db, did=new_id, domain=alabel, key=KeyCreate(algorithm=domain.key_algorithm)
@@ -130,6 +144,20 @@ def list_domains(*, db: Database, org: int) -> list[DomainPublic]:
         _public(row)
         for row in db.all(_SELECT + " WHERE d.organization_id = :org ORDER BY d.name", {"org": org})
     ]
+
+
+def domain_page(
+    *, db: Database, org: int, limit: int | None = None, cursor: str | None = None
+) -> Page[DomainPublic]:
+    """The organization's domains, newest first, a page at a time (keyset on creation)."""
+    size = check_limit(limit)
+    after, params = keyset("d.created_at", "d.id", cursor)
+    where = "d.organization_id = :org" + (f" AND {after}" if after else "")
+    rows = db.all(
+        f"{_SELECT} WHERE {where} ORDER BY d.created_at DESC, d.id DESC LIMIT :n",
+        {**params, "org": org, "n": size + 1},
+    )
+    return page_of([_public(r) for r in rows], size, key=lambda d: (d.created_at, d.id))
 
 
 def get_domain(*, db: Database, org: int, name: str) -> DomainPublic:
@@ -190,6 +218,7 @@ class Verification(BaseModel):
 
     domain: str  # U-label
     verified: bool  # ownership and MX are in place
+    pending: bool = False  # still waits for its ownership token (added through the API)
     # Set when the resolver itself never answered: then nothing was learnt about the domain.
     resolver_error: str | None = None
     records: list[Finding]
@@ -218,7 +247,7 @@ def _lookup_all(
     return [(r.status, r.values, r.detail) for r in results]
 
 
-def verify_domain(
+def _findings(
     *,
     db: Database,
     org: int,
@@ -226,14 +255,8 @@ def verify_domain(
     hostname: str,
     nameservers: Sequence[tuple[str, int]] | None,
     timeout: float,
-) -> Verification:
-    """Look every record up (in parallel); mark the domain verified when ownership and MX
-    are in place.
-
-    When no lookup got any answer and they timed out, the resolver itself is
-    silent (down, firewalled, wrong address): `resolver_error` names it, and
-    the findings say so rather than blame the domain's name servers.
-    """
+) -> tuple[list[Finding], str | None]:
+    """Every record looked up (in parallel) and judged, and the resolver's own failure."""
     from smtpy.dns import make_sync_resolver
 
     resolver = make_sync_resolver(nameservers, timeout=timeout)
@@ -254,8 +277,54 @@ def verify_domain(
         if resolver_error is not None and status == "timeout":
             finding = finding.model_copy(update={"fix": resolver_error})
         findings.append(finding)
+    return findings, resolver_error
+
+
+def check_records(
+    *,
+    db: Database,
+    org: int,
+    name: str,
+    hostname: str,
+    nameservers: Sequence[tuple[str, int]] | None,
+    timeout: float,
+) -> list[Finding]:
+    """Every record the domain needs, as DNS has it now (looked up in parallel); changes
+    nothing."""
+    findings, _ = _findings(
+        db=db, org=org, name=name, hostname=hostname, nameservers=nameservers, timeout=timeout
+    )
+    return findings
+
+
+def verify_domain(
+    *,
+    db: Database,
+    org: int,
+    name: str,
+    hostname: str,
+    nameservers: Sequence[tuple[str, int]] | None,
+    timeout: float,
+) -> Verification:
+    """Look every record up (in parallel); mark the domain verified when ownership and MX
+    are in place. A pending domain (added through the API) starts receiving mail once its
+    ownership token is found.
+
+    When no lookup got any answer and they timed out, the resolver itself is
+    silent (down, firewalled, wrong address): `resolver_error` names it, and
+    the findings say so rather than blame the domain's name servers.
+    """
+    findings, resolver_error = _findings(
+        db=db, org=org, name=name, hostname=hostname, nameservers=nameservers, timeout=timeout
+    )
     verified = all(f.status == "ok" for f in findings if f.required)
-    alabel = records[0].name
+    owned = any(f.purpose == "ownership" and f.status == "ok" for f in findings)
+    alabel = findings[0].name
+    if owned:
+        db.execute(
+            "UPDATE domains SET pending = :no WHERE name = :name AND pending",
+            {"no": False, "name": alabel},
+        )
     if verified:
         db.execute(
             "UPDATE domains SET verified_at = :now WHERE name = :name AND verified_at IS NULL",
@@ -264,6 +333,7 @@ def verify_domain(
     return Verification(
         domain=display_domain(alabel),
         verified=verified,
+        pending=not owned and get_domain(db=db, org=org, name=alabel).pending,
         resolver_error=resolver_error,
         records=findings,
     )

@@ -12,10 +12,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from smtpy.admin.organizations import scope
-from smtpy.errors import InvalidInput
+from smtpy.errors import Conflict, InvalidInput, NotFound
 from smtpy.queue.message_log import EVENTS
 from smtpy.store.db import Database, Row
+from smtpy.store.pages import Page, check_limit, decode_cursor, page_of
 
 COLUMNS = (
     "id",
@@ -151,3 +154,327 @@ class Follower:
             low = self.cursor - self.overlap
             self._seen = {i for i in self._seen if i > low}
         return rows
+
+
+# -- the API's view: pages of the log, one message in full, retry and delete -------------
+
+# What `status` may ask for: the log's events, and `forwarded` as the stats name delivered.
+STATUSES = (*EVENTS, "forwarded")
+MAX_QUERY = 200  # characters of free text
+
+
+class LogEntry(BaseModel):
+    """One row of the message log as the API lists it (`status` is the event)."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    id: int
+    at: float
+    status: str
+    queue_id: str | None  # the message's id in GET /messages/{id}; None for RCPT refusals
+    client_ip: str | None
+    sender: str | None
+    alias: str | None
+    recipient: str | None
+    domain: str | None
+    size: int | None
+    reason: str | None
+    code: int | None
+    reply: str | None
+    remote_host: str | None
+    delay: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageQuery:
+    """The filters of a listing, normalized (`make` validates what a user typed)."""
+
+    domain: str | None = None  # A-label
+    alias: str | None = None  # local@a-label
+    status: str | None = None  # an event
+    text: str | None = None  # lower case: in the sender, alias or recipient, or a queue id
+    since: float | None = None  # Unix time, inclusive
+    until: float | None = None  # Unix time, exclusive
+
+    @classmethod
+    def make(
+        cls,
+        *,
+        domain: str | None = None,
+        alias: str | None = None,
+        status: str | None = None,
+        q: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> MessageQuery:
+        from smtpy.mail.addresses import normalize_domain, parse_address
+
+        if status is not None and status not in STATUSES:
+            raise _field(f"status {status!r} is not one of {', '.join(STATUSES)}", "status")
+        if q is not None and len(q) > MAX_QUERY:
+            raise _field(f"q is longer than {MAX_QUERY} characters", "q")
+        if since is not None and until is not None and until <= since:
+            raise _field("until must be later than since", "until")
+        try:
+            domain = None if domain is None else normalize_domain(domain)
+        except InvalidInput as exc:
+            raise _field(exc.message, "domain") from None
+        try:
+            alias = None if alias is None else str(parse_address(alias))
+        except InvalidInput as exc:
+            raise _field(exc.message, "alias") from None
+        return cls(
+            domain=domain,
+            alias=alias,
+            status="delivered" if status == "forwarded" else status,
+            text=(q.strip().lower() or None) if q is not None else None,
+            since=since,
+            until=until,
+        )
+
+    def where(self, db: Database, org: int) -> tuple[list[str], dict[str, Any]]:
+        clauses, params = [], {}
+        seen, seen_params = scope(db=db, org=org).where("domain")
+        if seen:
+            clauses.append(seen)
+            params.update(seen_params)
+        for column, value in (("domain", self.domain), ("alias", self.alias)):
+            if value is not None:
+                clauses.append(f"{column} = :{column}")
+                params[column] = value
+        if self.status is not None:
+            clauses.append("event = :event")
+            params["event"] = self.status
+        if self.text is not None:
+            like = self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            clauses.append(
+                "(queue_id = :q_id OR lower(sender) LIKE :q_like ESCAPE '\\'"
+                " OR lower(alias) LIKE :q_like ESCAPE '\\'"
+                " OR lower(recipient) LIKE :q_like ESCAPE '\\')"
+            )
+            params.update({"q_id": self.text.upper(), "q_like": f"%{like}%"})
+        if self.since is not None:
+            clauses.append("at >= :since")
+            params["since"] = self.since
+        if self.until is not None:
+            clauses.append("at < :until")
+            params["until"] = self.until
+        return clauses, params
+
+
+class _FieldInvalid(InvalidInput):
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _field(message: str, field: str) -> InvalidInput:
+    return _FieldInvalid(message, field=field)
+
+
+def _entry(row: Row) -> LogEntry:
+    return LogEntry(status=row["event"], **{c: row[c] for c in COLUMNS if c != "event"})
+
+
+def message_page(
+    *,
+    db: Database,
+    org: int,
+    query: MessageQuery,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> Page[LogEntry]:
+    """Matching log rows, newest first, a page at a time.
+
+    The cursor holds the last row's (at, id): the next page is the rows strictly
+    older, so rows written meanwhile never shift it. The condition is written as a
+    range on `at` (`at <= t AND (at < t OR id < i)`) so that both stores read the
+    (…, at) indexes from the cursor on, however deep the page.
+    """
+    size = check_limit(limit)
+    clauses, params = query.where(db, org)
+    if cursor is not None:
+        at, row_id = decode_cursor(cursor)
+        if not isinstance(row_id, int):
+            raise _field("cursor is not valid: pass the next_cursor of the previous page", "cursor")
+        clauses.append("at <= :cursor_at AND (at < :cursor_at OR id < :cursor_id)")
+        params.update({"cursor_at": at, "cursor_id": row_id})
+    where = " AND ".join(clauses) or "1 = 1"
+    rows = db.all(
+        f"{_SELECT} WHERE {where} ORDER BY at DESC, id DESC LIMIT :n",
+        {**params, "n": size + 1},
+    )
+    return page_of([_entry(r) for r in rows], size, key=lambda e: (e.at, e.id))
+
+
+class AttemptView(BaseModel):
+    """One delivery attempt and the remote's reply."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    at: float
+    result: str  # delivered | deferred | bounced (failed)
+    remote_host: str | None
+    code: int | None
+    reply: str | None
+
+
+class DeliveryView(BaseModel):
+    """One destination of a message: where it goes, where it stands, what was tried."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    original_recipient: str  # the address the sender used
+    recipient: str  # where it goes
+    status: str  # queued: active | deferred | held; done: delivered | bounced | discarded
+    attempts: list[AttemptView]
+
+
+class MessageDetail(BaseModel):
+    """A message as the API shows it: its envelope, its state, and every event."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    id: str  # the queue id
+    status: str  # queued | deferred | held | delivered | bounced | rejected | discarded
+    queued: bool  # still in the queue: retry and delete apply
+    sender: str | None
+    recipients: list[str]  # the addresses the sender used
+    client_ip: str | None
+    size: int | None
+    received_at: float | None
+    headers: str | None  # while the message is still queued (the body is never kept after)
+    authentication_results: str | None  # while queued (RFC 8601 value computed at reception)
+    deliveries: list[DeliveryView]
+    events: list[LogEntry]  # oldest first
+
+
+def _log_rows(db: Database, org: int, queue_id: str) -> list[Row]:
+    clauses, params = MessageQuery().where(db, org)
+    where = " AND ".join([*clauses, "queue_id = :qid"])
+    return db.all(f"{_SELECT} WHERE {where} ORDER BY at, id", {**params, "qid": queue_id})
+
+
+def _queued(db: Database, org: int, queue_id: str) -> Any:
+    from smtpy.admin.queue import show_message
+
+    try:
+        return show_message(db=db, org=org, queue_id=queue_id)
+    except NotFound:
+        return None
+
+
+def message_detail(*, db: Database, org: int, message_id: str) -> MessageDetail:
+    """The message with queue id `message_id`: from the queue while it is there, and from
+    the message log (which outlives it). Another organization's message is not found."""
+    queue_id = message_id.strip().upper()
+    missing = NotFound(f"there is no message {message_id}; list them with GET /messages")
+    if not queue_id or len(queue_id) > 32:
+        raise missing
+    rows = _log_rows(db, org, queue_id)
+    queued = _queued(db, org, queue_id)
+    if not rows and queued is None:
+        raise missing
+    events = [_entry(r) for r in rows]
+    received = [e for e in events if e.status in ("received", "discarded") and e.size is not None]
+    first = received[0] if received else (events[0] if events else None)
+    deliveries: dict[tuple[str, str], DeliveryView] = {}
+    for e in events:
+        if e.status in ("received", "discarded") and e.alias:
+            for dest in (e.recipient or "").split(", ") if e.recipient else [""]:
+                status = "queued" if e.status == "received" else "discarded"
+                deliveries.setdefault(
+                    (e.alias, dest),
+                    DeliveryView(
+                        original_recipient=e.alias, recipient=dest, status=status, attempts=[]
+                    ),
+                )
+        elif e.status in ("delivered", "deferred", "bounced") and e.alias and e.recipient:
+            key = (e.alias, e.recipient)
+            old = deliveries.get(key)
+            attempt = AttemptView(
+                at=e.at, result=e.status, remote_host=e.remote_host, code=e.code, reply=e.reply
+            )
+            deliveries[key] = DeliveryView(
+                original_recipient=e.alias,
+                recipient=e.recipient,
+                status=e.status,
+                attempts=[*(old.attempts if old else []), attempt],
+            )
+        elif e.status == "discarded" and e.alias and e.recipient:
+            deliveries[(e.alias, e.recipient)] = DeliveryView(
+                original_recipient=e.alias, recipient=e.recipient, status="discarded", attempts=[]
+            )
+    headers = auth_results = None
+    if queued is not None:
+        for d in queued.recipients:
+            tried = [
+                AttemptView(
+                    at=a.at,
+                    result="bounced" if a.result == "failed" else a.result,
+                    remote_host=a.remote_host,
+                    code=a.code,
+                    reply=a.reply,
+                )
+                for a in queued.attempts
+                if a.recipient == d.recipient
+            ]
+            deliveries[(d.original_recipient, d.recipient)] = DeliveryView(
+                original_recipient=d.original_recipient,
+                recipient=d.recipient,
+                status=d.state,
+                attempts=tried,
+            )
+        headers = queued.headers
+        auth_results = db.scalar(
+            "SELECT auth_results FROM messages WHERE queue_id = :q", {"q": queue_id}
+        )
+    return MessageDetail(
+        id=queue_id,
+        status=_overall(queued, events, list(deliveries.values())),
+        queued=queued is not None,
+        sender=queued.sender if queued is not None else (first.sender if first else None),
+        recipients=sorted({d.original_recipient for d in deliveries.values()})
+        or sorted({e.alias for e in events if e.alias}),
+        client_ip=queued.client_ip if queued is not None else (first.client_ip if first else None),
+        size=queued.size if queued is not None else (first.size if first else None),
+        received_at=queued.received_at if queued is not None else (first.at if first else None),
+        headers=headers,
+        authentication_results=auth_results,
+        deliveries=sorted(deliveries.values(), key=lambda d: (d.original_recipient, d.recipient)),
+        events=events,
+    )
+
+
+def _overall(queued: Any, events: list[LogEntry], deliveries: list[DeliveryView]) -> str:
+    if queued is not None:
+        return "queued" if queued.state == "active" else str(queued.state)
+    states = {d.status for d in deliveries}
+    for status in ("bounced", "delivered", "discarded"):
+        if status in states:
+            return status
+    return events[-1].status if events else "queued"
+
+
+def _still_queued(db: Database, org: int, message_id: str) -> str:
+    """The queue id of a message still queued; `Conflict` when it left the queue."""
+    detail = message_detail(db=db, org=org, message_id=message_id)
+    if not detail.queued:
+        raise Conflict(f"message {detail.id} is no longer queued ({detail.status})")
+    return detail.id
+
+
+def retry_message(*, db: Database, org: int, message_id: str) -> MessageDetail:
+    """Make a queued message's deliveries due now (a running daemon tries within a second)."""
+    from smtpy.admin.queue import retry
+
+    queue_id = _still_queued(db, org, message_id)
+    retry(db=db, org=org, queue_ids=[queue_id])
+    return message_detail(db=db, org=org, message_id=queue_id)
+
+
+def delete_message(*, db: Database, org: int, message_id: str) -> None:
+    """Remove a queued message without a bounce (the log records it as discarded)."""
+    from smtpy.admin.queue import delete
+
+    delete(db=db, org=org, queue_ids=[_still_queued(db, org, message_id)])

@@ -122,9 +122,7 @@ def enqueue_claimed(
     no claim round trip; should it die, the lease runs out and any node
     delivers the message, as it would a claimed one.
     """
-    _, claimed = _insert(
-        db, message, lease_owner=node, next_attempt_at=message.received_at + lease
-    )
+    _, claimed = _insert(db, message, lease_owner=node, next_attempt_at=message.received_at + lease)
     return claimed
 
 
@@ -365,8 +363,6 @@ def leases_by_owner(db: Database, *, now: float) -> dict[str, int]:
             {"now": now},
         )
     }
-
-
 
 
 @dataclass(frozen=True, slots=True)

@@ -206,9 +206,7 @@ class Daemon:
                         f"node name {node.name!r} was taken over by another smtpy serve while "
                         "this one started; set SMTPY_NODE_NAME to a name of its own for each node"
                     )
-                released = await writer.call(
-                    lambda db: release_leases(db, node=settings.node_name)
-                )
+                released = await writer.call(lambda db: release_leases(db, node=settings.node_name))
                 if released:  # this process, started again after it died
                     logger.info("resumed", deliveries=released, node=settings.node_name)
             secret = (
