@@ -10,13 +10,15 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from smtpy.accounts.audit import record
 from smtpy.accounts.tokens import digest, new_token, same
 from smtpy.errors import InvalidInput, NotFound, Unauthorized
 from smtpy.store.db import Database
+from smtpy.store.pages import Page, check_limit, keyset, page_of
 
 PREFIX = "smtpy_"
 _KEY = re.compile(r"smtpy_([0-9a-f]{16})_([A-Za-z0-9_-]{20,100})")
@@ -35,6 +37,18 @@ class ApiKeyPublic(BaseModel):
     expires_at: float | None
     last_used_at: float | None
     revoked_at: float | None
+
+
+def key_state(
+    key: ApiKeyPublic, now: float | None = None
+) -> Literal["active", "expired", "revoked"]:
+    """Whether a key works: `revoked`, `expired`, else `active`."""
+    now = time.time() if now is None else now
+    if key.revoked_at is not None:
+        return "revoked"
+    if key.expires_at is not None and key.expires_at <= now:
+        return "expired"
+    return "active"
 
 
 class ApiKeyCreated(ApiKeyPublic):
@@ -68,6 +82,30 @@ def create_key(
         raise InvalidInput("the expiry must be in the future")
     key_id = secrets.token_hex(8)
     secret = new_token(32)
+    with db.transaction():
+        _insert(db, key_id, org, name, secret, created_by, now, expires_at)
+        row = db.one(_SELECT + " WHERE id = :id", {"id": key_id})
+        assert row is not None
+        record(
+            db,
+            org=org,
+            action="apikey.create",
+            target=f"key {name} ({key_id})",
+            detail={"expires_at": expires_at},
+        )
+    return ApiKeyCreated(**_public(row).model_dump(), key=f"{PREFIX}{key_id}_{secret}")
+
+
+def _insert(
+    db: Database,
+    key_id: str,
+    org: int,
+    name: str,
+    secret: str,
+    created_by: int | None,
+    now: float,
+    expires_at: float | None,
+) -> None:
     db.execute(
         "INSERT INTO api_keys (id, organization_id, name, secret_hash, created_by, created_at,"
         " expires_at) VALUES (:id, :org, :name, :hash, :by, :now, :exp)",
@@ -81,9 +119,6 @@ def create_key(
             "exp": expires_at,
         },
     )
-    row = db.one(_SELECT + " WHERE id = :id", {"id": key_id})
-    assert row is not None
-    return ApiKeyCreated(**_public(row).model_dump(), key=f"{PREFIX}{key_id}_{secret}")
 
 
 def list_keys(*, db: Database, org: int) -> list[ApiKeyPublic]:
@@ -97,18 +132,20 @@ def list_keys(*, db: Database, org: int) -> list[ApiKeyPublic]:
 
 def revoke_key(*, db: Database, org: int, key_id: str) -> ApiKeyPublic:
     """Revoke a key at once; `NotFound` if `org` has no such key."""
-    touched = db.execute(
-        "UPDATE api_keys SET revoked_at = :now"
-        " WHERE id = :id AND organization_id = :org AND revoked_at IS NULL",
-        {"now": time.time(), "id": key_id, "org": org},
-    )
-    row = db.one(
-        _SELECT + " WHERE id = :id AND organization_id = :org",
-        {"id": key_id, "org": org},
-    )
-    if row is None:
-        raise NotFound(f"there is no API key {key_id!r} in this organization")
-    del touched  # revoking a revoked key changes nothing and is no error
+    with db.transaction():
+        touched = db.execute(
+            "UPDATE api_keys SET revoked_at = :now"
+            " WHERE id = :id AND organization_id = :org AND revoked_at IS NULL",
+            {"now": time.time(), "id": key_id, "org": org},
+        )
+        row = db.one(
+            _SELECT + " WHERE id = :id AND organization_id = :org",
+            {"id": key_id, "org": org},
+        )
+        if row is None:
+            raise NotFound(f"there is no API key {key_id!r} in this organization")
+        if touched:  # revoking a revoked key changes nothing and is no error
+            record(db, org=org, action="apikey.revoke", target=f"key {row['name']} ({key_id})")
     return _public(row)
 
 
@@ -133,3 +170,32 @@ def authenticate(*, db: Database, key: str) -> ApiKeyPublic:
         )
         row["last_used_at"] = now
     return _public(row)
+
+
+def page_keys(
+    *, db: Database, org: int, limit: int | None = None, cursor: str | None = None
+) -> Page[ApiKeyPublic]:
+    """The organization's keys, newest first, revoked ones included, one page at a time."""
+    limit = check_limit(limit)
+    after, params = keyset("created_at", "id", cursor)
+    rows = db.all(
+        _SELECT
+        + " WHERE organization_id = :org"
+        + (f" AND {after}" if after else "")
+        + " ORDER BY created_at DESC, id DESC LIMIT :lim",
+        {**params, "org": org, "lim": limit + 1},
+    )
+    return page_of([_public(r) for r in rows], limit, key=lambda k: (k.created_at, k.id))
+
+
+def all_keys(*, db: Database) -> list[ApiKeyPublic]:
+    """Every organization's keys, newest first (the operator's view at the shell)."""
+    return [_public(r) for r in db.all(_SELECT + " ORDER BY created_at DESC, id DESC")]
+
+
+def organization_of_key(*, db: Database, key_id: str) -> int:
+    """The organization a key belongs to; `NotFound` for an unknown id."""
+    org = db.scalar("SELECT organization_id FROM api_keys WHERE id = :id", {"id": key_id.strip()})
+    if org is None:
+        raise NotFound(f"there is no API key {key_id.strip()!r}; see `smtpy apikey list`")
+    return int(org)

@@ -8,6 +8,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from smtpy.accounts import passwords
+from smtpy.accounts.audit import record
+from smtpy.accounts.members import OrgMembership, add_member, organizations_of
+from smtpy.accounts.roles import Role
+from smtpy.accounts.sessions import end_all
 from smtpy.errors import Conflict, InvalidInput, NotFound
 from smtpy.mail.addresses import parse_address
 from smtpy.store.db import Database
@@ -126,3 +130,137 @@ def rehash_if_needed(*, db: Database, user_id: int, stored: str, password: str) 
             "UPDATE users SET password_hash = :h WHERE id = :id",
             {"h": passwords.hash_password(password), "id": user_id},
         )
+
+
+# -- managing users (`smtpy user`) ---------------------------------------------------
+
+
+class UserListed(UserPublic):
+    """A user with their organizations and roles (`smtpy user list`)."""
+
+    organizations: list[OrgMembership]
+
+
+def _audit_user(db: Database, user_id: int, action: str, target: str) -> None:
+    """Record a change to a user in each of their organizations' logs (or in none)."""
+    orgs: list[int | None] = [o.id for o in organizations_of(db=db, user_id=user_id)]
+    for org in orgs or [None]:
+        record(db, org=org, action=action, target=target)
+
+
+_MEMBERS_OF = " WHERE id IN (SELECT user_id FROM memberships WHERE organization_id = :org)"
+
+
+def list_users(*, db: Database, org: int | None = None) -> list[UserListed]:
+    """Every user (or `org`'s members), by e-mail address, with their organizations."""
+    if org is None:
+        rows = db.all(_SELECT + " ORDER BY email")
+    else:
+        rows = db.all(
+            _SELECT + _MEMBERS_OF + " ORDER BY email",
+            {"org": org},
+        )
+    listed = []
+    for row in rows:
+        user = public(row)
+        orgs = organizations_of(db=db, user_id=user.id)
+        listed.append(UserListed(**user.model_dump(), organizations=orgs))
+    return listed
+
+
+def add_user(
+    *,
+    db: Database,
+    email: str,
+    org: int,
+    role: Role | None = None,
+    password: str | None = None,
+    name: str = "",
+) -> tuple[UserPublic, Role]:
+    """A new user, member of `org` with `role` (one transaction); the user and the role.
+    `role` None: `owner` when the organization has no owner yet, else `member`. An existing
+    account becomes a member of `org` (`Conflict` if it is one already); it keeps its
+    password, so none may be given then."""
+    with db.transaction():
+        if role is None:
+            owners = db.scalar(
+                "SELECT count(*) FROM memberships WHERE organization_id = :org AND role = 'owner'",
+                {"org": org},
+            )
+            role = "member" if int(owners) else "owner"
+        found = find_by_email(db=db, email=email)
+        if found is None:
+            user = create_user(db=db, email=email, password=password, name=name)
+            record(db, org=org, action="user.create", target=user.email)
+        else:
+            user = found[0]
+            if password is not None:
+                raise Conflict(
+                    f"there is already an account for {user.email}: leave out the password "
+                    "to add it to this organization, or change it with `smtpy user passwd`"
+                )
+        add_member(db=db, org=org, user_id=user.id, role=role)
+    return user, role
+
+
+def change_password(
+    *, db: Database, user_id: int, password: str, keep_session: int | None = None
+) -> int:
+    """Set a new password and end the user's sessions but `keep_session`; the number ended."""
+    user = get_user(db=db, user_id=user_id)
+    with db.transaction():
+        set_password(db=db, user_id=user_id, password=password)
+        ended = end_all(db=db, user_id=user_id, keep=keep_session)
+        _audit_user(db, user_id, "user.password", user.email)
+    return ended
+
+
+def reset_two_factor(*, db: Database, user_id: int) -> UserPublic:
+    """Turn a user's 2FA off (they lost their device): the TOTP secret and recovery codes go,
+    and their sessions end; they sign in with the password and may enrol again."""
+    user = get_user(db=db, user_id=user_id)
+    with db.transaction():
+        db.execute(
+            "UPDATE users SET totp_secret = NULL, totp_enabled_at = NULL, totp_last_step = NULL"
+            " WHERE id = :id",
+            {"id": user_id},
+        )
+        db.execute("DELETE FROM recovery_codes WHERE user_id = :id", {"id": user_id})
+        end_all(db=db, user_id=user_id)
+        _audit_user(db, user_id, "user.2fa_reset", user.email)
+    return get_user(db=db, user_id=user_id)
+
+
+def remove_user(*, db: Database, user_id: int) -> UserPublic:
+    """Delete a user with their memberships, sessions, recovery codes and mailed links; the
+    audit log keeps their past changes. Never an organization's last owner."""
+    user = get_user(db=db, user_id=user_id)
+    with db.transaction():
+        for org in organizations_of(db=db, user_id=user_id):
+            if org.role == "owner" and (
+                int(
+                    db.scalar(
+                        "SELECT count(*) FROM memberships"
+                        " WHERE organization_id = :org AND role = 'owner'",
+                        {"org": org.id},
+                    )
+                )
+                == 1
+            ):
+                raise InvalidInput(
+                    f"{user.email} is the last owner of {org.name!r}: make another member "
+                    "owner first"
+                )
+        _audit_user(db, user_id, "user.remove", user.email)
+        params = {"id": user_id, "email": user.email}
+        db.execute("DELETE FROM memberships WHERE user_id = :id", params)
+        db.execute("DELETE FROM sessions WHERE user_id = :id", params)
+        db.execute("DELETE FROM recovery_codes WHERE user_id = :id", params)
+        db.execute(
+            "DELETE FROM account_tokens WHERE user_id = :id"
+            " OR (email = :email AND kind IN ('confirm', 'reset'))",
+            params,
+        )
+        db.execute("UPDATE api_keys SET created_by = NULL WHERE created_by = :id", params)
+        db.execute("DELETE FROM users WHERE id = :id", params)
+    return user

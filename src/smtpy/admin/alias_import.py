@@ -42,6 +42,7 @@ from pydantic import (
     model_serializer,
 )
 
+from smtpy.accounts.audit import record
 from smtpy.admin.aliases import AliasCreate, AliasPublic, add_alias, find_alias
 from smtpy.admin.domains import domain_id
 from smtpy.errors import InvalidInput, NotFound
@@ -347,6 +348,13 @@ def import_virtual_map(
             _apply(db, org, planned, result)
             if result.errors or dry_run:
                 raise _RollBack
+            record(
+                db,
+                org=org,
+                action="alias.import",
+                target=domain,
+                detail={"created": len(result.created), "unchanged": len(result.unchanged)},
+            )
     except _RollBack:
         pass
     result.errors.sort(key=lambda error: error.line)

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from smtpy.accounts.audit import record
 from smtpy.accounts.roles import Role, allows
 from smtpy.admin.domains import domain_id
 from smtpy.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -218,11 +219,19 @@ def add_alias(
                     "now": time.time(),
                 },
             )
+            created = _get(db, new_id)
+            record(
+                db,
+                org=org,
+                action="alias.create",
+                target=created.address,
+                detail={"mode": created.mode, "destinations": created.destinations},
+            )
     except Conflict:
         raise Conflict(
             f"the alias {address} already exists; remove it first to change it"
         ) from None
-    return _get(db, new_id)
+    return created
 
 
 _SELECT = (
@@ -267,12 +276,16 @@ def list_aliases(*, db: Database, org: int, domain: str | None = None) -> list[A
 
 def remove_alias(*, db: Database, org: int, address: str, role: Role | None = None) -> AliasPublic:
     alias_id, info = _find(db, org, address)
-    return _remove(db, alias_id, info, role)
+    return _remove(db, org, alias_id, info, role)
 
 
-def _remove(db: Database, alias_id: int, info: AliasPublic, role: Role | None) -> AliasPublic:
+def _remove(
+    db: Database, org: int, alias_id: int, info: AliasPublic, role: Role | None
+) -> AliasPublic:
     _authorize(db, role, _domain_of(db, alias_id))
-    db.execute("DELETE FROM aliases WHERE id = :id", {"id": alias_id})
+    with db.transaction():
+        if db.execute("DELETE FROM aliases WHERE id = :id", {"id": alias_id}):
+            record(db, org=org, action="alias.remove", target=info.address)
     return info
 
 
@@ -282,17 +295,21 @@ def update_alias(
     """Change an alias: `enabled` False refuses its mail with 550 until enabled again;
     `destinations` replaces those of a forwarding alias."""
     alias_id, _ = _find(db, org, address)
-    return _update(db, alias_id, update, role)
+    return _update(db, org, alias_id, update, role)
 
 
 def _domain_of(db: Database, alias_id: int) -> int:
     return int(db.scalar("SELECT domain_id FROM aliases WHERE id = :id", {"id": alias_id}))
 
 
-def _update(db: Database, alias_id: int, update: AliasUpdate, role: Role | None) -> AliasPublic:
+def _update(
+    db: Database, org: int, alias_id: int, update: AliasUpdate, role: Role | None
+) -> AliasPublic:
     _authorize(db, role, _domain_of(db, alias_id))
+    before = _get(db, alias_id)
+    changed: dict[str, object] = {}
     if update.destinations is not None:
-        current = _get(db, alias_id)
+        current = before
         if current.mode != "forward":
             raise FieldInvalid(
                 f"a {current.mode} alias takes no destinations", field="destinations"
@@ -310,14 +327,22 @@ def _update(db: Database, alias_id: int, update: AliasUpdate, role: Role | None)
             raise FieldInvalid(
                 "a forwarding alias needs at least one destination address", field="destinations"
             )
-        db.execute(
-            "UPDATE aliases SET destinations = :t WHERE id = :id",
-            {"t": json.dumps(list(targets), ensure_ascii=False), "id": alias_id},
-        )
-    if update.enabled is not None:
-        db.execute(
-            "UPDATE aliases SET enabled = :e WHERE id = :id", {"e": update.enabled, "id": alias_id}
-        )
+        changed["destinations"] = list(targets)
+    if update.enabled is not None and update.enabled != before.enabled:
+        changed["enabled"] = update.enabled
+    if changed:
+        with db.transaction():
+            if "destinations" in changed:
+                db.execute(
+                    "UPDATE aliases SET destinations = :t WHERE id = :id",
+                    {"t": json.dumps(changed["destinations"], ensure_ascii=False), "id": alias_id},
+                )
+            if "enabled" in changed:
+                db.execute(
+                    "UPDATE aliases SET enabled = :e WHERE id = :id",
+                    {"e": changed["enabled"], "id": alias_id},
+                )
+            record(db, org=org, action="alias.update", target=before.address, detail=changed)
     return _get(db, alias_id)
 
 
@@ -346,14 +371,14 @@ def get_alias(*, db: Database, org: int, alias_id: str | int) -> AliasPublic:
 def update_alias_by_id(
     *, db: Database, org: int, alias_id: str | int, update: AliasUpdate, role: Role | None = None
 ) -> AliasPublic:
-    return _update(db, _by_id(db, org, alias_id)[0], update, role)
+    return _update(db, org, _by_id(db, org, alias_id)[0], update, role)
 
 
 def remove_alias_by_id(
     *, db: Database, org: int, alias_id: str | int, role: Role | None = None
 ) -> AliasPublic:
     found, info = _by_id(db, org, alias_id)
-    return _remove(db, found, info, role)
+    return _remove(db, org, found, info, role)
 
 
 def alias_page(

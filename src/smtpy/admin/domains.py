@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from smtpy.accounts import audit
 from smtpy.admin.records import DnsRecord, Finding, KeyRecord, judge, required_records
 from smtpy.errors import Conflict, InvalidInput, NotFound
 from smtpy.mail.addresses import display_domain, normalize_domain
@@ -130,8 +131,15 @@ def add_domain(*, db: Database, org: int, domain: DomainCreate) -> DomainPublic:
                     "now": time.time(),
                 },
             )
-            create_key(
+            key = create_key(
                 db=db, did=new_id, domain=alabel, key=KeyCreate(algorithm=domain.key_algorithm)
+            )
+            audit.record(
+                db,
+                org=org,
+                action="domain.create",
+                target=display_domain(alabel),
+                detail={"dkim_selector": key.selector, "dkim_algorithm": key.algorithm},
             )
     except Conflict:  # also when another node added it at the same moment
         raise Conflict(served) from None
@@ -172,17 +180,25 @@ def update_domain(*, db: Database, org: int, name: str, update: DomainUpdate) ->
     """Change a domain's settings. `dmarc_reject`: whether mail for this domain that fails a
     DMARC p=reject policy is refused at DATA (`on`: 550 5.7.1; `off`: forwarded, marked;
     `default`: SMTPY_DMARC_REJECT). A running daemon applies it within seconds."""
-    did, _ = domain_id(db=db, org=org, name=name)
+    did, alabel = domain_id(db=db, org=org, name=name)
     if update.dmarc_reject is not None:
         choice = update.dmarc_reject.lower()
         if choice not in POLICY_CHOICES:
             raise InvalidInput(
                 f"expected one of {', '.join(POLICY_CHOICES)}, not {update.dmarc_reject!r}"
             )
-        db.execute(
-            "UPDATE domains SET dmarc_reject = :value WHERE id = :id",
-            {"value": POLICY_CHOICES[choice], "id": did},
-        )
+        with db.transaction():
+            db.execute(
+                "UPDATE domains SET dmarc_reject = :value WHERE id = :id",
+                {"value": POLICY_CHOICES[choice], "id": did},
+            )
+            audit.record(
+                db,
+                org=org,
+                action="domain.update",
+                target=display_domain(alabel),
+                detail={"dmarc_reject": choice},
+            )
     return get_domain(db=db, org=org, name=name)
 
 
@@ -194,6 +210,13 @@ def remove_domain(*, db: Database, org: int, name: str) -> DomainPublic:
         db.execute("DELETE FROM aliases WHERE domain_id = :id", {"id": did})
         db.execute("DELETE FROM dkim_keys WHERE domain_id = :id", {"id": did})
         db.execute("DELETE FROM domains WHERE id = :id", {"id": did})
+        audit.record(
+            db,
+            org=org,
+            action="domain.remove",
+            target=info.name,
+            detail={"aliases": info.aliases, "keys": info.keys},
+        )
     return info
 
 
@@ -326,10 +349,12 @@ def verify_domain(
             {"no": False, "name": alabel},
         )
     if verified:
-        db.execute(
-            "UPDATE domains SET verified_at = :now WHERE name = :name AND verified_at IS NULL",
-            {"now": time.time(), "name": alabel},
-        )
+        with db.transaction():
+            if db.execute(
+                "UPDATE domains SET verified_at = :now WHERE name = :name AND verified_at IS NULL",
+                {"now": time.time(), "name": alabel},
+            ):
+                audit.record(db, org=org, action="domain.verify", target=display_domain(alabel))
     return Verification(
         domain=display_domain(alabel),
         verified=verified,

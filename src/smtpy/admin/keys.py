@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from smtpy.accounts.audit import record
 from smtpy.admin.domains import domain_id
 from smtpy.errors import Conflict, InvalidInput, NotFound
 from smtpy.mail.addresses import display_domain
@@ -139,7 +140,15 @@ def generate_key(*, db: Database, org: int, domain: str, key: KeyCreate) -> KeyP
     """Add an active key to a domain (other keys keep signing)."""
     did, alabel = domain_id(db=db, org=org, name=domain)
     with db.transaction():
-        return create_key(db=db, did=did, domain=alabel, key=key)
+        created = create_key(db=db, did=did, domain=alabel, key=key)
+        record(
+            db,
+            org=org,
+            action="dkim.create",
+            target=f"{created.selector}._domainkey.{display_domain(alabel)}",
+            detail={"algorithm": created.algorithm, "bits": created.bits},
+        )
+    return created
 
 
 def list_keys(*, db: Database, org: int, domain: str | None = None) -> list[KeyPublic]:
@@ -173,6 +182,13 @@ def rotate_key(*, db: Database, org: int, domain: str, key: KeyRotate) -> KeyRot
                 "UPDATE dkim_keys SET active = :f WHERE domain_id = :d AND selector = :s",
                 {"f": False, "d": did, "s": old.selector},
             )
+        record(
+            db,
+            org=org,
+            action="dkim.rotate",
+            target=f"{new.selector}._domainkey.{display_domain(alabel)}",
+            detail={"algorithm": new.algorithm, "retired": [k.selector for k in retired]},
+        )
     return KeyRotation(new=new, retired=[k.model_copy(update={"active": False}) for k in retired])
 
 
@@ -186,7 +202,14 @@ def remove_key(*, db: Database, org: int, domain: str, selector: str) -> KeyPubl
         raise NotFound(
             f"{display_domain(alabel)} has no key with selector {selector}; see `smtpy key list`"
         )
-    db.execute("DELETE FROM dkim_keys WHERE id = :id", {"id": row["id"]})
+    with db.transaction():
+        if db.execute("DELETE FROM dkim_keys WHERE id = :id", {"id": row["id"]}):
+            record(
+                db,
+                org=org,
+                action="dkim.remove",
+                target=f"{row['selector']}._domainkey.{display_domain(alabel)}",
+            )
     return _public(row)
 
 

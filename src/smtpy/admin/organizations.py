@@ -21,7 +21,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from smtpy.errors import NotFound
+from smtpy.accounts.audit import record
+from smtpy.accounts.members import add_member
+from smtpy.errors import Conflict, InvalidInput, NotFound
 from smtpy.store.db import Database
 
 DEFAULT_ORGANIZATION = "default"
@@ -103,3 +105,133 @@ def organization_of(*, db: Database, domain: str) -> int:
     """The organization that serves `domain` (an A-label), else the default one."""
     row = db.scalar("SELECT organization_id FROM domains WHERE name = :name", {"name": domain})
     return int(row) if row is not None else resolve_organization(db=db).id
+
+
+# -- managing organizations (`smtpy org`, /api/v1/orgs and /api/v1/org) ------------
+
+NAME_MAX = 100
+
+
+class OrganizationDetail(OrganizationPublic):
+    """An organization with the count of what it holds (`smtpy org show`, GET /org)."""
+
+    members: int
+    domains: int
+    aliases: int
+    api_keys: int  # not revoked
+
+
+def check_name(name: str) -> str:
+    """An organization's name as stored (trimmed); `InvalidInput` when empty, too long or
+    holding control characters."""
+    value = name.strip()
+    if not value:
+        raise InvalidInput("an organization needs a name")
+    if len(value) > NAME_MAX:
+        raise InvalidInput(
+            f"the organization's name is too long: use at most {NAME_MAX} characters"
+        )
+    if not value.isprintable():
+        raise InvalidInput("the organization's name must be one line of printable characters")
+    return value
+
+
+def _taken(db: Database, name: str, *, other_than: int | None = None) -> bool:
+    return (
+        db.scalar(
+            "SELECT id FROM organizations WHERE lower(name) = lower(:n) AND id <> :id",
+            {"n": name, "id": -1 if other_than is None else other_than},
+        )
+        is not None
+    )
+
+
+def _get(db: Database, org: int) -> OrganizationPublic:
+    row = db.one("SELECT id, name, created_at FROM organizations WHERE id = :id", {"id": org})
+    if row is None:
+        raise NotFound(f"there is no organization with id {org}")
+    return OrganizationPublic(
+        id=int(row["id"]), name=str(row["name"]), created_at=float(row["created_at"])
+    )
+
+
+def add_organization(*, db: Database, name: str, owner: int | None = None) -> OrganizationPublic:
+    """A new organization; `owner` (a user id) becomes its first owner. `Conflict` when the
+    name is taken (in any case) or is the default organization's."""
+    value = check_name(name)
+    taken = f"there is already an organization named {value!r}: choose another name"
+    if value.lower() == DEFAULT_ORGANIZATION:
+        raise Conflict(f"{value!r} is the default organization's name: choose another name")
+    with db.transaction():
+        if _taken(db, value):
+            raise Conflict(taken)
+        try:
+            org = db.insert(
+                "INSERT INTO organizations (name, created_at) VALUES (:n, :now) RETURNING id",
+                {"n": value, "now": time.time()},
+            )
+        except Conflict:  # another process took the name just now
+            raise Conflict(taken) from None
+        record(db, org=org, action="organization.create", target=value)
+        if owner is not None:
+            add_member(db=db, org=org, user_id=owner, role="owner")
+    return _get(db, org)
+
+
+def list_organizations(*, db: Database) -> list[OrganizationDetail]:
+    """Every organization, by name, with its counts (the operator's view)."""
+    rows = db.all("SELECT id FROM organizations ORDER BY name, id")
+    return [organization_detail(db=db, org=int(r["id"])) for r in rows]
+
+
+def organization_detail(*, db: Database, org: int) -> OrganizationDetail:
+    """One organization with the count of its members, domains, aliases and live API keys."""
+    info = _get(db, org)
+    counts = db.one(
+        "SELECT"
+        " (SELECT count(*) FROM memberships WHERE organization_id = :org) AS members,"
+        " (SELECT count(*) FROM domains WHERE organization_id = :org) AS domains,"
+        " (SELECT count(*) FROM aliases a JOIN domains d ON d.id = a.domain_id"
+        "   WHERE d.organization_id = :org) AS aliases,"
+        " (SELECT count(*) FROM api_keys WHERE organization_id = :org"
+        "   AND revoked_at IS NULL) AS api_keys",
+        {"org": org},
+    )
+    assert counts is not None
+    return OrganizationDetail(
+        id=info.id,
+        name=info.name,
+        created_at=info.created_at,
+        members=int(counts["members"]),
+        domains=int(counts["domains"]),
+        aliases=int(counts["aliases"]),
+        api_keys=int(counts["api_keys"]),
+    )
+
+
+def rename_organization(*, db: Database, org: int, name: str) -> OrganizationPublic:
+    """Give an organization another name (the caller checked the `organization` permission).
+    The default organization keeps its name: the CLI finds it by that name."""
+    value = check_name(name)
+    taken = f"there is already an organization named {value!r}: choose another name"
+    with db.transaction():
+        before = _get(db, org)
+        if before.name == DEFAULT_ORGANIZATION:
+            raise InvalidInput("the default organization cannot be renamed")
+        if value.lower() == DEFAULT_ORGANIZATION or _taken(db, value, other_than=org):
+            raise Conflict(taken)
+        if value != before.name:
+            try:
+                db.execute(
+                    "UPDATE organizations SET name = :n WHERE id = :id", {"n": value, "id": org}
+                )
+            except Conflict:
+                raise Conflict(taken) from None
+            record(
+                db,
+                org=org,
+                action="organization.rename",
+                target=value,
+                detail={"from": before.name},
+            )
+    return _get(db, org)

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from smtpy.accounts.audit import record
 from smtpy.admin.organizations import Scope, scope
 from smtpy.errors import InvalidInput, NotFound
 from smtpy.queue.queries import DELIVERY_STATES, DeliveryState, state_sql
@@ -210,12 +211,12 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 def _ids(
     db: Database, org: int, queue_ids: Sequence[str], *, missing_ok: bool = False
-) -> list[int]:
-    """Message ids of these queue ids (the organization's only); unknown ones fail the whole
+) -> list[tuple[int, str]]:
+    """(Message id, queue id) of these queue ids (the organization's only); unknown ones fail the whole
     operation first (or, with `missing_ok`, are skipped: delivered or removed since they were
     listed)."""
     seen = scope(db=db, org=org)
-    ids: list[int] = []
+    ids: list[tuple[int, str]] = []
     for chunk in _chunks([q.strip().upper() for q in queue_ids], 500):
         params = {f"q{n}": q for n, q in enumerate(chunk)}
         placeholders = ", ".join(f":q{n}" for n in range(len(chunk)))
@@ -233,26 +234,32 @@ def _ids(
             raise NotFound(
                 f"no queued message has id {', '.join(missing[:5])}; see `smtpy queue list`"
             )
-        ids.extend(found[q] for q in chunk if q in found)
+        ids.extend((found[q], q) for q in chunk if q in found)
     return ids
 
 
 def _each(
     db: Database,
-    message_ids: Sequence[int],
+    org: int,
+    name: str,
+    messages: Sequence[tuple[int, str]],
     action: Callable[[Database, int], int],
     progress: Progress | None,
 ) -> int:
     """Apply `action` to each message, `BATCH` messages per transaction; the sum of its counts.
+    Each message it changed is recorded in the audit log as `queue.<name>`.
 
     Small transactions keep a running daemon's group commit from waiting long
     behind a bulk operation, and let a progress bar move.
     """
     changed = 0
-    for chunk in _chunks(message_ids, BATCH):
+    for chunk in _chunks(messages, BATCH):
         with db.transaction():
-            for message_id in chunk:
-                changed += action(db, message_id)
+            for message_id, queue_id in chunk:
+                count = action(db, message_id)
+                if count:
+                    record(db, org=org, action=f"queue.{name}", target=queue_id)
+                changed += count
         if progress is not None:
             progress(len(chunk))
     return changed
@@ -280,6 +287,8 @@ def retry(
     daemon picks them up at its next poll, within a second."""
     return _each(
         db,
+        org,
+        "retry",
         _ids(db, org, queue_ids, missing_ok=missing_ok),
         _statement(
             "UPDATE deliveries SET next_attempt_at = :now WHERE message_id = :m"
@@ -302,6 +311,8 @@ def hold(
     flight finishes)."""
     return _each(
         db,
+        org,
+        "hold",
         _ids(db, org, queue_ids, missing_ok=missing_ok),
         _statement(
             "UPDATE deliveries SET status = 'held' WHERE message_id = :m AND status = 'queued'"
@@ -322,6 +333,8 @@ def release(
     """Return held messages to the queue, due now."""
     return _each(
         db,
+        org,
+        "release",
         _ids(db, org, queue_ids, missing_ok=missing_ok),
         _statement(
             "UPDATE deliveries SET status = 'queued', next_attempt_at = :now, lease_owner = NULL"
@@ -391,7 +404,9 @@ def delete(
         _remove(db, message_id)
         return 1
 
-    return _each(db, _ids(db, org, queue_ids, missing_ok=missing_ok), remove, progress)
+    return _each(
+        db, org, "delete", _ids(db, org, queue_ids, missing_ok=missing_ok), remove, progress
+    )
 
 
 def bounce(
@@ -455,7 +470,9 @@ def bounce(
         _remove(db, message_id)
         return 1
 
-    return _each(db, _ids(db, org, queue_ids, missing_ok=missing_ok), give_up, progress)
+    return _each(
+        db, org, "bounce", _ids(db, org, queue_ids, missing_ok=missing_ok), give_up, progress
+    )
 
 
 def parse_age(text: str) -> float:

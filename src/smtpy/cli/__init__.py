@@ -14,23 +14,27 @@ from typing import Annotated
 import typer
 
 from smtpy import __version__
+from smtpy.accounts.actor import acting
 from smtpy.cli import (
     alias,
     api,
+    apikey,
     config,
     db,
     doctor,
     domain,
     key,
     log,
+    org,
     probe,
     queue,
     route,
     serve,
     stats,
     status,
+    user,
 )
-from smtpy.cli.context import State
+from smtpy.cli.context import State, cli_actor
 from smtpy.errors import SmtpyError
 
 app = typer.Typer(
@@ -47,6 +51,9 @@ app.add_typer(queue.app, name="queue")
 app.add_typer(config.app, name="config")
 app.add_typer(db.app, name="db")
 app.add_typer(route.app, name="route")
+app.add_typer(org.app, name="org")
+app.add_typer(user.app, name="user")
+app.add_typer(apikey.app, name="apikey")
 app.command("serve")(serve.serve)
 app.command("api")(api.api)
 app.command("log")(log.log)
@@ -84,6 +91,8 @@ def root(
 ) -> None:
     """Manage and run smtpy. Settings come from SMTPY_* variables and the TOML file."""
     ctx.obj = State(config_file)
+    # Every change a command makes is the Unix user's, through the CLI, in the audit log.
+    ctx.with_resource(acting(cli_actor()))
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ domain cannot be in it.
 
 from __future__ import annotations
 
+import os
 import sys
 from functools import cached_property
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import click
 import typer
+
+from smtpy.accounts.actor import Actor
 
 if TYPE_CHECKING:
     from smtpy.config import LoadedSettings, Settings
@@ -59,6 +62,17 @@ class State:
         current = click.get_current_context(silent=True)
         create = current is not None and command_name(current) in CREATING_COMMANDS
         return Database(self.settings.database_url, create=create)
+
+
+def cli_actor() -> Actor:
+    """Who acts at the shell, for the audit log: the Unix user running the command."""
+    import getpass
+
+    try:
+        name = getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (a bare container)
+        name = f"uid {os.getuid()}"
+    return Actor(via="cli", name=name)
 
 
 def state(ctx: typer.Context) -> State:
