@@ -93,6 +93,33 @@ def log_message(store_url: str) -> None:
         )
 
 
+def queue_message(store_url: str, queue_id: str) -> None:
+    """A message waiting in the queue, as `smtpy serve` stores it at DATA."""
+    from smtpy.queue.queries import NewDelivery, NewMessage, enqueue
+    from smtpy.store.db import Database
+
+    data = (
+        b"Authentication-Results: mx.forwarder.test; spf=pass smtp.mailfrom=sender.test\r\n"
+        b"Subject: Still waiting\r\nFrom: alice@sender.test\r\n\r\nHello.\r\n"
+    )
+    with Database(store_url) as db, db.transaction():
+        enqueue(
+            db,
+            NewMessage(
+                queue_id=queue_id,
+                sender="alice@sender.test",
+                data=data,
+                deliveries=[
+                    NewDelivery(
+                        f"team@{DOMAIN}", "bob@dest1.test", "dest1.test", "alice@sender.test"
+                    )
+                ],
+                client_ip="127.0.0.1",
+                auth_results="mx.forwarder.test; spf=pass smtp.mailfrom=sender.test",
+            ),
+        )
+
+
 @pytest.fixture
 def world(store_url: str, cli_env: dict[str, str]) -> Iterator[dict[str, Any]]:
     owner = seed_org(store_url)
@@ -204,6 +231,34 @@ def test_messages_and_statistics_pages_read_the_log(world: dict[str, Any]) -> No
     overview = client.get("/")
     assert 'data-figure="forwarded">1<' in overview.text
     assert f"/messages/{QUEUE_ID}" in overview.text
+
+
+def test_queued_mail_shows_its_content_and_can_be_retried_or_deleted(
+    world: dict[str, Any],
+) -> None:
+    add_domain(world["store_url"], world["owner"]["org"])
+    queue_message(world["store_url"], "7QUEUED000000001")
+    member, _ = session(world["api"], world["member"])
+    assert "Retry now" not in member.get("/messages/7QUEUED000000001").text
+    client, csrf = session(world["api"], world["owner"])
+    assert 'data-figure="queued">1<' in client.get("/").text
+
+    page = client.get("/messages/7queued000000001")  # ids in any case
+    assert page.status_code == 200
+    assert "Subject: Still waiting" in page.text
+    assert "spf=pass smtp.mailfrom=sender.test" in page.text
+    assert "Retry now" in page.text and "Delete without bounce" in page.text
+
+    retried = client.post("/messages/7QUEUED000000001/retry", data={"csrf_token": csrf})
+    assert retried.status_code == 303
+    assert "tried again" in (flash(client.get(retried.headers["location"])) or "")
+
+    deleted = client.post("/messages/7QUEUED000000001/delete", data={"csrf_token": csrf})
+    assert deleted.status_code == 303 and deleted.headers["location"] == "/messages"
+    assert "deleted without a bounce" in (flash(client.get("/messages")) or "")
+    after = client.get("/messages/7QUEUED000000001")
+    assert 'id="message-status">discarded<' in after.text and "Retry now" not in after.text
+    assert 'data-figure="queued">0<' in client.get("/").text
 
 
 def test_a_member_sees_no_delete_button_and_is_refused_anyway(world: dict[str, Any]) -> None:
