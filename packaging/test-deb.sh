@@ -38,6 +38,41 @@ completed=$(bash -c 'source /usr/share/bash-completion/completions/smtpy
 [ "$completed" = "alias" ] || { echo "bash completion offered '$completed'" >&2; exit 1; }
 echo "alias"
 packaging/check-systemd.sh
+echo "==> smtpy api as the smtpy user (the command of smtpy-api.service): ready, docs, SIGTERM exits 0"
+test -f /lib/systemd/system/smtpy-api.service
+api_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+as_smtpy=(setpriv --reuid=smtpy --regid=smtpy --init-groups env SMTPY_HOSTNAME=mx.example.net
+    SMTPY_API_LISTEN="127.0.0.1:$api_port")
+"${as_smtpy[@]}" smtpy db upgrade >/dev/null
+"${as_smtpy[@]}" smtpy api 2>/tmp/smtpy-api-test.log &
+api_pid=$!
+trap 'kill "$api_pid" 2>/dev/null || true; dpkg --purge smtpy >/dev/null 2>&1 || true' EXIT
+python3 - "$api_port" <<'PY'
+import sys, time, urllib.request
+base = f"http://127.0.0.1:{sys.argv[1]}"
+for _ in range(120):
+    try:
+        with urllib.request.urlopen(base + "/readyz", timeout=2) as answer:
+            assert answer.status == 200
+            break
+    except OSError:
+        time.sleep(0.5)
+else:
+    sys.exit("smtpy api did not become ready within 60 s")
+with urllib.request.urlopen(base + "/api/docs", timeout=10) as answer:
+    assert b"smtpy API" in answer.read() and answer.headers["X-Frame-Options"] == "DENY"
+with urllib.request.urlopen(base + "/api/docs/docs.css", timeout=10) as answer:
+    assert answer.headers["Content-Type"].startswith("text/css")
+print("ready, /api/docs served from the package")
+PY
+kill -TERM "$api_pid"
+api_status=0
+wait "$api_pid" || api_status=$?
+[ "$api_status" = 0 ] || { echo "smtpy api exited $api_status after SIGTERM:" >&2; cat /tmp/smtpy-api-test.log >&2; exit 1; }
+grep -q '"event": "started"' /tmp/smtpy-api-test.log
+rm -f /tmp/smtpy-api-test.log
+trap 'dpkg --purge smtpy >/dev/null 2>&1 || true' EXIT
+echo "smtpy api: exit 0 after SIGTERM"
 
 echo "==> dpkg --purge smtpy"
 dpkg --purge smtpy >/dev/null

@@ -55,6 +55,8 @@ def test_wheel_carries_the_migrations_and_the_man_pages(dist: Path) -> None:
         assert archive.read(f"{data}/man1/smtpy.1") == (ROOT / "man/smtpy.1").read_bytes()
         assert archive.read(f"{data}/man5/smtpy.toml.5") == (ROOT / "man/smtpy.toml.5").read_bytes()
     assert "smtpy/store/migrations/versions/0001_initial_schema.py" in MIGRATIONS
+    # the API's offline docs page (smtpy api serves them from the package)
+    assert {"smtpy/api/templates/docs.html", "smtpy/api/static/docs.css"} <= names
     missing = [name for name in MIGRATIONS if name not in names]
     assert missing == []
 
@@ -68,6 +70,7 @@ def test_sdist_carries_sources_docs_units_and_examples(dist: Path) -> None:
         "man/smtpy.1",
         "man/smtpy.toml.5",
         "systemd/smtpy.service",
+        "systemd/smtpy-api.service",
         "examples/smtpy.toml",
         "packaging/build-deb.sh",
         "LICENSE",

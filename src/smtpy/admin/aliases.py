@@ -306,10 +306,18 @@ def _update(
     db: Database, org: int, alias_id: int, update: AliasUpdate, role: Role | None
 ) -> AliasPublic:
     _authorize(db, role, _domain_of(db, alias_id))
-    before = _get(db, alias_id)
-    changed: dict[str, object] = {}
+    with db.transaction():
+        _apply(db, alias_id, update)
+        after = _get(db, alias_id)
+        changed = update.model_dump(exclude_none=True)
+        if changed:
+            record(db, org=org, action="alias.update", target=after.address, detail=changed)
+    return after
+
+
+def _apply(db: Database, alias_id: int, update: AliasUpdate) -> None:
     if update.destinations is not None:
-        current = before
+        current = _get(db, alias_id)
         if current.mode != "forward":
             raise FieldInvalid(
                 f"a {current.mode} alias takes no destinations", field="destinations"
@@ -327,23 +335,14 @@ def _update(
             raise FieldInvalid(
                 "a forwarding alias needs at least one destination address", field="destinations"
             )
-        changed["destinations"] = list(targets)
-    if update.enabled is not None and update.enabled != before.enabled:
-        changed["enabled"] = update.enabled
-    if changed:
-        with db.transaction():
-            if "destinations" in changed:
-                db.execute(
-                    "UPDATE aliases SET destinations = :t WHERE id = :id",
-                    {"t": json.dumps(changed["destinations"], ensure_ascii=False), "id": alias_id},
-                )
-            if "enabled" in changed:
-                db.execute(
-                    "UPDATE aliases SET enabled = :e WHERE id = :id",
-                    {"e": changed["enabled"], "id": alias_id},
-                )
-            record(db, org=org, action="alias.update", target=before.address, detail=changed)
-    return _get(db, alias_id)
+        db.execute(
+            "UPDATE aliases SET destinations = :t WHERE id = :id",
+            {"t": json.dumps(list(targets), ensure_ascii=False), "id": alias_id},
+        )
+    if update.enabled is not None:
+        db.execute(
+            "UPDATE aliases SET enabled = :e WHERE id = :id", {"e": update.enabled, "id": alias_id}
+        )
 
 
 def _by_id(db: Database, org: int, alias_id: str | int) -> tuple[int, AliasPublic]:

@@ -1,21 +1,44 @@
 """The API's part of the application: its routes under /api/v1, /healthz and /readyz,
-and what every answer shares (problems for errors)."""
+the OpenAPI document and docs page, and what every answer goes through (problems for
+errors, security headers, trusted proxies, CORS, idempotency keys, the access log)."""
 
 from __future__ import annotations
 
 import importlib
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
-from smtpy.api import problems, routes
+from smtpy.api import docs, problems, routes
 from smtpy.api.deps import SettingsDep
+from smtpy.api.idempotency import Idempotency
+from smtpy.api.middleware import AccessLog, SecurityHeaders, TrustedProxies
+from smtpy.config import Settings, parse_networks
 from smtpy.errors import StoreError
 from smtpy.store.db import SCHEMA_REVISION, Database
 
 
 def install(app: FastAPI) -> None:
-    """Add the API to `app` (made by `smtpy.app.create_app`)."""
-    problems.install(app)
+    """Add the API to `app` (made by `smtpy.app.create_app`, `app.state.settings` set)."""
+    settings: Settings = app.state.settings
+    problems.install(app)  # innermost: an unhandled error still gets the headers below
+    app.add_middleware(Idempotency)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=False,  # API keys only: a session cookie never crosses sites
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            expose_headers=["Retry-After", "Idempotent-Replayed", "Location"],
+            max_age=600,
+        )
+    public_https = bool(settings.public_url and settings.public_url.startswith("https://"))
+    app.add_middleware(SecurityHeaders, hsts=public_https)
+    app.add_middleware(AccessLog)
+    app.add_middleware(TrustedProxies, trusted=parse_networks(settings.trusted_proxies))
+
+    docs.install(app)
     for name in routes.MODULES:
         module = importlib.import_module(f"smtpy.api.routes.{name}")
         app.include_router(module.router, prefix="/api/v1")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from smtpy.accounts import api_keys, members, sessions
 from smtpy.accounts.actor import Actor
@@ -83,14 +84,36 @@ def check_csrf(request: Request, token: str) -> None:
         )
 
 
-def get_session(request: Request, db: Db, settings: SettingsDep) -> CurrentSession:
-    """The session of the cookie (CSRF checked on changes); `Unauthorized` without one."""
+# The two ways in, as the OpenAPI document names them (`security` of each operation);
+# they check nothing themselves: the functions below do.
+bearer_scheme = HTTPBearer(
+    scheme_name="apiKey", auto_error=False, description="An API key: smtpy_<id>_<secret>."
+)
+session_scheme = APIKeyCookie(
+    name=sessions.COOKIE,
+    scheme_name="session",
+    auto_error=False,
+    description="The dashboard's session (__Host-smtpy_session under https).",
+)
+BearerDoc = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+SessionDoc = Annotated[str | None, Depends(session_scheme)]
+
+
+def _session(request: Request, db: Database, settings: Settings) -> CurrentSession:
+    """The live session of the request's cookie, CSRF checked on changes."""
     token = request.cookies.get(cookie_name(settings))
     if not token:
         raise Unauthorized("sign in first")
     info = sessions.authenticate(db=db, token=token, idle_timeout=settings.session_idle_timeout)
     check_csrf(request, token)
     return CurrentSession(token=token, info=info)
+
+
+def get_session(
+    request: Request, db: Db, settings: SettingsDep, _cookie: SessionDoc = None
+) -> CurrentSession:
+    """The session of the cookie (CSRF checked on changes); `Unauthorized` without one."""
+    return _session(request, db, settings)
 
 
 SessionDep = Annotated[CurrentSession, Depends(get_session)]
@@ -101,7 +124,13 @@ def _bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def get_principal(request: Request, db: Db, settings: SettingsDep) -> Principal:
+def get_principal(
+    request: Request,
+    db: Db,
+    settings: SettingsDep,
+    _bearer_doc: BearerDoc = None,
+    _cookie_doc: SessionDoc = None,
+) -> Principal:
     """The caller: an API key, else a session past its second factor; `Unauthorized` (401)."""
     token = _bearer(request)
     if token is not None:
@@ -115,8 +144,7 @@ def get_principal(request: Request, db: Db, settings: SettingsDep) -> Principal:
         return Principal(org=key.organization_id, role="admin", actor=actor, api_key_id=key.id)
     if request.headers.get("authorization"):
         raise Unauthorized("send an API key as Authorization: Bearer smtpy_<id>_<secret>")
-    session = get_session(request, db, settings)
-    info = session.info
+    info = _session(request, db, settings).info
     if not info.mfa_passed:
         raise Unauthorized("enter your two-factor code first (POST /api/v1/auth/mfa)")
     role = (

@@ -45,6 +45,7 @@ CODES: dict[str, str] = {
     "invalid_input": "The request's content is not valid; `errors` names the fields.",
     "malformed_json": "The body is not valid JSON.",
     "idempotency_key_reused": "This Idempotency-Key was used with another request body.",
+    "idempotency_key_in_use": "The first request with this Idempotency-Key is still running.",
     "unauthorized": "No credentials, or wrong, expired or revoked ones.",
     "forbidden": "The caller may not do this (role, CSRF token, cross-site request).",
     "not_found": "No such object in the acting organization, or no such path.",
