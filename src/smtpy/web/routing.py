@@ -19,11 +19,19 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse, Response
 from fastapi.routing import APIRoute
 
 from smtpy.api.deps import cookie_name
-from smtpy.errors import Forbidden, NotFound, SmtpyError, TooManyRequests, Unauthorized
+from smtpy.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    SmtpyError,
+    TooManyRequests,
+    Unauthorized,
+)
 from smtpy.web.session import Landing, Redirect, login_url
 from smtpy.web.templating import render
 
@@ -69,6 +77,10 @@ class PageRoute(APIRoute):
                 return render(request, "landing.html")
             except SmtpyError as exc:
                 return error_page(request, exc)
+            except RequestValidationError as exc:
+                fields = ", ".join(str(e["loc"][-1]) for e in exc.errors() if e.get("loc"))
+                message = f"the form was not valid ({fields}): go back and try again"
+                return error_page(request, InvalidInput(message))
 
         return page_handler
 

@@ -109,6 +109,15 @@ class SignedIn:
 
 async def _check_csrf(request: Request, token: str) -> None:
     """`deps.check_csrf`, also for a plain form whose token is in the `csrf_token` field."""
+    try:
+        await _check_csrf_carriers(request, token)
+    except Forbidden as exc:
+        raise Forbidden(
+            "this form has expired or came from another site: reload the page and send it again"
+        ) from exc
+
+
+async def _check_csrf_carriers(request: Request, token: str) -> None:
     if request.method not in UNSAFE_METHODS:
         return
     if "x-csrf-token" not in request.headers:

@@ -13,6 +13,7 @@ next to its field (`FormErrors`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -52,9 +53,29 @@ def _nav_current(path: str, target: str) -> bool:
     return path in (target, prefix) or path.startswith(prefix + "/")
 
 
+def format_time(value: float | None) -> str:
+    """A Unix time as `2026-12-03 11:30 UTC` (empty for None)."""
+    if value is None:
+        return ""
+    return datetime.fromtimestamp(float(value), UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+templates.env.filters["datetime"] = format_time
 templates.env.globals["static_url"] = static_url
 templates.env.globals["navigation"] = NAVIGATION
 templates.env.globals["nav_current"] = _nav_current
+
+
+def sentence(message: str) -> str:
+    """The core's one-line message as a sentence on a page: capital first, full stop."""
+    message = message.strip()
+    if not message:
+        return message
+    message = message[0].upper() + message[1:]
+    return message if message[-1] in ".!?" else message + "."
+
+
+templates.env.filters["sentence"] = sentence
 
 
 class FormErrors:
@@ -68,6 +89,7 @@ class FormErrors:
         return bool(self.fields) or self.form is not None
 
     def add(self, field: str | None, message: str) -> None:
+        message = sentence(message)
         if field:
             self.fields.setdefault(field, message)
         elif self.form is None:

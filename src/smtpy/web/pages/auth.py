@@ -67,9 +67,7 @@ def visitor(request: Request, email: str | None = None) -> Actor:
 
 def session_actor(request: Request, session: BrowserSession) -> Actor:
     info = session.info
-    return Actor(
-        via="session", name=info.email, user_id=info.user_id, client_ip=client_ip(request)
-    )
+    return Actor(via="session", name=info.email, user_id=info.user_id, client_ip=client_ip(request))
 
 
 def _throttled(response: Response, exc: TooManyRequests) -> Response:
@@ -150,9 +148,7 @@ def login(
 
 
 @router.get("/login/2fa")
-def second_factor_page(
-    request: Request, session: PageSession, next: str | None = None
-) -> Response:
+def second_factor_page(request: Request, session: PageSession, next: str | None = None) -> Response:
     target = safe_next(next)
     if session.info.mfa_passed:
         return RedirectResponse(target, status_code=303)
