@@ -51,14 +51,29 @@ else:  # pragma: no cover
     Browser = BrowserContext = Page = Any  # type: ignore[misc,assignment]
 
 
+_running: list[Any] = []  # [playwright, chromium] once started
+
+
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
+    """One Chromium for the whole session. Each test module that imports this fixture
+    registers its own copy, and Playwright's sync API cannot start twice in a process:
+    the copies share the one started first; the last to finish stops it."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium; scripts/test.sh does)")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
+    if not _running:
+        playwright = sync_playwright().start()
+        _running.extend(
+            [playwright, playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)]
+        )
+    _running.append(None)  # one more user
+    yield _running[1]
+    _running.pop()
+    if len(_running) == 2:
+        playwright, chromium = _running
+        _running.clear()
         chromium.close()
+        playwright.stop()
 
 
 @dataclass

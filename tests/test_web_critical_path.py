@@ -13,9 +13,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
-from apiserver import ApiServer, seed_org
+from browser import Dashboard, browser, dashboard, new_page  # noqa: F401
 from dnsserver import DNSServer
 from mailpeers import (
     DEST1,
@@ -28,7 +28,7 @@ from mailpeers import (
     make_message,
     send,
 )
-from webpages import activate, chromium, sign_in, type_into
+from webpages import activate, sign_in_by_keyboard, type_into
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -61,18 +61,18 @@ def publish_records_shown(page: Page, dns: DNSServer) -> int:
 
 
 def test_critical_path_by_keyboard(
-    store_url: str, cli_env: dict[str, str], dns_server: DNSServer, tmp_path: Path
+    browser: Browser,  # noqa: F811
+    dashboard: Dashboard,  # noqa: F811
+    cli_env: dict[str, str],
+    dns_server: DNSServer,
+    tmp_path: Path,
 ) -> None:
     publish_world(dns_server)
-    owner = seed_org(store_url)
-    with (
-        MailPeers([DEST1, DEST2, SENDER_MX]) as peers,
-        ApiServer(cli_env) as api,
-        chromium() as browser,
-    ):
-        base = api.base_url
-        page = browser.new_page()
-        sign_in(page, base, owner["email"], owner["password"])
+    owner = dashboard.user
+    with MailPeers([DEST1, DEST2, SENDER_MX]) as peers:
+        base = dashboard.api.base_url
+        page = new_page(browser)
+        sign_in_by_keyboard(page, base, owner["email"], owner["password"])
 
         # Add a domain: it stays pending until verified.
         activate(

@@ -61,7 +61,16 @@ def seconds(value: float | None) -> str:
     return f"{value:.1f} s" if value < 120 else f"{value / 60:.0f} min"
 
 
+def reply(text: str | None, code: int | None = None) -> str:
+    """A remote's reply as it was said: its code, then its text (once, however stored)."""
+    text = (text or "").strip()
+    if code is None or text.startswith(str(code)):
+        return text or "—"
+    return f"{code} {text}".strip()
+
+
 templates.env.filters["when"] = when
+templates.env.filters["reply"] = reply
 templates.env.filters["iso"] = iso
 templates.env.filters["size"] = size
 templates.env.filters["seconds"] = seconds
