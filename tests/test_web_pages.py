@@ -148,6 +148,8 @@ def test_forms_work_without_javascript_and_errors_show_at_their_field(
     assert f"{DOMAIN} was added" in (flash(page) or "")
     assert "pending verification" in page.text
     assert "smtpy-verification=" in page.text and "_smtpy." + DOMAIN in page.text
+    status = client.get(f"/domains/{DOMAIN}/status")  # without JavaScript: a page
+    assert "<h1>" in status.text and 'data-record-status="ownership">missing<' in status.text
     zone = client.get(f"/domains/{DOMAIN}/zone")
     assert zone.status_code == 200 and f"_smtpy.{DOMAIN}.\t3600\tIN\tTXT" in zone.text
 
@@ -267,7 +269,7 @@ def test_queued_mail_shows_its_content_and_can_be_retried_or_deleted(
 
 def test_a_member_sees_no_delete_button_and_is_refused_anyway(world: dict[str, Any]) -> None:
     add_domain(world["store_url"], world["owner"]["org"])
-    owner, _ = session(world["api"], world["owner"])
+    owner, owner_csrf = session(world["api"], world["owner"])
     assert 'id="delete-domain"' in owner.get(f"/domains/{DOMAIN}").text
 
     member, csrf = session(world["api"], world["member"])
@@ -283,6 +285,18 @@ def test_a_member_sees_no_delete_button_and_is_refused_anyway(world: dict[str, A
     api_refused = member.delete(f"/api/v1/domains/{DOMAIN}", headers={"X-CSRF-Token": csrf})
     assert api_refused.status_code == 403
     assert owner.get(f"/api/v1/domains/{DOMAIN}").status_code == 200  # still there
+
+    # A domain waiting for verification: its aliases are the admins' until then.
+    assert (
+        owner.post("/domains", data={"name": "new.test", "csrf_token": owner_csrf}).status_code
+        == 303
+    )
+    refused = member.post(
+        "/domains/new.test/aliases",
+        data={"local_part": "team", "destinations": "bob@dest1.test", "csrf_token": csrf},
+    )
+    assert refused.status_code == 403
+    assert "once the domain is verified" in refused.text and 'role="alert"' in refused.text
 
 
 PAGES = ("/", "/domains", f"/domains/{DOMAIN}", "/messages", f"/messages/{QUEUE_ID}", "/stats")

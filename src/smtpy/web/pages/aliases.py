@@ -12,7 +12,7 @@ from fastapi.responses import Response
 
 from smtpy.admin import aliases, domains
 from smtpy.api.deps import Db
-from smtpy.errors import InvalidInput
+from smtpy.errors import Forbidden, InvalidInput
 from smtpy.web.pages._view import as_user
 from smtpy.web.pages.domains import _detail, domain_url
 from smtpy.web.routing import page_router
@@ -59,6 +59,18 @@ def alias_add(
                 ),
                 role=user.principal.role,
             )
+    except Forbidden as exc:  # a member, on a domain not verified yet: said on the form
+        errors = FormErrors()
+        errors.add(None, exc.message)
+        return _detail(
+            request,
+            db,
+            user,
+            name,
+            errors=errors,
+            form={"local_part": local_part, "destinations": destinations},
+            status_code=403,
+        )
     except InvalidInput as exc:
         field = "local_part" if not local else field_of(exc, "local_part")
         errors = FormErrors()

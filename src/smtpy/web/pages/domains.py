@@ -16,7 +16,7 @@ from smtpy.errors import InvalidInput
 from smtpy.web.pages._view import as_user, settings_of
 from smtpy.web.routing import page_router
 from smtpy.web.session import PageUser, SignedIn
-from smtpy.web.templating import FormErrors, done, render
+from smtpy.web.templating import FormErrors, done, is_htmx, render
 
 router = page_router()
 
@@ -135,7 +135,12 @@ def record_status(request: Request, db: Db, user: PageUser, name: str) -> Respon
         nameservers=settings.dns_nameservers,
         timeout=settings.dns_timeout,
     )
-    return render(request, "domains/_status.html", {"findings": findings}, user=user)
+    if is_htmx(request):
+        return render(request, "domains/_status.html", {"findings": findings}, user=user)
+    domain = domains.get_domain(db=db, org=user.principal.org, name=name)
+    return render(  # without JavaScript: a page of its own
+        request, "domains/status_page.html", {"findings": findings, "domain": domain}, user=user
+    )
 
 
 @router.get("/domains/{name}/zone")
