@@ -142,7 +142,11 @@ def run_store(label: str, url: str, rows: int, requests: int, state_dir: str) ->
                 f"{label:<10} {path[:44]:<44} {p50 * 1000:>7.1f} {p99 * 1000:>7.1f}"
                 f" {html / 1024:>7.1f} {assets / 1024:>8.1f}   {verdict}"
             )
-        paint = first_render(api.base_url, client.cookies)
+        try:
+            paint = first_render(api.base_url, client.cookies)
+        except Exception as exc:  # noqa: BLE001 - a figure missing, not a crash
+            lines.append(f"{label:<10} first render of / not measured: {str(exc).splitlines()[0]}")
+            paint = None
         if paint is not None:
             lines.append(
                 f"{label:<10} first render of / in Chromium (FCP, median of 5): {paint * 1000:.0f} ms"

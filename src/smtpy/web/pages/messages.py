@@ -13,6 +13,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from smtpy.admin import messages
+from smtpy.admin.aliases import FieldInvalid
 from smtpy.api.deps import Db
 from smtpy.errors import InvalidInput
 from smtpy.web.pages._view import STATUSES, as_user
@@ -26,12 +27,6 @@ FILTERS = ("status", "domain", "alias", "q", "since", "until")
 PAGE = 50
 
 
-class _DateInvalid(InvalidInput):
-    def __init__(self, message: str, *, field: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
 def day_start(text: str, field: str, *, end: bool = False) -> float | None:
     """A date typed in the form (YYYY-MM-DD, UTC) as a Unix time; `end`: the day after it."""
     if not text:
@@ -39,7 +34,7 @@ def day_start(text: str, field: str, *, end: bool = False) -> float | None:
     try:
         day = date.fromisoformat(text)
     except ValueError:
-        raise _DateInvalid(f"{text!r} is not a date: write it as YYYY-MM-DD", field=field) from None
+        raise FieldInvalid(f"{text!r} is not a date: write it as YYYY-MM-DD", field=field) from None
     start = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
     return start + 86400 if end else start
 
