@@ -144,7 +144,7 @@ def run_store(label: str, url: str, rows: int, requests: int, state_dir: str) ->
             )
         try:
             paint = first_render(api.base_url, client.cookies)
-        except Exception as exc:  # noqa: BLE001 - a figure missing, not a crash
+        except Exception as exc:  # a figure missing, not a crash
             lines.append(f"{label:<10} first render of / not measured: {str(exc).splitlines()[0]}")
             paint = None
         if paint is not None:
