@@ -32,6 +32,8 @@ logger = log.get("smtpy.api")
 # The smtpy.errors types, most specific first: (type, status, code).
 ERRORS: tuple[tuple[type[errors.SmtpyError], int, str], ...] = (
     (errors.NotFound, 404, "not_found"),
+    (errors.BillingDisabled, 409, "billing_disabled"),
+    (errors.PlanLimit, 402, "plan_limit"),
     (errors.Conflict, 409, "conflict"),
     (errors.InvalidInput, 422, "invalid_input"),
     (errors.Unauthorized, 401, "unauthorized"),
@@ -51,6 +53,8 @@ CODES: dict[str, str] = {
     "not_found": "No such object in the acting organization, or no such path.",
     "method_not_allowed": "The path exists but not with this method (see `Allow`).",
     "conflict": "The object already exists or the change contradicts the store.",
+    "plan_limit": "The organization's plan allows no more of this: upgrade or ask the operator.",
+    "billing_disabled": "Billing through Stripe is not set up on this server.",
     "too_many_requests": "Throttled: retry after `Retry-After` seconds.",
     "store_unavailable": "The store did not answer: retry later.",
     "internal_error": "A bug in smtpy: it was logged; retry or report it.",
