@@ -538,6 +538,15 @@ class Settings(BaseSettings):
         default=None,
         description="Stripe's API base URL (default: Stripe's own); tests point it at a fake.",
     )
+    quota_sync_interval: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description=(
+            "Seconds between the syncs of `smtpy serve`'s message counts and the "
+            "organizations' monthly quotas through the store (with plans configured)."
+        ),
+    )
     billing_grace_days: int = Field(
         default=7,
         ge=0,
