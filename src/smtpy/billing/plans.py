@@ -300,9 +300,9 @@ def limit_message(kind: str, limit: int, plan: PlanPublic, used: int | None = No
     noun = _NOUNS.get(kind, kind)
     has = f" and this organization has {used}" if used is not None else ""
     return (
-        f"the {plan.name} plan allows {limit} {noun}{has}: upgrade the plan (billing page, "
-        f"POST /api/v1/billing/checkout) or ask the operator to raise it "
-        f"(smtpy org limits ORG --{kind.replace('_', '-')} N)"
+        f"limit of {noun} reached: the {plan.name} plan allows {limit}{has}; upgrade the "
+        f"plan (billing page, POST /api/v1/billing/checkout) or ask the operator to raise it "
+        f"(smtpy plan limits ORG --{kind.replace('_', '-')} N)"
     )
 
 
