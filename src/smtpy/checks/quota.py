@@ -78,8 +78,26 @@ class MessageQuota:
             self._counted[org] = self._counted.get(org, 0) + n
 
     def apply(self, states: dict[str, QuotaState]) -> None:
-        """The states every node reached together (what was counted since still counts)."""
+        """The states every node reached together (what was counted since still counts).
+
+        Logs `quota_full` / `quota_open` when an organization's quota becomes used up
+        or open again in this process (a plan raised, a new month)."""
+        before = self.full()
         self._domains = states
+        after = self.full()
+        for org in sorted(after - before):
+            logger.info("quota_full", organization=org)
+        for org in sorted(before - after):
+            logger.info("quota_open", organization=org)
+
+    def full(self) -> set[int]:
+        """The organizations whose quota is used up, as this process sees it."""
+        orgs = {state.org: state for state in self._domains.values()}
+        return {
+            org
+            for org, state in orgs.items()
+            if state.limit is not None and state.used + self._counted.get(org, 0) >= state.limit
+        }
 
 
 @dataclass(frozen=True)
