@@ -1042,6 +1042,8 @@ def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
     else:
         names = (str(error["loc"][0]),) if error["loc"] else ()
     reason = str(error["msg"]).removeprefix("Value error, ")
+    if names == ("plans",) and len(error["loc"]) > 1:  # which plan, which key
+        reason = f"{'.'.join(str(part) for part in error['loc'])}: {reason}"
     where = " and ".join(f"{name} ({sources.get(name, 'default')})" for name in names)
     if len(names) == 1:
         return f"setting {where}: {reason}"
