@@ -527,11 +527,11 @@ class Settings(BaseSettings):
     )
     stripe_secret_key: SecretStr | None = Field(
         default=None,
-        description="Stripe's secret API key (sk_…): billing through Stripe is on only when set.",
+        description="Stripe's secret API key (sk_live_...): billing through Stripe is on only when set.",
     )
     stripe_webhook_secret: SecretStr | None = Field(
         default=None,
-        description="The signing secret (whsec_…) of the Stripe webhook endpoint "
+        description="The signing secret (whsec_...) of the Stripe webhook endpoint "
         "/api/v1/billing/stripe/webhook.",
     )
     stripe_api_base: str | None = Field(

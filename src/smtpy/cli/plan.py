@@ -44,8 +44,7 @@ def list_(ctx: typer.Context, json: JsonOption = False) -> None:
                 "yes" if p.default else "",
                 p.price or "",
                 p.stripe_price or "",
-                ", ".join(f"{k} {v}" for k, v in p.limits.items() if v is not None)
-                or "none",
+                ", ".join(f"{k} {v}" for k, v in p.limits.items() if v is not None) or "none",
             )
             for p in found
         ],
