@@ -158,3 +158,41 @@ def test_two_serving_processes_share_the_quota(forwarder: Forwarder) -> None:
     assert {counts[mid] for mid in delivered} == {1}
     assert "<late2@sender.test>" not in counts
     assert daemon.stop() == 0
+
+
+# -- the bookkeeping of one process (no daemon) ---------------------------------------
+
+
+def test_a_message_counts_once_per_organization_and_a_failed_sync_keeps_the_counts() -> None:
+    import asyncio
+
+    from smtpy.checks.quota import MessageQuota, QuotaState, QuotaSync
+
+    quota = MessageQuota()
+    one = QuotaState(org=1, limit=3, used=1)
+    quota.apply({"a.test": one, "b.test": one, "c.test": QuotaState(org=2, limit=None, used=0)})
+    quota.count(["a.test", "b.test", "c.test", "unknown.test"])  # two aliases of org 1
+    assert not quota.reached("a.test")  # 1 shared + 1 here < 3
+    quota.count(["a.test"])
+    assert quota.reached("a.test") and quota.reached("b.test")
+    assert not quota.reached("c.test") and not quota.reached("unknown.test")
+
+    written: list[dict[int, int]] = []
+
+    async def failing(fn: object) -> dict[str, QuotaState]:
+        raise OSError("the store is away")
+
+    async def working(fn: object) -> dict[str, QuotaState]:
+        return fn(None)  # type: ignore[operator, no-any-return]
+
+    def store(db: object, counts: dict[int, int], now: float) -> dict[str, QuotaState]:
+        written.append(dict(counts))
+        total = one.used + counts.get(1, 0)
+        return {"a.test": QuotaState(org=1, limit=3, used=total)}
+
+    assert asyncio.run(QuotaSync(quota, failing, store, interval=1).sync()) is False
+    assert quota.reached("a.test")  # still counted here
+    assert asyncio.run(QuotaSync(quota, working, store, interval=1).sync()) is True
+    assert written == [{1: 2, 2: 1}]  # the counts of the failed sync went with this one
+    assert quota.reached("a.test") and quota.state("b.test") is None
+    assert quota.take_counts() == {}
