@@ -75,7 +75,7 @@ class ApiServer:
             self.returncode = self.proc.returncode
             if self.proc.stdout:
                 self.proc.stdout.close()
-            if self.proc.stderr:
+            if self.proc.stderr and not self.proc.stderr.closed:  # stop() may come twice
                 self.stderr = self.proc.stderr.read().decode(errors="replace")
                 self.proc.stderr.close()
         return self.returncode

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from smtpy.admin.organizations import scope
 from smtpy.errors import InvalidInput
+from smtpy.queue.message_log import EVENTS
 from smtpy.store.db import Database
 
 GroupBy = Literal["domain", "alias", "day"]
@@ -311,6 +312,91 @@ class Series(BaseModel):
     totals: SeriesTotals
 
 
+HOUR = 3600
+SEAL_AFTER = 3600  # seconds after its end before an hour is rolled up (late commits)
+_EVENT_LIST = ", ".join(f"'{e}'" for e in _SERIES)
+
+
+def _bucket(db: Database, column: str) -> str:
+    """The SQL of a row's bucket number from `column` (a Unix time), :origin and :step."""
+    if db.dialect == "postgresql":
+        return f"floor(({column} - :origin) / :step)"
+    return f"CAST(({column} - :origin) / :step AS INTEGER)"
+
+
+def _live(
+    db: Database, seen: Seen, lo: float, hi: float, bounds: dict[str, float]
+) -> list[dict[str, Any]]:
+    """Counts per bucket and event counted in the log, for `lo <= at < hi`."""
+    window, params = _window(seen, lo, hi)
+    return db.all(
+        f"SELECT {_bucket(db, 'at')} AS b, event, count(*) AS n FROM message_log"  # noqa: S608
+        f" WHERE event IN ({_EVENT_LIST}) AND {window} GROUP BY 1, 2",
+        {**params, **bounds},
+    )
+
+
+def _rolled(
+    db: Database, seen: Seen, lo: float, hi: float, bounds: dict[str, float]
+) -> list[dict[str, Any]]:
+    """Counts per bucket and event from the rollup, for the whole hours `lo <= hour < hi`."""
+    condition, params = seen
+    where = "hour >= :lo AND hour < :hi" + (f" AND {condition}" if condition else "")
+    sums = ", ".join(f"sum({e}) AS {e}" for e in _SERIES)
+    rows = db.all(
+        f"SELECT {_bucket(db, 'hour')} AS b, {sums}"  # noqa: S608
+        f" FROM message_log_hourly WHERE {where} GROUP BY 1",
+        {**params, **bounds, "lo": int(lo), "hi": int(hi)},
+    )
+    return [{"b": r["b"], "event": e, "n": r[e] or 0} for r in rows for e in _SERIES]
+
+
+def seal(db: Database, *, now: float | None = None) -> float:
+    """Roll up the log's hours that ended at least SEAL_AFTER ago and are not rolled up yet;
+    the time before which every hour is in `message_log_hourly`.
+
+    One process does it at a time (the state row is updated first, in the same
+    transaction: another process that got there first leaves nothing to do).
+    The rollup keeps its counts when old log rows are pruned.
+    """
+    horizon = float((time.time() if now is None else now) - SEAL_AFTER) // HOUR * HOUR
+    state = "SELECT sealed_until FROM message_log_rollup WHERE name = 'hourly'"
+    mark = db.scalar(state)
+    if mark is None:
+        oldest = db.scalar("SELECT min(at) FROM message_log")
+        start = horizon if oldest is None else min(horizon, float(oldest) // HOUR * HOUR)
+        db.execute(
+            "INSERT INTO message_log_rollup (name, sealed_until) VALUES ('hourly', :start)"
+            " ON CONFLICT (name) DO NOTHING",
+            {"start": start},
+        )
+        mark = db.scalar(state)
+    mark = float(mark)
+    if mark >= horizon:
+        return mark
+    hour = (
+        "floor(at / 3600) * 3600"
+        if db.dialect == "postgresql"
+        else "CAST(at / 3600 AS INTEGER) * 3600"
+    )
+    with db.transaction():
+        taken = db.execute(
+            "UPDATE message_log_rollup SET sealed_until = :horizon"
+            " WHERE name = 'hourly' AND sealed_until = :mark",
+            {"horizon": horizon, "mark": mark},
+        )
+        if taken:
+            events = ", ".join(EVENTS)
+            counts = ", ".join(f"count(*) FILTER (WHERE event = '{e}')" for e in EVENTS)
+            db.execute(
+                f"INSERT INTO message_log_hourly (hour, domain, {events})"  # noqa: S608
+                f" SELECT {hour}, coalesce(domain, ''), {counts} FROM message_log"
+                " WHERE at >= :mark AND at < :horizon GROUP BY 1, 2",
+                {"mark": mark, "horizon": horizon},
+            )
+    return float(db.scalar(state))
+
+
 def series(
     *,
     db: Database,
@@ -338,25 +424,32 @@ def series(
         raise InvalidInput(
             f"the period holds {buckets} {interval}s: ask for at most {MAX_BUCKETS} at once"
         )
-    condition, params = scope(db=db, org=org).where("domain")
+    seen = scope(db=db, org=org).where("domain")
     alabel = None
     if domain is not None:
         _, alabel = domain_id(db=db, org=org, name=domain)
-        condition, params = "domain = :domain", {"domain": alabel}
-    window, params = _window((condition, params), since, until)
-    events = ", ".join(f"'{e}'" for e in _SERIES)
-    bucket = (
-        "floor((at - :origin) / :step)"
-        if db.dialect == "postgresql"
-        else "CAST((at - :origin) / :step AS INTEGER)"
-    )
+        seen = "domain = :domain", {"domain": alabel}
     counts: dict[int, dict[str, int]] = {}
-    for row in db.all(
-        f"SELECT {bucket} AS b, event, count(*) AS n FROM message_log"  # noqa: S608
-        f" WHERE event IN ({events}) AND {window} GROUP BY 1, 2",
-        {**params, "origin": origin, "step": step},
-    ):
-        counts.setdefault(int(row["b"]), {})[_SERIES[row["event"]]] = int(row["n"])
+
+    def add(rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            bucket = counts.setdefault(int(row["b"]), {})
+            name = _SERIES[row["event"]]
+            bucket[name] = bucket.get(name, 0) + int(row["n"])
+
+    # Whole hours already rolled up come from the rollup; the edges and the open hours
+    # from the log itself.
+    sealed = seal(db)
+    first = -(-since // HOUR) * HOUR
+    last = min(until // HOUR * HOUR, sealed)
+    bounds = {"origin": origin, "step": step}
+    if first < last:
+        add(_rolled(db, seen, first, last, bounds))
+        for lo, hi in ((since, first), (last, until)):
+            if lo < hi:
+                add(_live(db, seen, lo, hi, bounds))
+    else:
+        add(_live(db, seen, since, until, bounds))
     names = tuple(_SERIES.values())
     points = [
         Point(t=origin + n * step, **{k: counts.get(n, {}).get(k, 0) for k in names})

@@ -8,7 +8,8 @@ request is still running answers 409 (`idempotency_key_in_use`).
 
 The caller is the digest of its `Authorization` header or of its session cookie: a
 request without credentials is passed on as it is (it gets its 401 anyway). Only
-successful (2xx) JSON answers are kept; after a failure the request can be sent
+successful (2xx) JSON answers are kept, never with the secrets they show once (a
+new API key's `key` is null in a replay); after a failure the request can be sent
 again with the same key. Keys live in the store's `idempotency_keys` table, so
 every `smtpy api` process of a deployment shares them; rows older than 24 hours
 are pruned.
@@ -37,6 +38,9 @@ PRUNE_EVERY = 600.0  # seconds between prunes, per process
 MAX_KEY = 200
 # Paths that are no creates: signing in, out and up sets cookies a replay would not.
 EXEMPT = ("/api/v1/auth/",)
+# Secrets an answer shows once (a new API key, a webhook's secret, recovery codes): the store
+# never keeps them, so a replay answers the object with these fields null.
+SHOWN_ONCE = frozenset({"key", "secret", "recovery_codes"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +111,19 @@ def reserve(db: Database, principal: str, key: str, hashed: str, now: float) -> 
             return Outcome("busy")
         return Outcome("replay", int(row["status"]), str(row["body"]))
     return Outcome("busy")
+
+
+def without_secrets(body: str) -> str:
+    """The answer as kept: the fields in `SHOWN_ONCE` emptied (top level of a JSON object)."""
+    import json
+
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(value, dict) or not SHOWN_ONCE & value.keys():
+        return body
+    return json.dumps({k: (None if k in SHOWN_ONCE else v) for k, v in value.items()})
 
 
 def finish(db: Database, principal: str, key: str, status: int, body: str | None) -> None:
@@ -222,7 +239,7 @@ class Idempotency:
             await self.app(scope, _replay(messages, receive), capturing_send)
             if 200 <= status < 300 and json_answer:
                 try:
-                    kept = b"".join(chunks).decode("utf-8")
+                    kept = without_secrets(b"".join(chunks).decode("utf-8"))
                 except UnicodeDecodeError:
                     kept = None
         finally:

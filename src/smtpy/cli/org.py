@@ -79,7 +79,7 @@ def show(ctx: typer.Context, name: NameArg, json: JsonOption = False) -> None:
         print_json(
             {
                 **info.model_dump(mode="json"),
-                "members": [m.model_dump() for m in people],
+                "member_list": [m.model_dump() for m in people],
                 "billing": bill.model_dump(mode="json"),
             }
         )

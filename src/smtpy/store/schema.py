@@ -192,6 +192,35 @@ class LogEvent(SQLModel, table=True):
     delay: float | None = None
 
 
+class LogHourly(SQLModel, table=True):
+    """The message log counted per closed UTC hour and domain, by event (the API's stats).
+
+    Filled from `message_log` once an hour has ended (`smtpy.admin.stats.seal`), so a
+    month of figures sums a few thousand rows instead of counting a million; hours
+    still open are counted from the log itself. `domain` is "" for events of no domain.
+    """
+
+    __tablename__ = "message_log_hourly"
+
+    hour: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    domain: str = Field(primary_key=True, max_length=253)
+    received: int
+    delivered: int
+    deferred: int
+    bounced: int
+    rejected: int
+    discarded: int
+
+
+class LogRollup(SQLModel, table=True):
+    """How far `message_log_hourly` is filled: every hour before `sealed_until`."""
+
+    __tablename__ = "message_log_rollup"
+
+    name: str = Field(primary_key=True, max_length=32)
+    sealed_until: float
+
+
 class Node(SQLModel, table=True):
     """An `smtpy serve` node and its heartbeat, for `smtpy status` (one row per node name)."""
 
