@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import (
+    BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -70,6 +72,44 @@ RETRY_MAX_DELAY = 7 * 86400
 RETRY_MAX_STEPS = 100
 
 HostPort = tuple[str, int]
+
+# -- plans (billing): `[plans.NAME]` tables of the TOML file ------------------------
+
+LIMIT_KEYS = (
+    "domains",
+    "aliases",
+    "destinations",
+    "webhooks",
+    "messages_per_month",
+    "max_message_size",
+)
+_PLAN_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+
+
+class PlanLimits(BaseModel):
+    """What a plan allows; a key left out (None) is no limit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    domains: int | None = Field(default=None, ge=0)
+    aliases: int | None = Field(default=None, ge=0)
+    destinations: int | None = Field(default=None, ge=0)
+    webhooks: int | None = Field(default=None, ge=0)
+    messages_per_month: int | None = Field(default=None, ge=0)
+    max_message_size: int | None = Field(default=None, ge=1)
+
+
+class Plan(BaseModel):
+    """One `[plans.NAME]` table: shown as `name`, sold through the Stripe Price whose lookup
+    key is `stripe_price`, the organizations without a subscription get the `default` one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=100)
+    default: bool = False
+    stripe_price: str | None = Field(default=None, min_length=1, max_length=200)
+    price: str | None = Field(default=None, max_length=100)  # shown as written
+    limits: PlanLimits = PlanLimits()
 
 
 def parse_host_port(text: str, *, default_port: int | None = None) -> HostPort:
@@ -175,7 +215,9 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"srs_secret", "relay_password"})
+    secret_fields: ClassVar[frozenset[str]] = frozenset(
+        {"srs_secret", "relay_password", "stripe_secret_key", "stripe_webhook_secret"}
+    )
 
     state_dir: Path = Field(
         description="Directory for the default SQLite store and runtime files; an absolute path."
@@ -484,6 +526,45 @@ class Settings(BaseSettings):
         description="Seconds a dashboard session lasts at most, however much it is used.",
     )
 
+    plans: dict[str, Plan] = Field(
+        default_factory=dict,
+        description=(
+            "The plans organizations are on, as [plans.NAME] tables of the file (name, default, "
+            "stripe_price, price, limits); none: nothing is limited. In the environment: JSON."
+        ),
+    )
+    stripe_secret_key: SecretStr | None = Field(
+        default=None,
+        description="Stripe's secret API key (sk_live_...): billing through Stripe is on only when set.",
+    )
+    stripe_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="The signing secret (whsec_...) of the Stripe webhook endpoint "
+        "/api/v1/billing/stripe/webhook.",
+    )
+    stripe_api_base: str | None = Field(
+        default=None,
+        description="Stripe's API base URL (default: Stripe's own); tests point it at a fake.",
+    )
+    quota_sync_interval: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description=(
+            "Seconds between the syncs of `smtpy serve`'s message counts and the "
+            "organizations' monthly quotas through the store (with plans configured)."
+        ),
+    )
+    billing_grace_days: int = Field(
+        default=7,
+        ge=0,
+        le=90,
+        description=(
+            "Days an organization whose payment failed (past_due) keeps its plan before it "
+            "falls back to the default plan."
+        ),
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -513,6 +594,53 @@ class Settings(BaseSettings):
                 f"lease_seconds ({self.lease_seconds:g}), or a live node could lose its leases",
             )
         return self
+
+    @field_validator("plans", mode="before")
+    @classmethod
+    def _plans_json(cls, value: Any) -> Any:
+        if isinstance(value, str):  # SMTPY_PLANS='{"free": {"name": "Free", ...}}'
+            import json
+
+            try:
+                return json.loads(value) if value.strip() else {}
+            except ValueError as exc:
+                raise ValueError(f"expected the plans as a JSON object: {exc}") from None
+        return value
+
+    @field_validator("plans")
+    @classmethod
+    def _plans(cls, value: dict[str, Plan]) -> dict[str, Plan]:
+        for plan_id in value:
+            if not _PLAN_ID.match(plan_id):
+                raise ValueError(
+                    f"plan {plan_id!r}: a plan's id ([plans.ID]) is lower-case letters, digits, "
+                    "'-' and '_', at most 40"
+                )
+        defaults = [plan_id for plan_id, plan in value.items() if plan.default]
+        if len(defaults) > 1:
+            raise ValueError(
+                f"plans {' and '.join(defaults)} are both marked default = true; "
+                "keep it on one plan only"
+            )
+        prices: dict[str, str] = {}
+        for plan_id, plan in value.items():
+            if plan.stripe_price is not None:
+                if plan.stripe_price in prices:
+                    raise ValueError(
+                        f"plans {prices[plan.stripe_price]} and {plan_id} have the same "
+                        f"stripe_price {plan.stripe_price!r}; each plan needs its own price"
+                    )
+                prices[plan.stripe_price] = plan_id
+        return value
+
+    @field_validator("stripe_api_base", mode="before")
+    @classmethod
+    def _stripe_api_base(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().rstrip("/") or None
+            if value is not None and not value.startswith(("https://", "http://")):
+                raise ValueError(f"{value!r}: expected an http:// or https:// URL")
+        return value
 
     @field_validator("listen", mode="before")
     @classmethod
@@ -734,6 +862,8 @@ class Settings(BaseSettings):
             return mask_url(value)
         if isinstance(value, tuple):
             return _format_host_port(value)
+        if isinstance(value, dict):  # the plans: their ids
+            return ",".join(value)
         if isinstance(value, list):
             return ",".join(
                 _format_host_port(item) if isinstance(item, tuple) else str(item) for item in value
@@ -858,6 +988,8 @@ class TomlFile(TomlConfigSettingsSource):
         section = data.get("smtpy", data)
         if not isinstance(section, dict):
             raise ConfigError(f"config file {path}: [smtpy] must be a table")
+        if section is not data and "plans" in data:  # [plans.NAME] next to an [smtpy] table
+            section = {**section, "plans": data["plans"]}
         for key in section:
             if key not in self.names:
                 closest = _closest(key.lower().removeprefix("smtpy_"), self.names)
@@ -931,6 +1063,8 @@ def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
     else:
         names = (str(error["loc"][0]),) if error["loc"] else ()
     reason = str(error["msg"]).removeprefix("Value error, ")
+    if names == ("plans",) and len(error["loc"]) > 1:  # which plan, which key
+        reason = f"{'.'.join(str(part) for part in error['loc'])}: {reason}"
     where = " and ".join(f"{name} ({sources.get(name, 'default')})" for name in names)
     if len(names) == 1:
         return f"setting {where}: {reason}"

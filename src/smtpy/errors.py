@@ -7,7 +7,10 @@ where it helps, what to do next. The shells translate them once:
     SmtpyError
     ├── InvalidInput          bad address, domain, pattern, option   CLI exit 2, HTTP 422
     │   ├── NotFound          unknown domain, alias, key, queue id    CLI exit 2, HTTP 404
-    │   └── Conflict          duplicate domain, alias, selector       CLI exit 2, HTTP 409
+    │   ├── Conflict          duplicate domain, alias, selector       CLI exit 2, HTTP 409
+    │   │   └── BillingDisabled  no Stripe key: no checkout or portal  CLI exit 2, HTTP 409
+    │   └── BadSignature      a webhook's signature is wrong or old   HTTP 400
+    ├── PlanLimit             the plan allows no more of something    CLI exit 2, HTTP 402
     ├── Unauthorized          no or bad credentials, expired session  CLI exit 2, HTTP 401
     ├── Forbidden             the role does not allow it              CLI exit 2, HTTP 403
     ├── TooManyRequests       throttled: retry after some seconds     CLI exit 1, HTTP 429
@@ -49,6 +52,25 @@ class NotFound(InvalidInput):
 
 class Conflict(InvalidInput):
     """The object already exists or the change contradicts the store."""
+
+
+class BadSignature(InvalidInput):
+    """A signed request (Stripe's webhook) whose signature is wrong or too old."""
+
+
+class BillingDisabled(Conflict):
+    """Billing through Stripe is off (no SMTPY_STRIPE_SECRET_KEY): nothing to pay or manage."""
+
+
+class PlanLimit(SmtpyError):
+    """The organization's plan allows no more of something (`limit`: domains, aliases, …)."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, limit: str, plan: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.plan = plan
 
 
 class Unauthorized(SmtpyError):

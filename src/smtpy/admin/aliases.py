@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict
 from smtpy.accounts.audit import record
 from smtpy.accounts.roles import Role, allows
 from smtpy.admin.domains import domain_id
+from smtpy.billing import plans as billing
+from smtpy.billing.plans import Catalog
 from smtpy.errors import Conflict, Forbidden, InvalidInput, NotFound
 from smtpy.mail.addresses import (
     display_domain,
@@ -178,10 +180,16 @@ def _authorize(db: Database, role: Role | None, did: int) -> None:
 
 
 def add_alias(
-    *, db: Database, org: int, alias: AliasCreate, role: Role | None = None
+    *,
+    db: Database,
+    org: int,
+    alias: AliasCreate,
+    role: Role | None = None,
+    catalog: Catalog | None = None,
 ) -> AliasPublic:
     """Add an alias; nothing is written unless every part of the input is valid. `role`:
-    the caller's in the organization (None: the operator at the shell)."""
+    the caller's in the organization (None: the operator at the shell). `catalog`: the
+    configured plans; the plan must allow one more alias and its new destinations."""
     address, mode, reject_message = alias.address, alias.mode, alias.reject_message
     if mode not in MODES:
         raise FieldInvalid(f"mode {mode!r} is not one of {', '.join(MODES)}", field="mode")
@@ -203,6 +211,8 @@ def add_alias(
             )
     try:
         with db.transaction():
+            billing.check_limit(db, org, "aliases", catalog=catalog)
+            billing.check_destinations(db, org, targets, catalog=catalog)
             new_id = db.insert(
                 "INSERT INTO aliases (domain_id, kind, local_part, local_key, destinations, mode,"
                 " reject_message, enabled, created_at) VALUES (:domain_id, :kind, :local_part,"

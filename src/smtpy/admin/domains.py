@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict
 
 from smtpy.accounts import audit
 from smtpy.admin.records import DnsRecord, Finding, KeyRecord, judge, required_records
+from smtpy.billing import plans as billing
+from smtpy.billing.plans import Catalog
 from smtpy.errors import Conflict, InvalidInput, NotFound
 from smtpy.mail.addresses import display_domain, normalize_domain
 from smtpy.store.db import Database
@@ -109,9 +111,13 @@ def domain_id(*, db: Database, org: int, name: str) -> tuple[int, str]:
     return int(row["id"]), alabel
 
 
-def add_domain(*, db: Database, org: int, domain: DomainCreate) -> DomainPublic:
+def add_domain(
+    *, db: Database, org: int, domain: DomainCreate, catalog: Catalog | None = None
+) -> DomainPublic:
     """Serve a new domain: an ownership token and a first active DKIM key. A `pending`
-    domain (added through the API) receives no mail until its ownership is verified."""
+    domain (added through the API) receives no mail until its ownership is verified.
+    `catalog`: the configured plans (the shells pass `Catalog.of(settings)`); the
+    organization's plan must allow one more domain (PlanLimit)."""
     from smtpy.admin.keys import KeyCreate, create_key
 
     alabel = normalize_domain(domain.name)
@@ -120,6 +126,7 @@ def add_domain(*, db: Database, org: int, domain: DomainCreate) -> DomainPublic:
         with db.transaction():
             if db.one("SELECT id FROM domains WHERE name = :name", {"name": alabel}):
                 raise Conflict(served)
+            billing.check_limit(db, org, "domains", catalog=catalog)
             new_id = db.insert(
                 "INSERT INTO domains (organization_id, name, verification_token, pending,"
                 " created_at) VALUES (:org, :name, :token, :pending, :now) RETURNING id",

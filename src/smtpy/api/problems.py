@@ -32,6 +32,9 @@ logger = log.get("smtpy.api")
 # The smtpy.errors types, most specific first: (type, status, code).
 ERRORS: tuple[tuple[type[errors.SmtpyError], int, str], ...] = (
     (errors.NotFound, 404, "not_found"),
+    (errors.BillingDisabled, 409, "billing_disabled"),
+    (errors.PlanLimit, 402, "plan_limit"),
+    (errors.BadSignature, 400, "bad_signature"),
     (errors.Conflict, 409, "conflict"),
     (errors.InvalidInput, 422, "invalid_input"),
     (errors.Unauthorized, 401, "unauthorized"),
@@ -51,6 +54,9 @@ CODES: dict[str, str] = {
     "not_found": "No such object in the acting organization, or no such path.",
     "method_not_allowed": "The path exists but not with this method (see `Allow`).",
     "conflict": "The object already exists or the change contradicts the store.",
+    "plan_limit": "The organization's plan allows no more of this: upgrade or ask the operator.",
+    "bad_signature": "A signed request's signature is wrong or too old.",
+    "billing_disabled": "Billing through Stripe is not set up on this server.",
     "too_many_requests": "Throttled: retry after `Retry-After` seconds.",
     "store_unavailable": "The store did not answer: retry later.",
     "internal_error": "A bug in smtpy: it was logged; retry or report it.",

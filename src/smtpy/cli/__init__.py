@@ -19,6 +19,7 @@ from smtpy.cli import (
     alias,
     api,
     apikey,
+    billing,
     config,
     db,
     doctor,
@@ -26,6 +27,7 @@ from smtpy.cli import (
     key,
     log,
     org,
+    plan,
     probe,
     queue,
     route,
@@ -54,6 +56,8 @@ app.add_typer(route.app, name="route")
 app.add_typer(org.app, name="org")
 app.add_typer(user.app, name="user")
 app.add_typer(apikey.app, name="apikey")
+app.add_typer(plan.app, name="plan")
+app.add_typer(billing.app, name="billing")
 app.command("serve")(serve.serve)
 app.command("api")(api.api)
 app.command("log")(log.log)

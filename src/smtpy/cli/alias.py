@@ -58,12 +58,15 @@ def add(
     (*@example.org).
     """
     from smtpy.admin.aliases import AliasCreate, add_alias
+    from smtpy.billing.plans import Catalog
 
     alias = AliasCreate(
         address=address, destinations=destinations or [], mode=mode, reject_message=message
     )
     with state(ctx).database() as db:
-        info = add_alias(db=db, org=acting_org(db, org), alias=alias)
+        info = add_alias(
+            db=db, org=acting_org(db, org), alias=alias, catalog=Catalog.of(state(ctx).settings)
+        )
     target = ", ".join(info.destinations) if info.mode == "forward" else info.mode
     done(f"added {info.address} -> {target}")
 

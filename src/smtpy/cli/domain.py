@@ -44,12 +44,14 @@ def add(
 ) -> None:
     """Serve a domain: creates its ownership token and a first DKIM key. Mail is accepted at once."""
     from smtpy.admin.domains import DomainCreate, add_domain
+    from smtpy.billing.plans import Catalog
 
     with state(ctx).database() as db:
         info = add_domain(
             db=db,
             org=acting_org(db, org),
             domain=DomainCreate(name=name, key_algorithm=key_algorithm),
+            catalog=Catalog.of(state(ctx).settings),
         )
     done(f"added {info.name}; publish its records: smtpy domain records {info.name}")
 

@@ -69,13 +69,19 @@ def show(ctx: typer.Context, name: NameArg, json: JsonOption = False) -> None:
     """Show one organization: what it holds, and its members with their roles."""
     from smtpy.accounts.members import list_members
     from smtpy.admin.organizations import organization_detail, resolve_organization
+    from smtpy.billing.plans import overview
 
     with state(ctx).database() as db:
         info = organization_detail(db=db, org=resolve_organization(db=db, name=name).id)
         people = list_members(db=db, org=info.id)
+        bill = overview(db=db, org=info.id, settings=state(ctx).settings)
     if json:
         print_json(
-            {**info.model_dump(mode="json"), "member_list": [m.model_dump() for m in people]}
+            {
+                **info.model_dump(mode="json"),
+                "member_list": [m.model_dump() for m in people],
+                "billing": bill.model_dump(mode="json"),
+            }
         )
         return
     print_table(
@@ -89,6 +95,16 @@ def show(ctx: typer.Context, name: NameArg, json: JsonOption = False) -> None:
             ("domains", info.domains),
             ("aliases", info.aliases),
             ("api keys", info.api_keys),
+            ("plan", f"{bill.plan.name} ({bill.source})"),
+            ("subscription", bill.subscription.status if bill.subscription else "none"),
+        ],
+    )
+    print_table(
+        "limits",
+        ["limit", "used", "allowed"],
+        [
+            (k, "" if bill.usage.get(k) is None else bill.usage[k], "unlimited" if v is None else v)
+            for k, v in bill.limits.items()
         ],
     )
     if people:

@@ -250,6 +250,7 @@ class Daemon:
                 writer, node=node, retention_days=settings.log_retention, on_lost=self._lost
             )
             guard = guard_from_settings(settings, lookups)
+            quota = await _message_quota(settings, writer) if settings.plans else None
             handler = Handler(
                 policy=Policy(
                     hostname=settings.hostname,
@@ -265,6 +266,7 @@ class Daemon:
                 events=upkeep.events,
                 authcheck=_inbound_checker(settings, lookups),
                 names=_node_names(settings, reader),
+                quota=quota,
             )
             self._tls = tls_context(settings)
             await self._listen(handler, sockets)
@@ -283,6 +285,7 @@ class Daemon:
 
             worker_task = asyncio.create_task(worker.run())
             rate_sync = start_rate_sync(guard, writer.call, settings.rate_limit_sync_interval)
+            quota_sync = _start_quota_sync(settings, quota, writer)
             upkeep.start()  # message-log writes, heartbeat, pruning
             addresses = ", ".join(f"{h}:{p}" for h, p in settings.listen)
             logger.info(
@@ -307,6 +310,9 @@ class Daemon:
             await upkeep.stop()
             if rate_sync is not None:
                 rate_sync.cancel()
+            if quota_sync is not None:
+                quota_sync[1].cancel()
+                await quota_sync[0].sync()  # the last counts
             if metrics_server is not None:
                 await metrics_server.stop()
             logger.info("stopped")
@@ -348,6 +354,38 @@ class Daemon:
                     "reload_failed", error=str(exc), keeping="the previous TLS certificate"
                 )
         logger.info("reloaded", what="alias rules, DKIM keys and the TLS certificate")
+
+
+def _quota_sync(settings: Settings) -> Any:
+    """The store side of a quota sync, bound to the settings (the plans)."""
+    from smtpy.billing.quota import sync_usage
+
+    def sync(db: Database, counts: Any, now: float) -> Any:
+        return sync_usage(db, counts, now, settings=settings)
+
+    return sync
+
+
+async def _message_quota(settings: Settings, writer: StoreThread) -> Any:
+    """The organizations' monthly quotas, read once before the first client is served."""
+    from smtpy.checks.quota import MessageQuota
+
+    quota = MessageQuota()
+    sync = _quota_sync(settings)
+    quota.apply(await writer.call(lambda db: sync(db, {}, time.time())))
+    return quota
+
+
+def _start_quota_sync(settings: Settings, quota: Any, writer: StoreThread) -> Any:
+    """Sync the quota every SMTPY_QUOTA_SYNC_INTERVAL seconds: (the QuotaSync, its task)."""
+    if quota is None:
+        return None
+    from smtpy.checks.quota import QuotaSync
+
+    syncer = QuotaSync(
+        quota, writer.call, _quota_sync(settings), interval=settings.quota_sync_interval
+    )
+    return syncer, asyncio.create_task(syncer.run())
 
 
 def run(settings: Settings, *, reload: Callable[[], Settings] | None = None) -> int:

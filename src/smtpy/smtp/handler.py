@@ -27,6 +27,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from smtpy import log, metrics
 from smtpy.checks.limits import ConnectionGuard, RecipientDomainRate, SenderRate
+from smtpy.checks.quota import MessageQuota, PlanSize, QuotaCheck
 from smtpy.checks.recipients import Accepted, RulesFor, decide
 from smtpy.checks.scanners import Scan, Scanner
 from smtpy.checks.stages import (
@@ -91,12 +92,14 @@ class Handler(ScannedPerConnection):
         events: EventBuffer | None = None,
         authcheck: InboundChecker | None = None,
         names: OurNames | None = None,
+        quota: MessageQuota | None = None,
     ) -> None:
         self.policy = policy
         self.queue = queue  # durably, before the 250 (the delivery worker's `queue`)
         self.rules_for = rules_for
         self.srs = srs
         self.guard = guard  # the server asks it at connect (smtpy.smtp.server)
+        self.quota = quota  # the organizations' monthly message quotas (billing)
         # Message-log rows with no transaction to join; the daemon's upkeep writes them.
         self.events = events if events is not None else EventBuffer()
         checker = authcheck
@@ -111,6 +114,7 @@ class Handler(ScannedPerConnection):
         self.rcpt_checks: list[RcptCheck] = [
             check
             for check in (
+                QuotaCheck(quota) if quota is not None else None,
                 OnePolicyPerTransaction(checker) if checker is not None else None,
                 RecipientDomainRate(guard) if guard is not None else None,
                 StartSpf(checker) if checker is not None else None,  # its DNS overlaps DATA
@@ -120,6 +124,7 @@ class Handler(ScannedPerConnection):
         self.data_checks: list[DataCheck] = [
             check
             for check in (
+                PlanSize(quota) if quota is not None else None,
                 Authenticate(checker, names) if checker is not None else None,
                 Scan(scanner) if scanner is not None else None,
             )
@@ -315,6 +320,8 @@ class Handler(ScannedPerConnection):
             reason = "store_full" if full else "store_error"
             return self._refused(session, envelope, reply, reason, size=size)
         metrics.message_received()
+        if self.quota is not None:
+            self.quota.count(a.alias_domain for a in txn.accepted)
         logger.info(
             "received",
             queue_id=message.queue_id,

@@ -127,3 +127,8 @@ def with_enhanced_code(reply: str) -> str:
     if enhanced is None or sep not in " -":
         return reply
     return f"{code}{sep}{enhanced} {reply[4:]}"
+
+
+# Billing (smtpy.checks.quota): temporary, so the sender retries once the plan is raised.
+QUOTA_REACHED = "452 4.2.2 The recipient's monthly message quota is used up; try again later"
+TOO_BIG_FOR_PLAN = "552 5.3.4 Message too big for the recipient's plan"

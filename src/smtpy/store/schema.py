@@ -21,6 +21,11 @@ class Organization(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=200, unique=True)
     created_at: float
+    # Billing: the plan the operator put it on (None: the default plan), the operator's
+    # limit overrides (JSON {"domains": 50, …}), its Stripe customer (made once).
+    plan: str | None = Field(default=None, max_length=40)
+    limit_overrides: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    stripe_customer_id: str | None = Field(default=None, max_length=100, index=True)
 
 
 class Domain(SQLModel, table=True):
@@ -384,3 +389,46 @@ class IdempotencyKey(SQLModel, table=True):
     status: int
     body: str = Field(sa_column=Column(Text, nullable=False))
     created_at: float
+
+
+# -- billing (plans, Stripe, message quotas) ------------------------------------
+
+
+class Subscription(SQLModel, table=True):
+    """An organization's Stripe subscription, as last fetched from Stripe (never from an event)."""
+
+    __tablename__ = "subscriptions"
+
+    id: str = Field(primary_key=True, max_length=100)  # Stripe's sub_…
+    organization_id: int = Field(foreign_key="organizations.id", index=True)
+    status: str = Field(max_length=32)  # active, trialing, past_due, canceled, incomplete, …
+    plan: str | None = Field(default=None, max_length=40)  # the [plans.ID] of its price
+    price: str | None = Field(default=None, max_length=200)  # the price's lookup key
+    current_period_end: float | None = None
+    cancel_at_period_end: bool = False
+    past_due_since: float | None = None  # when smtpy first saw it past_due (the grace period)
+    created_at: float
+    updated_at: float
+
+
+class StripeEvent(SQLModel, table=True):
+    """A Stripe event id already handled: a replayed delivery has no second effect."""
+
+    __tablename__ = "stripe_events"
+
+    id: str = Field(primary_key=True, max_length=100)
+    type: str = Field(max_length=100)
+    received_at: float
+
+
+class UsageMonth(SQLModel, table=True):
+    """Messages an organization received in a month (UTC, "2026-12"), and the notices sent."""
+
+    __tablename__ = "usage_months"
+
+    organization_id: int = Field(foreign_key="organizations.id", primary_key=True)
+    month: str = Field(primary_key=True, max_length=7)
+    messages: int = Field(sa_column=Column(BigInteger, nullable=False))
+    notified_80: bool = False
+    notified_100: bool = False
+    updated_at: float

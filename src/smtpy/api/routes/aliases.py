@@ -13,8 +13,9 @@ from pydantic import BaseModel, Field
 
 from smtpy.accounts.actor import acting
 from smtpy.admin import aliases
-from smtpy.api.deps import Auth, Db
+from smtpy.api.deps import Auth, Db, SettingsDep
 from smtpy.api.shapes import rfc3339
+from smtpy.billing.plans import Catalog
 from smtpy.store.pages import Page
 
 router = APIRouter(tags=["aliases"])
@@ -73,7 +74,7 @@ def list_aliases(
 
 
 @router.post("/domains/{name}/aliases", status_code=201)
-def add_alias(name: str, body: AliasIn, db: Db, principal: Auth) -> AliasOut:
+def add_alias(name: str, body: AliasIn, db: Db, principal: Auth, settings: SettingsDep) -> AliasOut:
     """Add an alias (409 when it exists)."""
     principal.require("aliases")
     create = aliases.AliasCreate(
@@ -84,7 +85,13 @@ def add_alias(name: str, body: AliasIn, db: Db, principal: Auth) -> AliasOut:
         enabled=body.enabled,
     )
     with acting(principal.actor):
-        added = aliases.add_alias(db=db, org=principal.org, alias=create, role=principal.role)
+        added = aliases.add_alias(
+            db=db,
+            org=principal.org,
+            alias=create,
+            role=principal.role,
+            catalog=Catalog.of(settings),
+        )
     return _out(added)
 
 

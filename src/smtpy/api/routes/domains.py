@@ -17,6 +17,7 @@ from smtpy.admin import domains
 from smtpy.admin.records import Finding
 from smtpy.api.deps import Auth, Db, SettingsDep
 from smtpy.api.shapes import rfc3339
+from smtpy.billing.plans import Catalog
 from smtpy.store.pages import Page
 
 router = APIRouter(tags=["domains"])
@@ -113,7 +114,10 @@ def add_domain(body: DomainIn, db: Db, principal: Auth, settings: SettingsDep) -
     principal.require("manage")
     with acting(principal.actor):
         added = domains.add_domain(
-            db=db, org=principal.org, domain=domains.DomainCreate(name=body.name, pending=True)
+            db=db,
+            org=principal.org,
+            domain=domains.DomainCreate(name=body.name, pending=True),
+            catalog=Catalog.of(settings),
         )
     return _detail(db, principal.org, added, settings.hostname)
 
