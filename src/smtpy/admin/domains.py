@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict
 from smtpy.accounts import audit
 from smtpy.admin.records import DnsRecord, Finding, KeyRecord, judge, required_records
 from smtpy.errors import Conflict, InvalidInput, NotFound
+from smtpy.events import outbox
+from smtpy.events.types import DomainData
 from smtpy.mail.addresses import display_domain, normalize_domain
 from smtpy.store.db import Database
 from smtpy.store.pages import Page, check_limit, keyset, page_of
@@ -355,6 +357,12 @@ def verify_domain(
                 {"now": time.time(), "name": alabel},
             ):
                 audit.record(db, org=org, action="domain.verify", target=display_domain(alabel))
+                outbox.emit(
+                    db,
+                    org=org,
+                    type_="domain.verified",
+                    data=DomainData(domain=display_domain(alabel)),
+                )
     return Verification(
         domain=display_domain(alabel),
         verified=verified,
