@@ -21,7 +21,6 @@ import pytest
 
 from smtpy.accounts import members, users
 from smtpy.admin import webhooks
-from smtpy.admin.domains import DomainCreate, add_domain
 from smtpy.admin.organizations import resolve_organization
 from smtpy.config import Settings
 from smtpy.errors import InvalidInput
@@ -116,9 +115,9 @@ async def running(
         reader.stop()
 
 
-async def settled(db: Database, hook_id: str, *, count: int = 1, timeout: float = 30.0) -> list[Any]:
+async def settled(db: Database, hook_id: str, *, count: int = 1, within: float = 30.0) -> list[Any]:
     """The endpoint's deliveries once `count` of them are no longer pending."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         page = webhooks.page_deliveries(db=db, org=org_of(db), webhook_id=hook_id, limit=200)
         done = [d for d in page.data if d.status != "pending"]
@@ -347,7 +346,9 @@ def test_an_endpoint_failing_for_days_is_disabled_and_its_owners_told(
     [delivery] = webhooks.page_deliveries(db=db, org=org, webhook_id=hook.id).data
     assert delivery.status == "pending"  # kept for when the endpoint is enabled again
     assert "failed for" in (after.disabled_reason or "")
-    rows = db.all("SELECT d.recipient, m.data FROM deliveries d JOIN messages m ON m.id = d.message_id")
+    rows = db.all(
+        "SELECT d.recipient, m.data FROM deliveries d JOIN messages m ON m.id = d.message_id"
+    )
     assert [r["recipient"] for r in rows] == ["owner@example.test"]
     text = bytes(rows[0]["data"]).decode()
     assert "A webhook was disabled" in text and hook.id in text

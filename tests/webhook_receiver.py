@@ -82,7 +82,14 @@ class WebhookReceiver:
                     time.sleep(reply.delay)
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 outer._record(
-                    Hit(time.time(), self.path, headers, body, reply.status, outer._verify(body, headers))
+                    Hit(
+                        time.time(),
+                        self.path,
+                        headers,
+                        body,
+                        reply.status,
+                        outer._verify(body, headers),
+                    )
                 )
                 data = reply.body.encode()
                 try:
