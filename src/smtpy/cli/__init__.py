@@ -33,6 +33,7 @@ from smtpy.cli import (
     stats,
     status,
     user,
+    webhook,
 )
 from smtpy.cli.context import State, cli_actor
 from smtpy.errors import SmtpyError
@@ -54,6 +55,7 @@ app.add_typer(route.app, name="route")
 app.add_typer(org.app, name="org")
 app.add_typer(user.app, name="user")
 app.add_typer(apikey.app, name="apikey")
+app.add_typer(webhook.app, name="webhook")
 app.command("serve")(serve.serve)
 app.command("api")(api.api)
 app.command("log")(log.log)

@@ -11,4 +11,5 @@ MODULES = (
     "messages",
     "stats",
     "audit",
+    "webhooks",
 )
