@@ -66,6 +66,7 @@ class WebhookReceiver:
         self.host = host
         self.secrets: list[str] = []
         self.hits: list[Hit] = []
+        self.started = 0  # requests read, answered or not yet
         self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
         outer = self
@@ -78,6 +79,8 @@ class WebhookReceiver:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 reply = outer._next()
+                with outer._lock:
+                    outer.started += 1
                 if reply.delay:
                     time.sleep(reply.delay)
                 headers = {k.lower(): v for k, v in self.headers.items()}
