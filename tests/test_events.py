@@ -282,3 +282,29 @@ def test_two_nodes_on_postgresql_deliver_each_event_once(
     counts = Counter(h.id for h in receiver.received())
     assert set(counts) == {str(r["event_id"]) for r in rows}
     assert set(counts.values()) == {1}
+
+
+def test_pruning_removes_finished_deliveries_and_keeps_pending_ones(db: Database) -> None:
+    from smtpy.events.deliveries import prune
+
+    org = resolve_organization(db=db).id
+    webhooks.create_webhook(db=db, org=org, url="https://hooks.example.net/in")
+    with db.transaction():
+        for n in range(3):
+            outbox.emit(db, org=org, type_="domain.verified", data={"domain": f"d{n}.test"}, at=n)
+    db.execute("UPDATE webhook_deliveries SET created_at = 100")
+    first, second, _third = (
+        int(r["id"]) for r in db.all("SELECT id FROM webhook_deliveries ORDER BY id")
+    )
+    db.execute("UPDATE webhook_deliveries SET status = 'delivered' WHERE id = :id", {"id": first})
+    db.execute("UPDATE webhook_deliveries SET status = 'failed' WHERE id = :id", {"id": second})
+    db.execute(
+        "INSERT INTO webhook_attempts (delivery_id, at, status_code, duration_ms)"
+        " VALUES (:id, 100, 200, 5)",
+        {"id": first},
+    )
+    assert prune(db, before=50) == 0  # nothing that old
+    assert prune(db, before=200) == 2
+    assert _rows(db) == (1, 1)  # the pending one and its event stay
+    assert db.scalar("SELECT status FROM webhook_deliveries") == "pending"
+    assert db.scalar("SELECT count(*) FROM webhook_attempts") == 0

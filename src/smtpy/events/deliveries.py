@@ -28,6 +28,7 @@ JITTER = 0.1  # each delay is moved by up to this share either way
 MAX_RETRY_AFTER = 86400.0  # a Retry-After longer than this is cut to it
 DISABLE_AFTER = 5 * 86400.0  # an endpoint failing this long is disabled
 RESPONSE_KEPT = 1000  # characters of an answer's body kept with the attempt
+PRUNE_BATCH = 2000  # finished deliveries deleted per transaction
 
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 
@@ -281,3 +282,31 @@ def owners_of(db: Database, *, prefix: str) -> list[str]:
             {"length": len(prefix), "prefix": prefix},
         )
     ]
+
+
+def prune(db: Database, *, before: float, batch: int = PRUNE_BATCH) -> int:
+    """Delete up to `batch` finished deliveries made before `before` with their attempts,
+    and the events left with no delivery, in one short transaction; the deliveries deleted.
+
+    Pending deliveries stay, however old (a disabled endpoint's, kept for when it is
+    enabled again)."""
+    with db.transaction():
+        ids = [
+            int(r["id"])
+            for r in db.all(
+                "SELECT id FROM webhook_deliveries WHERE status <> 'pending'"
+                " AND created_at < :before ORDER BY created_at LIMIT :batch",
+                {"before": before, "batch": batch},
+            )
+        ]
+        if ids:
+            params: dict[str, Any] = {f"i{n}": i for n, i in enumerate(ids)}
+            names = ", ".join(f":i{n}" for n in range(len(ids)))
+            db.execute("DELETE FROM webhook_attempts WHERE delivery_id IN (" + names + ")", params)  # noqa: S608 - placeholders only
+            db.execute("DELETE FROM webhook_deliveries WHERE id IN (" + names + ")", params)  # noqa: S608 - placeholders only
+        db.execute(
+            "DELETE FROM webhook_events WHERE created_at < :before AND id NOT IN"
+            " (SELECT event_id FROM webhook_deliveries)",
+            {"before": before},
+        )
+    return len(ids)
