@@ -72,13 +72,12 @@ def test_a_domain_can_turn_the_dmarc_reject_policy_off(forwarder: Forwarder) -> 
     forwarder.dns.add("_dmarc.strict.test", "TXT", "v=DMARC1; p=reject")
     forwarder.run("domain", "add", "strict-on.test")
     forwarder.alias("team@strict-on.test", "carol@dest2.test")
-    shown = json.loads(
-        forwarder.run("domain", "policy", DOMAIN, "--dmarc-reject", "off", "--json")
-    )
+    shown = json.loads(forwarder.run("domain", "policy", DOMAIN, "--dmarc-reject", "off", "--json"))
     assert shown["dmarc_reject"] == "off"
-    assert json.loads(forwarder.run("domain", "show", "strict-on.test", "--json"))[
-        "dmarc_reject"
-    ] == "default"
+    assert (
+        json.loads(forwarder.run("domain", "show", "strict-on.test", "--json"))["dmarc_reject"]
+        == "default"
+    )
     daemon = forwarder.start()  # SMTPY_DMARC_REJECT defaults to on
 
     message_id = new_id("strict.test")

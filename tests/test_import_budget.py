@@ -87,7 +87,9 @@ def _is_package(name: str) -> bool:
     return spec is not None and spec.submodule_search_locations is not None
 
 
-def importtime(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+def importtime(
+    env: dict[str, str], *args: str
+) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "smtpy", *args],
         env=env,

@@ -796,6 +796,7 @@ def test_starttls_and_the_received_header_says_so(
 
 # -- MAIL FROM / RCPT TO paths ------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[SmtpServer]:
     """A server object, for its address parsing only (on a loop of its own, closed after)."""
@@ -807,8 +808,34 @@ def server() -> Iterator[SmtpServer]:
 
 
 _PATH_PIECES = st.sampled_from(
-    ["<", ">", "@", ".", "a", "Z", "9", "-", "+", "=", "_", "'", '"', "\\", " ", "[", "]", ":",
-     ",", "(", ")", "é", "example", "test", " SIZE=100", "\t"]
+    [
+        "<",
+        ">",
+        "@",
+        ".",
+        "a",
+        "Z",
+        "9",
+        "-",
+        "+",
+        "=",
+        "_",
+        "'",
+        '"',
+        "\\",
+        " ",
+        "[",
+        "]",
+        ":",
+        ",",
+        "(",
+        ")",
+        "é",
+        "example",
+        "test",
+        " SIZE=100",
+        "\t",
+    ]
 )
 
 

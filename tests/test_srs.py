@@ -499,7 +499,9 @@ def test_hash_length_is_configurable() -> None:
 
 local_parts = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=40)
 domains = st.text(
-    alphabet=st.characters(exclude_characters="@=", exclude_categories=("Cs",)),  # surrogates are excluded by default
+    alphabet=st.characters(
+        exclude_characters="@=", exclude_categories=("Cs",)
+    ),  # surrogates are excluded by default
     min_size=1,
     max_size=40,
 )

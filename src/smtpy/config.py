@@ -388,7 +388,7 @@ class Settings(BaseSettings):
         default=None,
         description=(
             "CA bundle (PEM) that verifies remote certificates (MTA-STS, required TLS, "
-            "relay_tls) instead of the system's."
+            "relay_tls, webhooks) instead of the system's."
         ),
     )
     auth_checks: bool = Field(
@@ -514,6 +514,26 @@ class Settings(BaseSettings):
             "Origins (scheme://host[:port]) allowed to call the API from a browser with "
             "API keys; empty: CORS off."
         ),
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description=(
+            "Let webhook URLs reach loopback, private and link-local addresses and use plain "
+            "http (tests, intranets); off: https to public addresses only."
+        ),
+    )
+    webhook_retry_schedule: list[int] = Field(
+        default=[0, 5, 300, 1800, 7200, 18000, 36000, 36000],
+        description=(
+            "Seconds before each webhook delivery attempt, comma-separated (0: at once), each "
+            "moved by up to 10 % either way; after the last attempt the delivery has failed."
+        ),
+    )
+    webhook_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=60,
+        description="Seconds a webhook endpoint has to answer a delivery (the whole exchange).",
     )
     session_idle_timeout: int = Field(
         default=7200,
@@ -791,6 +811,24 @@ class Settings(BaseSettings):
             if not (part.isascii() and part.isdigit() and 1 <= int(part) <= RETRY_MAX_DELAY):
                 raise ValueError(
                     f"delays are whole seconds from 1 to {RETRY_MAX_DELAY} (a week), not {part!r}"
+                )
+        return [int(part) for part in parts]
+
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _webhook_schedule(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = [part.strip() for part in value.split(",")] if value.strip() else []
+        elif isinstance(value, list | tuple):
+            parts = [str(part).strip() for part in value]
+        else:
+            return value  # pydantic names the wrong type
+        if not 1 <= len(parts) <= RETRY_MAX_STEPS:
+            raise ValueError(f"needs 1 to {RETRY_MAX_STEPS} delays, e.g. 0,5,300")
+        for part in parts:
+            if not (part.isascii() and part.isdigit() and int(part) <= RETRY_MAX_DELAY):
+                raise ValueError(
+                    f"delays are whole seconds from 0 to {RETRY_MAX_DELAY} (a week), not {part!r}"
                 )
         return [int(part) for part in parts]
 

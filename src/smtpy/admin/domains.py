@@ -19,6 +19,8 @@ from smtpy.admin.records import DnsRecord, Finding, KeyRecord, judge, required_r
 from smtpy.billing import plans as billing
 from smtpy.billing.plans import Catalog
 from smtpy.errors import Conflict, InvalidInput, NotFound
+from smtpy.events import outbox
+from smtpy.events.types import DomainData
 from smtpy.mail.addresses import display_domain, normalize_domain
 from smtpy.store.db import Database
 from smtpy.store.pages import Page, check_limit, keyset, page_of
@@ -366,6 +368,9 @@ def verify_domain(
             {"now": time.time(), "name": alabel},
         ):
             changed["verified"] = True
+            outbox.emit(
+                db, org=org, type_="domain.verified", data=DomainData(domain=display_domain(alabel))
+            )
         if changed:
             audit.record(
                 db, org=org, action="domain.verify", target=display_domain(alabel), detail=changed

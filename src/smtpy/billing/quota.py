@@ -17,6 +17,8 @@ from smtpy.accounts.mailer import base_url, queue_mail
 from smtpy.billing.plans import Catalog, EffectivePlan, effective_plans, month_of
 from smtpy.checks.quota import QuotaState
 from smtpy.config import Settings
+from smtpy.events import outbox
+from smtpy.events.types import QuotaData
 from smtpy.store.db import Database
 
 logger = log.get(__name__)
@@ -132,9 +134,14 @@ def _notice(
 
 
 def quota_reached(db: Database, *, org: int, month: str, messages: int, limit: int) -> None:
-    """THE call site of the `quota.reached` event (issue 17's events module, not on main
-    yet): emit it here, in the transaction that claimed the 100 % notice."""
+    """The `quota.reached` event, in the transaction that claimed the 100 % notice."""
     logger.info("quota_reached", organization=org, month=month, messages=messages, limit=limit)
+    outbox.emit(
+        db,
+        org=org,
+        type_="quota.reached",
+        data=QuotaData(limit="messages_per_month", value=limit, usage=messages),
+    )
 
 
 def _subject(percent: int, org: str) -> str:

@@ -22,6 +22,8 @@ from smtpy.accounts import audit
 from smtpy.accounts.mailer import base_url
 from smtpy.billing.plans import LIVE, Catalog
 from smtpy.errors import BadSignature, BillingDisabled, Conflict, InvalidInput
+from smtpy.events import outbox
+from smtpy.events.types import SubscriptionData
 from smtpy.store.db import Database
 
 if TYPE_CHECKING:
@@ -271,8 +273,13 @@ def store_subscription(
 
 
 def subscription_changed(db: Database, *, org: int, status: str, plan: str | None) -> None:
-    """The one place a `subscription.updated` event goes (issue 17's events module emits
-    it once it is on main; until then the audit log keeps the change)."""
+    """A subscription's new state: the audit log and the `subscription.updated` event."""
+    outbox.emit(
+        db,
+        org=org,
+        type_="subscription.updated",
+        data=SubscriptionData(plan=plan or "", status=status),
+    )
     audit.record(
         db,
         org=org,

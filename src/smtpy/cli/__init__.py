@@ -35,6 +35,7 @@ from smtpy.cli import (
     stats,
     status,
     user,
+    webhook,
 )
 from smtpy.cli.context import State, cli_actor
 from smtpy.errors import SmtpyError
@@ -58,6 +59,7 @@ app.add_typer(user.app, name="user")
 app.add_typer(apikey.app, name="apikey")
 app.add_typer(plan.app, name="plan")
 app.add_typer(billing.app, name="billing")
+app.add_typer(webhook.app, name="webhook")
 app.command("serve")(serve.serve)
 app.command("api")(api.api)
 app.command("log")(log.log)

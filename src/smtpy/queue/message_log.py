@@ -185,9 +185,35 @@ def delivery_events(
 
 
 def write_events(db: Database, events: Sequence[LogEvent]) -> None:
-    """Insert rows (inside the caller's transaction, or on their own in autocommit)."""
+    """Insert rows (inside the caller's transaction, or on their own in autocommit), and
+    the webhook events they make for organizations that subscribed (`tell`)."""
     if events:
         db.executemany(_INSERT, [{c: getattr(e, c) for c in _COLUMNS} for e in events])
+        tell(db, events)
+
+
+_DATA_FIELDS = tuple(c for c in _COLUMNS if c not in ("at", "event"))
+
+
+def tell(db: Database, events: Sequence[LogEvent]) -> None:
+    """Put the events of these rows in the outbox, in the same transaction, for the
+    organizations whose endpoints subscribed to them; with none, nothing is written."""
+    from smtpy.events import outbox
+    from smtpy.events.types import FROM_LOG, MessageData
+
+    subs = outbox.subscriptions(db)
+    if not subs.domains:
+        return
+    pending = []
+    for e in events:
+        type_ = FROM_LOG.get(e.event)
+        org = subs.domains.get(e.domain) if e.domain is not None else None
+        if type_ is None or org is None or not subs.targets(org, type_):
+            continue
+        data = MessageData(**{c: getattr(e, c) for c in _DATA_FIELDS})
+        pending.append(outbox.Pending(org, type_, data, e.at))
+    if pending:
+        outbox.write(db, pending, subs)
 
 
 def prune(db: Database, *, before: float, batch: int = PRUNE_BATCH) -> int:

@@ -124,6 +124,34 @@ def resume(db: Database, node: str) -> int:
     released = release_node(db, node=node)
     if released:
         logger.info("resumed", deliveries=released, node=node)
+    resume_webhooks(db, node)
+    return released
+
+
+def resume_webhooks(db: Database, node: str, *, processes: bool = True) -> int:
+    """Return the webhook deliveries an earlier start of `node` (and, with `processes`, of
+    its serving processes `NODE.1` …) left leased to the outbox, due now."""
+    from smtpy.events.deliveries import owners_of, release
+    from smtpy.queue.queries import owner_node
+
+    owners = [node]
+    if processes:
+        prefix = f"{node}."
+        others = {
+            str(row["name"])
+            for row in db.all(
+                "SELECT name FROM nodes WHERE substr(name, 1, :length) = :prefix",
+                {"length": len(prefix), "prefix": prefix},
+            )
+        }
+        owners += [
+            owner
+            for owner in owners_of(db, prefix=prefix)
+            if owner_node(owner, {node} | others) == node
+        ]
+    released = release(db, owners=owners)
+    if released:
+        logger.info("resumed_webhooks", deliveries=released, node=node)
     return released
 
 
@@ -138,6 +166,29 @@ def _node_names(settings: Settings, reader: StoreThread) -> OurNames | None:
         return [row["hostname"] for row in await reader.call(list_nodes)]
 
     return OurNames(settings.hostname, load)
+
+
+def webhook_worker(settings: Settings, writer: StoreThread, reader: StoreThread) -> Any:
+    """The worker that drains the webhook outbox (`smtpy.runtime.webhooks`)."""
+    from smtpy.admin.webhooks import notify_disabled
+    from smtpy.runtime.webhooks import WebhookSettings, WebhookWorker
+
+    def on_disabled(db: Database, webhook_id: str, reason: str) -> None:
+        notify_disabled(db, settings=settings, webhook_id=webhook_id, reason=reason)
+
+    return WebhookWorker(
+        settings=WebhookSettings(
+            node=settings.node_name,
+            schedule=tuple(settings.webhook_retry_schedule),
+            timeout=settings.webhook_timeout,
+            lease_seconds=settings.lease_seconds,
+            allow_private=settings.webhook_allow_private,
+            ca_file=settings.tls_ca_file,
+        ),
+        store=writer,
+        reader=reader,
+        on_disabled=on_disabled,
+    )
 
 
 class Daemon:
@@ -209,6 +260,9 @@ class Daemon:
                 released = await writer.call(lambda db: release_leases(db, node=settings.node_name))
                 if released:  # this process, started again after it died
                     logger.info("resumed", deliveries=released, node=settings.node_name)
+                await writer.call(
+                    lambda db: resume_webhooks(db, settings.node_name, processes=False)
+                )
             secret = (
                 settings.srs_secret.get_secret_value()
                 if settings.srs_secret is not None
@@ -245,6 +299,7 @@ class Daemon:
                 signers=signers,
                 reader=reader,
             )
+            hooks = webhook_worker(settings, writer, reader)
             rules = RuleCache(reader)
             upkeep = Upkeep(
                 writer, node=node, retention_days=settings.log_retention, on_lost=self._lost
@@ -284,6 +339,7 @@ class Daemon:
             loop.add_signal_handler(signal.SIGHUP, lambda: self._hup(rules, signers))
 
             worker_task = asyncio.create_task(worker.run())
+            hooks_task = asyncio.create_task(hooks.run())
             rate_sync = start_rate_sync(guard, writer.call, settings.rate_limit_sync_interval)
             quota_sync = _start_quota_sync(settings, quota, writer)
             upkeep.start()  # message-log writes, heartbeat, pruning
@@ -299,10 +355,15 @@ class Daemon:
             logger.info("stopping")
             for server in self._servers:
                 server.close()
-            await asyncio.gather(worker.stop(STOP_GRACE), self._sessions.shut_down(STOP_GRACE))
-            worker_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker_task
+            await asyncio.gather(
+                worker.stop(STOP_GRACE),
+                hooks.stop(STOP_GRACE),
+                self._sessions.shut_down(STOP_GRACE),
+            )
+            for task in (worker_task, hooks_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await deliverer.close()
             for server in self._servers:
                 with contextlib.suppress(TimeoutError):

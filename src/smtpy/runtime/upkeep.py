@@ -5,8 +5,8 @@
 - writes this node's heartbeat every `heartbeat_seconds` (`smtpy status`, and
   what keeps its name: a heartbeat that finds the name taken over by another
   start calls `on_lost`, and the daemon stops);
-- prunes message-log rows older than SMTPY_LOG_RETENTION days, a batch per
-  transaction, so the group commit of incoming mail never waits long;
+- prunes message-log rows older than SMTPY_LOG_RETENTION days (and finished
+  webhook deliveries with their events), a batch per transaction, so the group commit of incoming mail never waits long;
 - refreshes SQLite's planner statistics of the log hourly (a sampled ANALYZE
   of a few milliseconds), so `smtpy stats` reads its covering indexes.
 """
@@ -146,4 +146,23 @@ class Upkeep:
                 break
         if total:
             logger.info("message_log_pruned", rows=total, retention_days=self.retention / 86400)
+        await self._prune_webhooks(before)
         return total
+
+    async def _prune_webhooks(self, before: float) -> None:
+        """Finished webhook deliveries and their events go after the same retention."""
+        from smtpy.events.deliveries import PRUNE_BATCH as WEBHOOK_BATCH
+        from smtpy.events.deliveries import prune as prune_webhooks
+
+        total = 0
+        for _ in range(PRUNE_BATCHES):
+            try:
+                deleted = await self.store.call(partial(prune_webhooks, before=before))
+            except Exception as exc:
+                logger.error("webhook_prune_failed", error=str(exc))
+                break
+            total += deleted
+            if deleted < WEBHOOK_BATCH:
+                break
+        if total:
+            logger.info("webhook_deliveries_pruned", rows=total)

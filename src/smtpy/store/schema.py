@@ -11,7 +11,16 @@ the queue's indexes and mean the same on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Text,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -411,6 +420,33 @@ class Subscription(SQLModel, table=True):
     updated_at: float
 
 
+# -- events and webhooks ---------------------------------------------------------
+
+
+class Webhook(SQLModel, table=True):
+    """An organization's webhook endpoint: the events it wants, signed with its own secret.
+
+    During a rotation the previous secret signs too, until `previous_secret_until`.
+    `failing_since` is set by the first failed attempt and cleared by a success;
+    an endpoint failing for days, or answering 410, is disabled with a reason.
+    """
+
+    __tablename__ = "webhooks"
+
+    id: str = Field(primary_key=True, max_length=32)
+    organization_id: int = Field(foreign_key="organizations.id", index=True)
+    url: str = Field(max_length=2000)
+    events: str  # JSON list of event types
+    secret: str = Field(max_length=100)  # whsec_…
+    previous_secret: str | None = Field(default=None, max_length=100)
+    previous_secret_until: float | None = None
+    enabled: bool = True
+    disabled_reason: str | None = Field(default=None, max_length=500)
+    failing_since: float | None = None
+    created_at: float
+    updated_at: float
+
+
 class StripeEvent(SQLModel, table=True):
     """A Stripe event id already handled: a replayed delivery has no second effect."""
 
@@ -432,3 +468,70 @@ class UsageMonth(SQLModel, table=True):
     notified_80: bool = False
     notified_100: bool = False
     updated_at: float
+
+
+class WebhookEvent(SQLModel, table=True):
+    """The outbox: one event, its body as sent (`{"type","timestamp","data"}`)."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (Index("ix_webhook_events_created_at", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=40)  # the `webhook-id` header
+    organization_id: int = Field(index=True)
+    type: str = Field(max_length=40)
+    created_at: float
+    body: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event for one endpoint, with its queue state (leased like the mail queue).
+
+    status: pending (due or waiting), delivered, failed (retries exhausted,
+    refused, or the endpoint gone).
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_webhook", "webhook_id", "created_at"),
+        Index("ix_webhook_deliveries_lease", "lease_owner"),
+    )
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    )
+    event_id: str = Field(foreign_key="webhook_events.id", max_length=40, index=True)
+    webhook_id: str = Field(foreign_key="webhooks.id", max_length=32)
+    status: str = Field(default="pending", max_length=16)
+    attempts: int = 0
+    next_attempt_at: float
+    lease_owner: str | None = Field(default=None, max_length=100)
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: float
+    updated_at: float
+
+
+class WebhookAttempt(SQLModel, table=True):
+    """One POST of a delivery: the answer's status, how long it took, its body cut short."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    )
+    delivery_id: int = Field(
+        sa_column=Column(
+            BigInteger().with_variant(Integer(), "sqlite"),
+            ForeignKey("webhook_deliveries.id"),
+            nullable=False,
+            index=True,
+        )
+    )
+    at: float
+    status_code: int | None = None
+    duration_ms: int
+    response_body: str | None = Field(default=None, max_length=2000)
+    error: str | None = Field(default=None, max_length=500)

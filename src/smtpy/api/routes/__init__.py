@@ -12,4 +12,5 @@ MODULES = (
     "stats",
     "audit",
     "billing",
+    "webhooks",
 )

@@ -1,0 +1,312 @@
+"""Webhook deliveries in the store: claimed with a lease, attempted, recorded, retried.
+
+A serving process claims due rows by moving `next_attempt_at` past its lease
+and writing its name in `lease_owner`, as the mail queue does
+(`smtpy.queue.queries`); on PostgreSQL with `FOR UPDATE SKIP LOCKED`, so the
+processes of every node share the outbox and each delivery goes to one of
+them. A process that dies leaves its leases to run out (or to its own next
+start, which releases them at once).
+
+Retries follow `SCHEDULE` (immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h,
+10 h) with jitter; a `Retry-After` on 429 or 503 replaces the next delay. Any
+2xx is delivered; 410 disables the endpoint; an endpoint failing for
+`DISABLE_AFTER` seconds is disabled too (the daemon mails its owners).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from smtpy.store.db import Database
+
+SCHEDULE: tuple[int, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+JITTER = 0.1  # each delay is moved by up to this share either way
+MAX_RETRY_AFTER = 86400.0  # a Retry-After longer than this is cut to it
+DISABLE_AFTER = 5 * 86400.0  # an endpoint failing this long is disabled
+RESPONSE_KEPT = 1000  # characters of an answer's body kept with the attempt
+PRUNE_BATCH = 2000  # finished deliveries deleted per transaction
+
+DeliveryStatus = Literal["pending", "delivered", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A delivery this process now holds, with what it needs to send it."""
+
+    id: int
+    event_id: str
+    webhook_id: str
+    organization_id: int
+    attempts: int
+    type: str
+    body: str
+    url: str
+    secret: str
+    previous_secret: str | None
+    previous_secret_until: float | None
+
+    def secrets(self, now: float) -> list[str]:
+        """The secrets that sign now: the current one, and the previous during an overlap."""
+        keys = [self.secret]
+        if (
+            self.previous_secret
+            and self.previous_secret_until is not None
+            and now < self.previous_secret_until
+        ):
+            keys.append(self.previous_secret)
+        return keys
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What one POST got: a status code and the start of the body, or an error."""
+
+    status_code: int | None
+    duration_ms: int
+    body: str | None = None
+    error: str | None = None
+    retry_after: float | None = None  # seconds, from a 429 or 503
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What recording an answer decided."""
+
+    status: DeliveryStatus
+    next_attempt_at: float | None
+    disabled: str | None = None  # the reason, when this answer disabled the endpoint
+
+
+def next_delay(
+    schedule: Sequence[int], attempts: int, *, rng: random.Random | None = None
+) -> float | None:
+    """Seconds before attempt `attempts + 1` (attempts made so far), or None: no more."""
+    if attempts >= len(schedule):
+        return None
+    delay = float(schedule[attempts])
+    if delay <= 0:
+        return 0.0
+    spread = delay * JITTER
+    return delay + (rng or random).uniform(-spread, spread)
+
+
+def decide(
+    answer: Answer,
+    *,
+    attempts: int,
+    schedule: Sequence[int],
+    now: float,
+    rng: random.Random | None = None,
+) -> Settled:
+    """The delivery's state after `answer` to its attempt number `attempts + 1`."""
+    if answer.ok:
+        return Settled("delivered", None)
+    if answer.status_code == 410:
+        return Settled("failed", None, disabled="the endpoint answered 410 Gone")
+    delay = next_delay(schedule, attempts + 1, rng=rng)
+    if delay is None:
+        return Settled("failed", None)
+    if answer.status_code in (429, 503) and answer.retry_after is not None:
+        delay = min(max(answer.retry_after, 0.0), MAX_RETRY_AFTER)
+    return Settled("pending", now + delay)
+
+
+def has_due(db: Database, *, now: float) -> bool:
+    """Whether any delivery is due (a cheap read before a claim, which writes)."""
+    return (
+        db.scalar(
+            "SELECT 1 FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= :now"
+            " LIMIT 1",
+            {"now": now},
+        )
+        is not None
+    )
+
+
+def claim_due(db: Database, *, node: str, limit: int, lease: float, now: float) -> list[Claimed]:
+    """Take up to `limit` due deliveries of enabled endpoints, leased to `node` for `lease` s."""
+    lock = " FOR UPDATE SKIP LOCKED" if db.dialect == "postgresql" else ""
+    due = (  # noqa: S608
+        "SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= :now"
+        " AND webhook_id IN (SELECT id FROM webhooks WHERE enabled)"
+        " ORDER BY next_attempt_at LIMIT :limit"
+    ) + lock
+    with db.transaction():
+        rows = db.all(
+            "UPDATE webhook_deliveries SET lease_owner = :node, next_attempt_at = :until"  # noqa: S608
+            " WHERE id IN (" + due + ") RETURNING id",
+            {"node": node, "until": now + lease, "now": now, "limit": limit},
+        )
+        return load(db, [int(r["id"]) for r in rows])
+
+
+def load(db: Database, ids: Sequence[int]) -> list[Claimed]:
+    """The deliveries `ids` with their event and endpoint."""
+    if not ids:
+        return []
+    params: dict[str, Any] = {f"i{n}": i for n, i in enumerate(ids)}
+    names = ", ".join(f":i{n}" for n in range(len(ids)))
+    rows = db.all(
+        "SELECT d.id, d.event_id, d.webhook_id, d.attempts, e.organization_id, e.type, e.body,"  # noqa: S608
+        " w.url, w.secret, w.previous_secret, w.previous_secret_until"
+        " FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id"
+        " JOIN webhooks w ON w.id = d.webhook_id WHERE d.id IN (" + names + ") ORDER BY d.id",
+        params,
+    )
+    return [
+        Claimed(
+            id=int(r["id"]),
+            event_id=r["event_id"],
+            webhook_id=r["webhook_id"],
+            organization_id=int(r["organization_id"]),
+            attempts=int(r["attempts"]),
+            type=r["type"],
+            body=r["body"],
+            url=r["url"],
+            secret=r["secret"],
+            previous_secret=r["previous_secret"],
+            previous_secret_until=r["previous_secret_until"],
+        )
+        for r in rows
+    ]
+
+
+def record(
+    db: Database,
+    claimed: Claimed,
+    answer: Answer,
+    *,
+    node: str | None,
+    schedule: Sequence[int] = SCHEDULE,
+    disable_after: float = DISABLE_AFTER,
+    now: float | None = None,
+    rng: random.Random | None = None,
+) -> Settled:
+    """Record one attempt and its consequences, in one transaction.
+
+    `node`: the lease owner that sent it (its lease is cleared); None for a
+    delivery sent by hand (`smtpy webhook test`), which holds no lease.
+    """
+    now = time.time() if now is None else now
+    settled = decide(answer, attempts=claimed.attempts, schedule=schedule, now=now, rng=rng)
+    with db.transaction():
+        db.execute(
+            "INSERT INTO webhook_attempts (delivery_id, at, status_code, duration_ms,"
+            " response_body, error) VALUES (:id, :at, :code, :ms, :body, :error)",
+            {
+                "id": claimed.id,
+                "at": now,
+                "code": answer.status_code,
+                "ms": answer.duration_ms,
+                "body": None if answer.body is None else answer.body[:RESPONSE_KEPT],
+                "error": None if answer.error is None else answer.error[:500],
+            },
+        )
+        db.execute(
+            "UPDATE webhook_deliveries SET status = :status, attempts = attempts + 1,"
+            " next_attempt_at = :next, lease_owner = NULL, last_status_code = :code,"
+            " last_error = :error, updated_at = :now WHERE id = :id",
+            {
+                "status": settled.status,
+                "next": settled.next_attempt_at if settled.next_attempt_at is not None else now,
+                "code": answer.status_code,
+                "error": None if answer.error is None else answer.error[:500],
+                "now": now,
+                "id": claimed.id,
+            },
+        )
+        if answer.ok:
+            db.execute(
+                "UPDATE webhooks SET failing_since = NULL WHERE id = :id"
+                " AND failing_since IS NOT NULL",
+                {"id": claimed.webhook_id},
+            )
+            return settled
+        db.execute(
+            "UPDATE webhooks SET failing_since = :now WHERE id = :id AND failing_since IS NULL",
+            {"id": claimed.webhook_id, "now": now},
+        )
+        reason = settled.disabled
+        if reason is None:
+            since = db.scalar(
+                "SELECT failing_since FROM webhooks WHERE id = :id", {"id": claimed.webhook_id}
+            )
+            if since is not None and now - float(since) >= disable_after:
+                days = (now - float(since)) / 86400
+                reason = f"every delivery failed for {days:.1f} days"
+        if reason is not None and disable(db, claimed.webhook_id, reason=reason, now=now):
+            return Settled(settled.status, settled.next_attempt_at, disabled=reason)
+    return Settled(settled.status, settled.next_attempt_at)
+
+
+def disable(db: Database, webhook_id: str, *, reason: str, now: float) -> bool:
+    """Disable an enabled endpoint with `reason`; whether it was enabled."""
+    return bool(
+        db.execute(
+            "UPDATE webhooks SET enabled = :no, disabled_reason = :reason, updated_at = :now"
+            " WHERE id = :id AND enabled",
+            {"no": False, "reason": reason[:500], "now": now, "id": webhook_id},
+        )
+    )
+
+
+def release(db: Database, *, owners: Sequence[str], now: float | None = None) -> int:
+    """Make the deliveries leased to exactly `owners` due now (a stop, or a start after a crash)."""
+    if not owners:
+        return 0
+    params: dict[str, Any] = {f"o{n}": owner for n, owner in enumerate(owners)}
+    params["now"] = time.time() if now is None else now
+    names = ", ".join(f":o{n}" for n in range(len(owners)))
+    return db.execute(
+        "UPDATE webhook_deliveries SET lease_owner = NULL, next_attempt_at = :now"  # noqa: S608
+        " WHERE status = 'pending' AND lease_owner IN (" + names + ")",
+        params,
+    )
+
+
+def owners_of(db: Database, *, prefix: str) -> list[str]:
+    """Lease owners now holding deliveries whose names start with `prefix`."""
+    return [
+        str(r["lease_owner"])
+        for r in db.all(
+            "SELECT DISTINCT lease_owner FROM webhook_deliveries"
+            " WHERE status = 'pending' AND substr(lease_owner, 1, :length) = :prefix",
+            {"length": len(prefix), "prefix": prefix},
+        )
+    ]
+
+
+def prune(db: Database, *, before: float, batch: int = PRUNE_BATCH) -> int:
+    """Delete up to `batch` finished deliveries made before `before` with their attempts,
+    and the events left with no delivery, in one short transaction; the deliveries deleted.
+
+    Pending deliveries stay, however old (a disabled endpoint's, kept for when it is
+    enabled again)."""
+    with db.transaction():
+        ids = [
+            int(r["id"])
+            for r in db.all(
+                "SELECT id FROM webhook_deliveries WHERE status <> 'pending'"
+                " AND created_at < :before ORDER BY created_at LIMIT :batch",
+                {"before": before, "batch": batch},
+            )
+        ]
+        if ids:
+            params: dict[str, Any] = {f"i{n}": i for n, i in enumerate(ids)}
+            names = ", ".join(f":i{n}" for n in range(len(ids)))
+            db.execute("DELETE FROM webhook_attempts WHERE delivery_id IN (" + names + ")", params)  # noqa: S608 - placeholders only
+            db.execute("DELETE FROM webhook_deliveries WHERE id IN (" + names + ")", params)  # noqa: S608 - placeholders only
+        db.execute(
+            "DELETE FROM webhook_events WHERE created_at < :before AND id NOT IN"
+            " (SELECT event_id FROM webhook_deliveries)",
+            {"before": before},
+        )
+    return len(ids)

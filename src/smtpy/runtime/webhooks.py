@@ -1,0 +1,194 @@
+"""The webhook worker of `smtpy serve`: drains the outbox next to the delivery scheduler.
+
+It claims due deliveries (`smtpy.events.deliveries.claim_due`, leased like the
+mail queue, so each goes to one process of one node), signs each as Standard
+Webhooks at the moment it is sent, posts it (`smtpy.events.sender`), and
+records the answer through the writer's group commit. A cheap read through
+the reader thread comes first, so an empty outbox costs no write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from smtpy import log
+from smtpy.events.deliveries import (
+    DISABLE_AFTER,
+    SCHEDULE,
+    Answer,
+    Claimed,
+    Settled,
+    claim_due,
+    has_due,
+    record,
+    release,
+)
+from smtpy.events.sender import Sender, send_delivery
+from smtpy.queue.writer import StoreThread
+from smtpy.store.db import Database
+
+logger = log.get(__name__)
+
+POLL_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    node: str  # the lease owner: this serving process
+    concurrency: int = 32  # posts in flight at once
+    schedule: tuple[int, ...] = SCHEDULE
+    timeout: float = 10.0
+    lease_seconds: float = 90.0
+    allow_private: bool = False
+    ca_file: Path | None = None
+    disable_after: float = DISABLE_AFTER
+    poll_seconds: float = POLL_SECONDS
+
+
+OnDisabled = Callable[[Database, str, str], None]  # (db, webhook id, reason), in the transaction
+
+
+class WebhookWorker:
+    def __init__(
+        self,
+        *,
+        settings: WebhookSettings,
+        store: StoreThread,
+        reader: StoreThread | None = None,
+        on_disabled: OnDisabled | None = None,
+        sender: Sender | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.reader = reader or store
+        self.on_disabled = on_disabled
+        self.sender = sender or Sender(
+            allow_private=settings.allow_private,
+            timeout=settings.timeout,
+            ca_file=settings.ca_file,
+        )
+        self._clock = clock
+        self._rng = random.Random()
+        self._lease = max(settings.lease_seconds, settings.timeout * 3)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight: set[int] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.delivered = 0  # for tests and benchmarks
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            free = self.settings.concurrency - len(self._inflight)
+            claimed: list[Claimed] = []
+            if free > 0:
+                try:
+                    claimed = await self._claim(free)
+                except Exception as exc:
+                    logger.error("webhook_claim_failed", error=str(exc))
+            for delivery in claimed:
+                self._launch(delivery)
+            if claimed and len(claimed) == free:
+                with contextlib.suppress(TimeoutError):  # a slot frees up: claim again
+                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
+
+    async def _claim(self, free: int) -> list[Claimed]:
+        now = self._clock()
+        if not await self.reader.call(partial(has_due, now=now)):
+            return []
+        return await self.store.write(
+            partial(claim_due, node=self.settings.node, limit=free, lease=self._lease, now=now)
+        )
+
+    def _launch(self, delivery: Claimed) -> None:
+        self._inflight.add(delivery.id)
+        task = asyncio.create_task(self._deliver(delivery))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, delivery: Claimed) -> None:
+        try:
+            answer = await self.send(delivery)
+            settled = await self.store.write(
+                partial(self._record, delivery=delivery, answer=answer)
+            )
+            if settled.status == "delivered":
+                self.delivered += 1
+            logger.info(
+                "webhook_" + ("delivered" if answer.ok else "failed"),
+                webhook=delivery.webhook_id,
+                event_id=delivery.event_id,
+                type=delivery.type,
+                status=answer.status_code,
+                error=answer.error,
+                attempt=delivery.attempts + 1,
+                ms=answer.duration_ms,
+                next=settled.status,
+            )
+            if settled.disabled:
+                logger.warning(
+                    "webhook_disabled", webhook=delivery.webhook_id, reason=settled.disabled
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the lease runs out and the delivery is tried again
+            logger.error(
+                "webhook_delivery_error",
+                webhook=delivery.webhook_id,
+                event_id=delivery.event_id,
+                error_type=type(exc).__name__,
+                error=str(exc)[:300],
+            )
+        finally:
+            self._inflight.discard(delivery.id)
+            self._wake.set()
+
+    async def send(self, delivery: Claimed) -> Answer:
+        """Sign `delivery` now and post it."""
+        return await send_delivery(self.sender, delivery, now=self._clock())
+
+    def _record(self, db: Database, *, delivery: Claimed, answer: Answer) -> Settled:
+        settled = record(
+            db,
+            delivery,
+            answer,
+            node=self.settings.node,
+            schedule=self.settings.schedule,
+            disable_after=self.settings.disable_after,
+            now=self._clock(),
+            rng=self._rng,
+        )
+        if settled.disabled is not None and self.on_disabled is not None:
+            self.on_disabled(db, delivery.webhook_id, settled.disabled)
+        return settled
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Let posts in flight finish for `grace` seconds; return the rest to the outbox."""
+        self._stopping = True
+        self._wake.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._inflight:
+            try:
+                await self.store.call(partial(release, owners=[self.settings.node]))
+            except Exception as exc:  # the leases run out instead
+                logger.error("webhook_release_failed", error=str(exc))
+        self._inflight.clear()
+        await self.sender.close()

@@ -1,0 +1,310 @@
+"""Events: their shape and signature, the outbox written in the transaction of what caused
+them (only for organizations that subscribed), and end to end through the real `smtpy serve`:
+a message sent through it reaches a real HTTPS receiver as message.received and
+message.forwarded, nothing is lost to `kill -9`, and several serving processes or nodes
+deliver each event once."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from conftest import Cli
+from dnsserver import DNSServer
+from mailpeers import DOMAIN, SENDER, Forwarder, forwarding_world, make_message, send
+from smtpy.admin import webhooks
+from smtpy.admin.organizations import resolve_organization
+from smtpy.errors import StoreError
+from smtpy.events import outbox, signing
+from smtpy.events.types import EVENT_TYPES, DomainData, body_of, make_event
+from smtpy.queue.message_log import LogEvent, write_events
+from smtpy.store.db import Database
+from webhook_receiver import Hit, Reply, WebhookReceiver
+
+ALIAS = f"team@{DOMAIN}"
+
+
+# -- shape and signature (pure) -----------------------------------------------------------
+
+
+def test_the_body_is_type_timestamp_data_and_verifies_with_standardwebhooks() -> None:
+    event = make_event("domain.verified", DomainData(domain="bücher.test"), at=1_800_000_000.25)
+    body = body_of(event)
+    assert body == (
+        '{"type":"domain.verified","timestamp":"2027-01-15T08:00:00.250Z",'
+        '"data":{"domain":"bücher.test"}}'
+    )
+    old, new = signing.new_secret(), signing.new_secret()
+    assert old.startswith("whsec_") and old != new
+    now = int(time.time())
+    headers = signing.headers([new, old], msg_id="evt_1", timestamp=now, body=body)
+    assert headers["webhook-id"] == "evt_1" and headers["webhook-timestamp"] == str(now)
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    for secret in (new, old):  # either secret verifies during a rotation
+        assert Webhook(secret).verify(body.encode(), headers)["data"]["domain"] == "bücher.test"
+    with pytest.raises(Exception, match="No matching signature"):
+        Webhook(signing.new_secret()).verify(body.encode(), headers)
+    tampered = body.replace("bücher", "bucher")
+    with pytest.raises(Exception, match="No matching signature"):
+        Webhook(new).verify(tampered.encode(), headers)
+
+
+def test_every_type_has_a_model() -> None:
+    assert len(EVENT_TYPES) == 9
+    with pytest.raises(ValueError):
+        make_event("domain.verified", {"domain": "a.test", "extra": 1}, at=0)
+
+
+# -- the outbox in the store ------------------------------------------------------------------
+
+
+@pytest.fixture
+def db(store_url: str) -> Iterator[Database]:
+    database = Database(store_url)
+    yield database
+    database.close()
+    outbox.invalidate()
+
+
+def _domain(db: Database, name: str, org: int) -> None:
+    db.execute(
+        "INSERT INTO domains (organization_id, name, verification_token, pending, created_at)"
+        " VALUES (:org, :name, 'tok', :no, 0)",
+        {"org": org, "name": name, "no": False},
+    )
+
+
+def _rows(db: Database) -> tuple[int, int]:
+    return (
+        int(db.scalar("SELECT count(*) FROM webhook_events")),
+        int(db.scalar("SELECT count(*) FROM webhook_deliveries")),
+    )
+
+
+def _log(domain: str, event: str = "received") -> LogEvent:
+    return LogEvent(
+        at=time.time(),
+        event=event,
+        queue_id="Q1",
+        sender=SENDER,
+        alias=f"team@{domain}",
+        recipient="sink@dest1.test",
+        domain=domain,
+        size=123,
+        code=250 if event == "delivered" else None,
+    )
+
+
+def test_the_outbox_holds_only_what_an_endpoint_wants_in_the_same_transaction(
+    db: Database,
+) -> None:
+    org = resolve_organization(db=db).id
+    other = db.insert(
+        "INSERT INTO organizations (name, created_at) VALUES ('other', 0) RETURNING id"
+    )
+    _domain(db, "example.test", org)
+    _domain(db, "other.test", other)
+
+    # No webhook anywhere: the message log is written, the outbox is not.
+    with db.transaction():
+        write_events(db, [_log("example.test"), _log("example.test", "delivered")])
+    assert _rows(db) == (0, 0)
+
+    hook = webhooks.create_webhook(
+        db=db, org=org, url="https://hooks.example.net/in", events=["message.received"]
+    )
+    with db.transaction():
+        write_events(
+            db,
+            [
+                _log("example.test"),  # wanted
+                _log("example.test", "delivered"),  # message.forwarded: not subscribed
+                _log("other.test"),  # another organization's domain
+                _log("unserved.test", "rejected"),  # nobody's
+            ],
+        )
+    assert _rows(db) == (1, 1)
+    body = json.loads(db.scalar("SELECT body FROM webhook_events"))
+    assert body["type"] == "message.received"
+    assert body["data"] == {
+        "queue_id": "Q1",
+        "sender": SENDER,
+        "alias": "team@example.test",
+        "recipient": "sink@dest1.test",
+        "domain": "example.test",
+        "size": 123,
+    }
+    assert db.scalar("SELECT webhook_id FROM webhook_deliveries") == hook.id
+
+    # A transaction undone takes its events with it.
+    with pytest.raises(StoreError), db.transaction():
+        write_events(db, [_log("example.test")])
+        raise StoreError("the commit failed")
+    assert _rows(db) == (1, 1)
+
+    # A disabled endpoint gets nothing new.
+    webhooks.update_webhook(db=db, org=org, webhook_id=hook.id, enabled=False)
+    with db.transaction():
+        write_events(db, [_log("example.test")])
+    assert _rows(db) == (1, 1)
+
+
+# -- end to end through smtpy serve ----------------------------------------------------------
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[WebhookReceiver]:
+    with WebhookReceiver(tmp_path) as r:
+        yield r
+
+
+@pytest.fixture
+def world(
+    cli_env: dict[str, str], dns_server: DNSServer, tmp_path: Path, receiver: WebhookReceiver
+) -> Iterator[Forwarder]:
+    env = {
+        **cli_env,
+        "SMTPY_WEBHOOK_ALLOW_PRIVATE": "true",
+        "SMTPY_TLS_CA_FILE": str(receiver.ca_file),
+        "SMTPY_WEBHOOK_RETRY_SCHEDULE": "0,1,1,1,1,1,1,1,1,1",
+    }
+    with forwarding_world(Cli(env), env, dns_server, tmp_path) as forwarder:
+        forwarder.alias(ALIAS, "sink@dest1.test")
+        receiver.secrets.append(forwarder.run("webhook", "add", receiver.url()).strip())
+        yield forwarder
+
+
+def _send(port: int, n: int, tag: str) -> None:
+    for i in range(n):
+        message = make_message(message_id=f"<{tag}-{i}@sender.test>", to=ALIAS)
+        assert send(port, SENDER, [ALIAS], message) == {}
+
+
+def _deliveries(world: Forwarder) -> list[dict[str, object]]:
+    hook = json.loads(world.run("webhook", "list", "--json"))[0]["id"]
+    return list(json.loads(world.run("webhook", "deliveries", hook, "--limit", "200", "--json")))
+
+
+def _all_delivered(world: Forwarder, count: int, timeout: float = 90.0) -> list[dict[str, object]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = _deliveries(world)
+        if len(rows) >= count and all(r["status"] == "delivered" for r in rows):
+            return rows
+        assert time.monotonic() < deadline, f"not all delivered: {rows}\n" + "\n".join(
+            d.log_tail(15) for d in world.daemons
+        )
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_message_through_smtpy_serve_is_told_as_received_and_forwarded(
+    world: Forwarder, receiver: WebhookReceiver
+) -> None:
+    daemon = world.start()
+    _send(daemon.port, 1, "one")
+    hits: list[Hit] = receiver.wait_for(
+        lambda h: h if {x.type for x in h} >= {"message.received", "message.forwarded"} else None,
+        timeout=60,
+    )
+    by_type = {h.type: h for h in hits}
+    received, forwarded = by_type["message.received"], by_type["message.forwarded"]
+    assert received.verified_by == (0,) and forwarded.verified_by == (0,)
+    assert received.json["data"]["alias"] == ALIAS
+    assert received.json["data"]["recipient"] == "sink@dest1.test"
+    assert received.json["data"]["sender"] == SENDER
+    assert forwarded.json["data"]["queue_id"] == received.json["data"]["queue_id"]
+    assert forwarded.json["data"]["code"] == 250
+    assert received.id != forwarded.id
+    world.wait_settled()
+    _all_delivered(world, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_kill_9_with_events_in_the_outbox_loses_none(
+    world: Forwarder, receiver: WebhookReceiver
+) -> None:
+    # The first answers are slow: the daemon holds those deliveries when it dies.
+    receiver.script(*[Reply(200, delay=4.0)] * 4)
+    daemon = world.start()
+    _send(daemon.port, 3, "kill")
+    deadline = time.monotonic() + 60
+    while receiver.started < 2:  # posts in flight
+        assert time.monotonic() < deadline, daemon.log_tail()
+        time.sleep(0.05)
+    daemon.kill()
+    daemon.start()  # the same node: it takes back its leases (mail and webhooks) at once
+    world.wait_settled()
+    rows = _all_delivered(world, 6)
+    delivered_ids = {str(r["event_id"]) for r in rows}
+    answered = {h.id for h in receiver.received() if h.status == 200 and h.verified_by == (0,)}
+    assert delivered_ids <= answered  # every event reached the receiver, signed
+    assert Counter(str(r["type"]) for r in rows) == {
+        "message.received": 3,
+        "message.forwarded": 3,
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_serving_processes_deliver_each_event_once(
+    world: Forwarder, receiver: WebhookReceiver
+) -> None:
+    daemon = world.start(processes="2")
+    _send(daemon.port, 8, "two")
+    world.wait_settled()
+    rows = _all_delivered(world, 16)
+    counts = Counter(h.id for h in receiver.received())
+    assert set(counts) == {str(r["event_id"]) for r in rows}
+    assert set(counts.values()) == {1}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_nodes_on_postgresql_deliver_each_event_once(
+    world: Forwarder, receiver: WebhookReceiver
+) -> None:
+    if not world.database_url.startswith("postgresql"):
+        pytest.skip("several nodes share one store on PostgreSQL")
+    first, second = world.start(), world.start()
+    _send(first.port, 5, "n0")
+    _send(second.port, 5, "n1")
+    world.wait_settled()
+    rows = _all_delivered(world, 20)
+    counts = Counter(h.id for h in receiver.received())
+    assert set(counts) == {str(r["event_id"]) for r in rows}
+    assert set(counts.values()) == {1}
+
+
+def test_pruning_removes_finished_deliveries_and_keeps_pending_ones(db: Database) -> None:
+    from smtpy.events.deliveries import prune
+
+    org = resolve_organization(db=db).id
+    webhooks.create_webhook(db=db, org=org, url="https://hooks.example.net/in")
+    with db.transaction():
+        for n in range(3):
+            outbox.emit(db, org=org, type_="domain.verified", data={"domain": f"d{n}.test"}, at=n)
+    db.execute("UPDATE webhook_deliveries SET created_at = 100")
+    first, second, _third = (
+        int(r["id"]) for r in db.all("SELECT id FROM webhook_deliveries ORDER BY id")
+    )
+    db.execute("UPDATE webhook_deliveries SET status = 'delivered' WHERE id = :id", {"id": first})
+    db.execute("UPDATE webhook_deliveries SET status = 'failed' WHERE id = :id", {"id": second})
+    db.execute(
+        "INSERT INTO webhook_attempts (delivery_id, at, status_code, duration_ms)"
+        " VALUES (:id, 100, 200, 5)",
+        {"id": first},
+    )
+    assert prune(db, before=50) == 0  # nothing that old
+    assert prune(db, before=200) == 2
+    assert _rows(db) == (1, 1)  # the pending one and its event stay
+    assert db.scalar("SELECT status FROM webhook_deliveries") == "pending"
+    assert db.scalar("SELECT count(*) FROM webhook_attempts") == 0
