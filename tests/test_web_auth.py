@@ -46,7 +46,7 @@ def test_sign_in_and_out(browser, dashboard: Dashboard) -> None:  # noqa: F811
     expect(page).to_have_url(dashboard.url("/login?next=/settings/profile"))
 
     sign_in(page, dashboard, dashboard.user["email"], "wrong password", "/settings/profile")
-    expect(page.locator(".form-error")).to_have_text("The e-mail address or the password is wrong.")
+    expect(page.locator(".form-error")).to_have_text("the e-mail address or the password is wrong")
 
     page.get_by_label("Password").fill(dashboard.user["password"])
     page.get_by_role("button", name="Sign in").click()
@@ -76,7 +76,7 @@ def test_two_factor_enrolment_then_sign_in_with_the_code(
 
     page.get_by_label("Code from the app").fill("000000" if totp.now() != "000000" else "111111")
     page.get_by_role("button", name="Turn on").click()
-    expect(page.locator("#f-code-error")).to_contain_text("The code is wrong")
+    expect(page.locator("#f-code-error")).to_contain_text("the code is wrong")
 
     page.get_by_label("Code from the app").fill(totp.now())
     page.get_by_role("button", name="Turn on").click()
@@ -189,7 +189,7 @@ def test_a_form_error_shows_at_its_field_without_javascript(
     password = page.get_by_label("Password")
     expect(password).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#f-password-error")).to_have_text(
-        "The password is too short: use at least 10 characters."
+        "the password is too short: use at least 10 characters"
     )
     expect(page.get_by_label("E-mail address")).to_have_value("new@example.test")
     expect(page.get_by_label("E-mail address")).not_to_have_attribute("aria-invalid", "true")
@@ -281,7 +281,7 @@ def test_mailed_links_reset_confirm_and_invite(cli_env: dict[str, str]) -> None:
             data={"token": token, "password": "a new password", "confirm": "another one!"},
         )
         assert differ.status_code == 422
-        assert "The two passwords differ" in differ.text
+        assert "the two passwords differ" in differ.text
         changed = client.post(
             "/password-reset/confirm",
             data={"token": token, "password": "a new password", "confirm": "a new password"},

@@ -68,7 +68,7 @@ def test_a_too_short_password_is_refused_at_its_field_in_place(
     new = page.get_by_label("New password", exact=True)
     expect(new).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#f-new-error")).to_have_text(
-        "The password is too short: use at least 10 characters."
+        "the password is too short: use at least 10 characters"
     )
     expect(new).to_be_focused()  # the keyboard is where the error is
     assert page.evaluate("window.sameDocument") is True  # htmx updated the page in place
@@ -90,7 +90,7 @@ def test_an_api_key_is_shown_once_works_and_is_revoked(
     page.get_by_label("Name").fill("   ")
     page.get_by_role("button", name="Create the key").click()
     expect(page.locator("#f-name-error")).to_have_text(
-        "An API key needs a name of 1 to 200 characters."
+        "an API key needs a name of 1 to 200 characters"
     )
 
     page.get_by_label("Name").fill("backup script")

@@ -89,7 +89,6 @@ class FormErrors:
         return bool(self.fields) or self.form is not None
 
     def add(self, field: str | None, message: str) -> None:
-        message = sentence(message)
         if field:
             self.fields.setdefault(field, message)
         elif self.form is None:
