@@ -41,7 +41,7 @@ packaging/check-systemd.sh
 echo "==> smtpy api as the smtpy user (the command of smtpy-api.service): ready, docs, SIGTERM exits 0"
 test -f /lib/systemd/system/smtpy-api.service
 api_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-as_smtpy=(setpriv --reuid=smtpy --regid=smtpy --init-groups env SMTPY_HOSTNAME=mx.example.net
+as_smtpy=(setpriv --reuid=smtpy --regid=smtpy --init-groups env HOME=/var/lib/smtpy SMTPY_HOSTNAME=mx.example.net
     SMTPY_API_LISTEN="127.0.0.1:$api_port")
 "${as_smtpy[@]}" smtpy db upgrade >/dev/null
 "${as_smtpy[@]}" smtpy api 2>/tmp/smtpy-api-test.log &

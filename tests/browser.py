@@ -17,12 +17,16 @@ Fixtures:
   change nothing the others see.
 - `signed_in`: a page (its own browser context: own cookies and storage) signed in
   as that owner through the sign-in form.
+- `new_page(browser, **context_options)`: every answer under the API's
+  Content-Security-Policy (added when the server sent none); `csp_violations(page)`
+  lists what Chromium refused because of it.
 - `assert_accessible(page)`: an axe-core scan (bundled by axe-playwright-python,
   offline); fails on serious or critical violations.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,6 +96,9 @@ def start_dashboard(cli_env: dict[str, str], **settings: str) -> Iterator[Dashbo
         yield Dashboard(api=api, store_url=cli_env["SMTPY_DATABASE_URL"], user=user)
 
 
+running_dashboard = contextlib.contextmanager(start_dashboard)
+
+
 @pytest.fixture
 def dashboard(cli_env: dict[str, str]) -> Iterator[Dashboard]:
     """On the test's own store (each backend)."""
@@ -120,10 +127,50 @@ def shared_dashboard(
     yield from start_dashboard(env, SMTPY_SIGNUP="open")
 
 
+# The API's Content-Security-Policy (smtpy.api.middleware): pages must work under it.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+def _with_csp(route: Any) -> None:
+    """A page: the server's answer, under the CSP if the server sent none. Anything else
+    (scripts, fetch() of htmx, event streams) goes through untouched."""
+    if route.request.resource_type != "document":
+        route.continue_()
+        return
+    response = route.fetch(max_redirects=0)
+    headers = dict(response.headers)
+    if "content-security-policy" not in headers:
+        headers["content-security-policy"] = CSP
+    route.fulfill(response=response, headers=headers)
+
+
 def new_page(browser: Browser, **options: Any) -> Page:
+    """A page in a new context (own cookies and storage), under the CSP; the browser's
+    complaints about it are kept in `csp_violations(page)`."""
     context = browser.new_context(**options)
     context.set_default_timeout(TIMEOUT_MS)
-    return context.new_page()
+    context.route("**/*", _with_csp)
+    page = context.new_page()
+    violations: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            violations.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
+    _violations[id(page)] = violations
+    return page
+
+
+_violations: dict[int, list[str]] = {}
+
+
+def csp_violations(page: Page) -> list[str]:
+    """What the browser refused on this page because of the CSP (inline script, style...)."""
+    return _violations.get(id(page), [])
 
 
 def sign_in(page: Page, dashboard: Dashboard, email: str, password: str, path: str = "/") -> None:
@@ -141,6 +188,7 @@ def signed_in(browser: Browser, dashboard: Dashboard) -> Iterator[Page]:
     page.wait_for_url(dashboard.url("/"))
     yield page
     page.context.close()
+    assert csp_violations(page) == []
 
 
 def assert_accessible(page: Page) -> None:

@@ -407,3 +407,48 @@ def test_invitations_for_new_and_existing_users(db: Database, settings: Settings
         "acme",
     ]
     assert actions(db).count("member.join") == 2 and actions(db).count("member.invite") == 2
+
+
+def test_mail_from_setting_names_the_sender(db: Database, store_url: str, tmp_path: Path) -> None:
+    make_user(db)
+    settings = settings_for(store_url, tmp_path, mail_from="No-Reply@Example.ORG")
+    signin.request_password_reset(db=db, settings=settings, email="ann@example.test")
+    [mail] = queued_mail(db, "ann@example.test")
+    assert mail["From"] == "smtpy <No-Reply@example.org>"
+    assert mail["Message-ID"].endswith("@example.org>")
+    assert db.one("SELECT original_recipient, envelope_sender FROM deliveries") == {
+        "original_recipient": "No-Reply@example.org",  # DKIM-signed by example.org's key
+        "envelope_sender": "No-Reply@example.org",
+    }
+    with pytest.raises(ValueError, match="not a mail address"):
+        settings_for(store_url, tmp_path, mail_from="nobody")
+
+
+def test_retry_after_is_when_the_oldest_counted_failure_leaves_the_window(db: Database) -> None:
+    start = 1_800_000_000.0
+    for n in range(throttle.ACCOUNT_LIMIT + 2):  # two more than the limit (racing processes)
+        throttle.record(db, [throttle.account_key("ann@example.test")], now=start + 10 * n)
+    now = start + 200
+    with pytest.raises(TooManyRequests) as limited:
+        throttle.check(db=db, email="ann@example.test", client_ip=None, now=now)
+    # Twelve counted: once the third oldest (start + 20) leaves, nine remain, under the limit.
+    assert limited.value.retry_after == throttle.WINDOW + 20 - 200
+    throttle.check(
+        db=db, email="ann@example.test", client_ip=None, now=start + 20 + throttle.WINDOW
+    )
+
+
+def test_login_rehashes_a_password_made_with_other_parameters(
+    db: Database, settings: Settings
+) -> None:
+    from argon2 import PasswordHasher, profiles
+
+    from smtpy.accounts import passwords
+
+    user_id = make_user(db)
+    cheap = PasswordHasher.from_parameters(profiles.CHEAPEST).hash(PASSWORD)
+    db.execute("UPDATE users SET password_hash = :h WHERE id = :id", {"h": cheap, "id": user_id})
+    login(db, settings, "ann@example.test", PASSWORD)
+    stored = db.scalar("SELECT password_hash FROM users WHERE id = :id", {"id": user_id})
+    assert stored != cheap and not passwords.needs_rehash(stored)
+    assert passwords.verify(stored, PASSWORD)

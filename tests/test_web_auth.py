@@ -3,21 +3,30 @@ the theme, a phone's width and an axe-core scan of each page."""
 
 from __future__ import annotations
 
+import email
+import email.policy
+import re
 import time
+from urllib.parse import unquote
 
 import pyotp
+import pytest
 from playwright.sync_api import Page, expect
 
 from browser import (  # noqa: F401
     Dashboard,
     assert_accessible,
     browser,
+    csp_violations,
     dashboard,
     new_page,
+    running_dashboard,
     shared_dashboard,
     sign_in,
     signed_in,
 )
+from smtpy.accounts.mailer import CONFIRM_PATH, INVITATION_PATH
+from smtpy.store.db import Database
 
 SIGNED_OUT_PAGES = [
     "/",  # the landing page (sign-up is open)
@@ -141,6 +150,7 @@ def test_theme_follows_the_system_and_the_toggle_sticks(
     expect(html).to_have_attribute("data-theme", "dark")
     assert page.evaluate("getComputedStyle(document.body).backgroundColor") != light_bg
     page.context.close()
+    assert csp_violations(page) == []
 
     system_dark = new_page(browser, color_scheme="dark")
     system_dark.goto(site.url("/login"))
@@ -162,6 +172,7 @@ def test_signed_out_pages_fit_a_phone_and_pass_axe(
             assert width <= 390, f"{path} is {width} px wide at 390 px"
             assert_accessible(page)
         page.context.close()
+        assert csp_violations(page) == []
 
 
 def test_a_form_error_shows_at_its_field_without_javascript(
@@ -183,3 +194,141 @@ def test_a_form_error_shows_at_its_field_without_javascript(
     expect(page.get_by_label("E-mail address")).to_have_value("new@example.test")
     expect(page.get_by_label("E-mail address")).not_to_have_attribute("aria-invalid", "true")
     page.context.close()
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_closed_sign_up_csrf_and_redirects_over_plain_http(cli_env: dict[str, str]) -> None:
+    """Without a browser: what the pages answer to forms sent by anyone."""
+    with running_dashboard(cli_env) as site:  # SMTPY_SIGNUP closed (the default)
+        client = site.api.browser()
+        home = client.get("/")
+        assert (home.status_code, home.headers["location"]) == (303, "/login")
+        assert client.get("/register").status_code == 404
+        refused = client.post(
+            "/register",
+            data={"email": "a@example.test", "password": "long enough pw", "organization": "A"},
+        )
+        assert refused.status_code == 403
+        assert "Sign-up is closed" in refused.text
+
+        credentials = {"email": site.user["email"], "password": site.user["password"]}
+        cross = client.post("/login", data=credentials, headers={"Sec-Fetch-Site": "cross-site"})
+        assert cross.status_code == 403
+        assert "smtpy_session" not in client.cookies
+        # `next` never leads to another site.
+        signed = client.post("/login", data={**credentials, "next": "//evil.example/x"})
+        assert (signed.status_code, signed.headers["location"]) == (303, "/")
+
+        page = client.get("/settings/profile")
+        token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
+        assert token is not None
+        csrf = token.group(1)
+        assert client.post("/settings/profile", data={"name": "A"}).status_code == 403
+        wrong = client.post("/settings/profile", data={"name": "A", "csrf_token": "0" * 64})
+        assert wrong.status_code == 403
+        by_field = client.post("/settings/profile", data={"name": "Field", "csrf_token": csrf})
+        assert by_field.status_code == 303
+        by_header = client.post(
+            "/settings/profile", data={"name": "Header"}, headers={"X-CSRF-Token": csrf}
+        )
+        assert by_header.status_code == 303
+        from_elsewhere = client.post(
+            "/settings/profile",
+            data={"name": "Evil", "csrf_token": csrf},
+            headers={"Sec-Fetch-Site": "cross-site"},
+        )
+        assert from_elsewhere.status_code == 403
+        assert 'value="Header"' in client.get("/settings/profile").text
+
+
+def _mailed_token(store_url: str, to: str, path: str) -> str:
+    """The token of the newest link to `path` that smtpy queued for `to`."""
+    with Database(store_url) as db:
+        rows = db.all(
+            "SELECT m.data FROM messages m JOIN deliveries d ON d.message_id = m.id"
+            " WHERE d.recipient = :to ORDER BY m.id DESC",
+            {"to": to},
+        )
+    for row in rows:
+        mail = email.message_from_bytes(bytes(row["data"]), policy=email.policy.default)
+        text = mail.get_content()  # type: ignore[attr-defined]
+        found = re.search(re.escape(path) + r"\?token=([A-Za-z0-9_%.-]+)", text)
+        if found:
+            return unquote(found.group(1))
+    raise AssertionError(f"no mail to {to} with a link to {path}")
+
+
+def _csrf_of(html: str) -> str:
+    token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', html)
+    assert token is not None
+    return token.group(1)
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_mailed_links_reset_confirm_and_invite(cli_env: dict[str, str]) -> None:
+    """Password reset, sign-up with its confirmation and an invitation, each through the
+    link smtpy queued (plain HTTP: the forms work without JavaScript)."""
+    with running_dashboard(cli_env, SMTPY_SIGNUP="open") as site:
+        store, owner = site.store_url, site.user["email"]
+        client = site.api.browser()
+
+        asked = client.post("/password-reset", data={"email": owner})
+        assert (asked.status_code, asked.headers["location"]) == (303, "/login")
+        token = _mailed_token(store, owner, "/password-reset")
+        assert 'name="token"' in client.get(f"/password-reset?token={token}").text
+        differ = client.post(
+            "/password-reset/confirm",
+            data={"token": token, "password": "a new password", "confirm": "another one!"},
+        )
+        assert differ.status_code == 422
+        assert "The two passwords differ" in differ.text
+        changed = client.post(
+            "/password-reset/confirm",
+            data={"token": token, "password": "a new password", "confirm": "a new password"},
+        )
+        assert changed.status_code == 303
+        again = client.post(
+            "/password-reset/confirm",
+            data={"token": token, "password": "a third password", "confirm": "a third password"},
+        )
+        assert again.status_code == 422  # a link works once
+        assert "is not valid" in again.text
+        old = client.post("/login", data={"email": owner, "password": site.user["password"]})
+        assert old.status_code == 401
+        signed = client.post("/login", data={"email": owner, "password": "a new password"})
+        assert (signed.status_code, signed.headers["location"]) == (303, "/")
+
+        csrf = _csrf_of(client.get("/settings/organization").text)
+        invited = client.post(
+            "/settings/organization/invitations",
+            data={"email": "newcomer@example.test", "role": "admin", "csrf_token": csrf},
+        )
+        assert invited.status_code == 303
+        token = _mailed_token(store, "newcomer@example.test", INVITATION_PATH)
+        newcomer = site.api.browser()
+        assert newcomer.get(f"/invitations/accept?token={token}").status_code == 200
+        short = newcomer.post("/invitations/accept", data={"token": token, "password": "short"})
+        assert short.status_code == 422
+        assert "too short" in short.text
+        joined = newcomer.post(
+            "/invitations/accept", data={"token": token, "password": "newcomer password"}
+        )
+        assert (joined.status_code, joined.headers["location"]) == (303, "/login")
+        assert "joined acme as admin" in unquote(joined.cookies["smtpy_flash"])
+        login = {"email": "newcomer@example.test", "password": "newcomer password"}
+        assert newcomer.post("/login", data=login).headers["location"] == "/"
+
+        visitor = site.api.browser()
+        account = {
+            "email": "solo@example.test",
+            "password": "solo password",
+            "organization": "Solo",
+        }
+        assert visitor.post("/register", data=account).status_code == 303
+        early = visitor.post("/login", data=account)
+        assert early.status_code == 401
+        assert "confirm your e-mail address first" in early.text.lower()
+        token = _mailed_token(store, "solo@example.test", CONFIRM_PATH)
+        confirmed = visitor.post(CONFIRM_PATH, data={"token": token})
+        assert (confirmed.status_code, confirmed.headers["location"]) == (303, "/login")
+        assert visitor.post("/login", data=account).headers["location"] == "/"

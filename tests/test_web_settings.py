@@ -12,6 +12,7 @@ from browser import (  # noqa: F401
     Dashboard,
     assert_accessible,
     browser,
+    csp_violations,
     dashboard,
     new_page,
     shared_dashboard,
@@ -46,6 +47,7 @@ def test_settings_pages_fit_a_phone_and_pass_axe(browser, shared_dashboard: Dash
             assert width <= 390, f"{path} is {width} px wide at 390 px"
             assert_accessible(page)
         page.context.close()
+        assert csp_violations(page) == []
 
 
 def test_a_too_short_password_is_refused_at_its_field_in_place(

@@ -444,6 +444,14 @@ class Settings(BaseSettings):
             "links in mail smtpy sends; https makes cookies Secure and __Host- prefixed."
         ),
     )
+    mail_from: str | None = Field(
+        default=None,
+        description=(
+            "The address of the mail smtpy sends itself (confirmations, password resets, "
+            "invitations); default smtpy@<hostname>. Use a domain smtpy has a DKIM key for, "
+            "so that this mail is signed."
+        ),
+    )
     signup: Literal["closed", "invite", "open"] = Field(
         default="closed",
         description=(
@@ -586,6 +594,19 @@ class Settings(BaseSettings):
             return None
         try:
             return normalize_domain(str(value))
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("mail_from", mode="before")
+    @classmethod
+    def _mail_from(cls, value: Any) -> Any:
+        from smtpy.errors import InvalidInput
+        from smtpy.mail.addresses import parse_address
+
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        try:
+            return str(parse_address(str(value)))
         except InvalidInput as exc:
             raise ValueError(str(exc)) from None
 

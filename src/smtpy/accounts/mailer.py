@@ -9,7 +9,7 @@ it with DKIM when the sender's domain has a key. That is why the delivery's
 alias) is the sender's address: the mail is sent on behalf of smtpy@<domain>.
 Nothing is sent when the caller's transaction rolls back.
 
-The sender is `smtpy@<SMTPY_HOSTNAME>`. Links start with SMTPY_PUBLIC_URL, or
+The sender is SMTPY_MAIL_FROM, by default `smtpy@<SMTPY_HOSTNAME>`. Links start with SMTPY_PUBLIC_URL, or
 `http://<SMTPY_API_LISTEN>` when it is not set (fine for a test, wrong for
 users: set it).
 """
@@ -39,7 +39,9 @@ INVITATION_PATH = "/invitation"
 
 
 def sender(settings: Settings) -> str:
-    """The address smtpy's own mail comes from: smtpy@<SMTPY_HOSTNAME>."""
+    """The address smtpy's own mail comes from: SMTPY_MAIL_FROM, else smtpy@<SMTPY_HOSTNAME>."""
+    if settings.mail_from:
+        return settings.mail_from
     return f"{SENDER_LOCAL}@{settings.hostname.strip().rstrip('.').lower()}"
 
 

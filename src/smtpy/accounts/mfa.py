@@ -227,11 +227,3 @@ def disable(
     with db.transaction():
         _turn_off(db, user_id)
         audit.record(db, org=None, action="user.2fa_disable", target=email)
-
-
-def reset(*, db: Database, user_id: int) -> None:
-    """Turn a user's 2FA off without proof: for the operator (`smtpy user reset-2fa`)."""
-    user = _user(db, user_id)
-    with db.transaction():
-        _turn_off(db, user_id)
-        audit.record(db, org=None, action="user.2fa_reset", target=str(user["email"]))

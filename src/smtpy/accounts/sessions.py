@@ -186,3 +186,12 @@ def prune(*, db: Database, idle_timeout: float, now: float | None = None) -> int
         "DELETE FROM sessions WHERE expires_at <= :now OR last_seen_at <= :idle",
         {"now": now, "idle": now - idle_timeout},
     )
+
+
+def set_organization(*, db: Database, session_id: int, organization_id: int) -> None:
+    """Make `organization_id` the session's acting organization (the user's membership is
+    the caller's to check)."""
+    db.execute(
+        "UPDATE sessions SET organization_id = :org WHERE id = :id",
+        {"org": organization_id, "id": session_id},
+    )

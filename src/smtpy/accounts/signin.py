@@ -280,13 +280,12 @@ def reset_password(*, db: Database, token: str, password: str) -> UserPublic:
     with db.transaction():
         link = links.redeem(db=db, kind="reset", token=token)
         user = _user_of(db, link)
-        users.set_password(db=db, user_id=user.id, password=password)
+        ended = users.change_password(db=db, user_id=user.id, password=password)
         db.execute(
             "UPDATE users SET email_confirmed_at = :now WHERE id = :id"
             " AND email_confirmed_at IS NULL",
             {"now": time.time(), "id": user.id},
         )
-        ended = sessions.end_all(db=db, user_id=user.id)
         throttle.succeeded(db=db, email=user.email)
         audit.record(
             db,
@@ -317,16 +316,7 @@ def change_password(
         throttle.failed(db=db, email=user.email, client_ip=client_ip)
         raise InvalidInput("the current password is wrong: the password was not changed")
     passwords.check_strength(new)
-    with db.transaction():
-        users.set_password(db=db, user_id=user_id, password=new)
-        ended = sessions.end_all(db=db, user_id=user_id, keep=session_id)
-        audit.record(
-            db,
-            org=_first_organization(db, user_id),
-            action="user.password_change",
-            target=user.email,
-            detail={"sessions_ended": ended},
-        )
+    users.change_password(db=db, user_id=user_id, password=new, keep_session=session_id)
 
 
 def update_profile(*, db: Database, user_id: int, name: str) -> UserPublic:

@@ -139,7 +139,11 @@ def add_domain(*, db: Database, org: int, domain: DomainCreate) -> DomainPublic:
                 org=org,
                 action="domain.create",
                 target=display_domain(alabel),
-                detail={"dkim_selector": key.selector, "dkim_algorithm": key.algorithm},
+                detail={
+                    "dkim_selector": key.selector,
+                    "dkim_algorithm": key.algorithm,
+                    "pending": domain.pending,
+                },
             )
     except Conflict:  # also when another node added it at the same moment
         raise Conflict(served) from None
@@ -343,18 +347,22 @@ def verify_domain(
     verified = all(f.status == "ok" for f in findings if f.required)
     owned = any(f.purpose == "ownership" and f.status == "ok" for f in findings)
     alabel = findings[0].name
-    if owned:
-        db.execute(
+    changed: dict[str, bool] = {}
+    with db.transaction():
+        if owned and db.execute(
             "UPDATE domains SET pending = :no WHERE name = :name AND pending",
             {"no": False, "name": alabel},
-        )
-    if verified:
-        with db.transaction():
-            if db.execute(
-                "UPDATE domains SET verified_at = :now WHERE name = :name AND verified_at IS NULL",
-                {"now": time.time(), "name": alabel},
-            ):
-                audit.record(db, org=org, action="domain.verify", target=display_domain(alabel))
+        ):
+            changed["pending"] = False
+        if verified and db.execute(
+            "UPDATE domains SET verified_at = :now WHERE name = :name AND verified_at IS NULL",
+            {"now": time.time(), "name": alabel},
+        ):
+            changed["verified"] = True
+        if changed:
+            audit.record(
+                db, org=org, action="domain.verify", target=display_domain(alabel), detail=changed
+            )
     return Verification(
         domain=display_domain(alabel),
         verified=verified,

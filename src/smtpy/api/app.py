@@ -21,8 +21,10 @@ from smtpy.store.db import SCHEMA_REVISION, Database
 def install(app: FastAPI) -> None:
     """Add the API to `app` (made by `smtpy.app.create_app`, `app.state.settings` set)."""
     settings: Settings = app.state.settings
-    problems.install(app)  # innermost: an unhandled error still gets the headers below
+    # Middleware, innermost first: each add_middleware wraps what is there.
+    problems.install(app)  # the routes' errors
     app.add_middleware(Idempotency)
+    app.add_middleware(problems.CatchAll)  # any other error; still gets the headers below
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

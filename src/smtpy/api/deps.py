@@ -144,26 +144,64 @@ def get_principal(
         return Principal(org=key.organization_id, role="admin", actor=actor, api_key_id=key.id)
     if request.headers.get("authorization"):
         raise Unauthorized("send an API key as Authorization: Bearer smtpy_<id>_<secret>")
+    account = _signed_in(request, db, settings)
+    org = account.organization_id
+    role = None if org is None else members.role_of(db=db, org=org, user_id=account.user_id)
+    if role is None or org is None:
+        raise Forbidden(
+            "you are not a member of an organization: create one (POST /api/v1/orgs) "
+            "or ask an owner for an invitation"
+        )
+    return Principal(
+        org=org,
+        role=role,
+        actor=account.actor,
+        user_id=account.user_id,
+        session_id=account.session_id,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A signed-in user past the second factor, in an organization or not."""
+
+    user_id: int
+    session_id: int
+    organization_id: int | None  # the session's acting organization
+    actor: Actor
+
+
+def _signed_in(request: Request, db: Database, settings: Settings) -> Account:
     info = _session(request, db, settings).info
     if not info.mfa_passed:
         raise Unauthorized("enter your two-factor code first (POST /api/v1/auth/mfa)")
-    role = (
-        None
-        if info.organization_id is None
-        else members.role_of(db=db, org=info.organization_id, user_id=info.user_id)
-    )
-    if role is None or info.organization_id is None:
-        raise Forbidden("you are not a member of an organization: ask an owner for an invitation")
     actor = Actor(
         via="session", name=info.email, user_id=info.user_id, client_ip=client_ip(request)
     )
-    return Principal(
-        org=info.organization_id,
-        role=role,
-        actor=actor,
+    return Account(
         user_id=info.user_id,
         session_id=info.id,
+        organization_id=info.organization_id,
+        actor=actor,
     )
+
+
+def is_api_key(request: Request) -> bool:
+    """Whether the request authenticates with an Authorization header (an API key)."""
+    return bool(request.headers.get("authorization"))
+
+
+def get_account(
+    request: Request, db: Db, settings: SettingsDep, _cookie_doc: SessionDoc = None
+) -> Account:
+    """A signed-in user, whether or not in an organization (creating or listing theirs);
+    API keys get 403."""
+    if is_api_key(request):
+        raise Forbidden("this needs a signed-in user, not an API key")
+    return _signed_in(request, db, settings)
+
+
+AccountDep = Annotated[Account, Depends(get_account)]
 
 
 Auth = Annotated[Principal, Depends(get_principal)]

@@ -8,7 +8,8 @@ request is still running answers 409 (`idempotency_key_in_use`).
 
 The caller is the digest of its `Authorization` header or of its session cookie: a
 request without credentials is passed on as it is (it gets its 401 anyway). Only
-successful (2xx) JSON answers are kept; after a failure the request can be sent
+successful (2xx) JSON answers are kept, never with the secrets they show once (a
+new API key's `key` is null in a replay); after a failure the request can be sent
 again with the same key. Keys live in the store's `idempotency_keys` table, so
 every `smtpy api` process of a deployment shares them; rows older than 24 hours
 are pruned.
@@ -24,11 +25,14 @@ from typing import Literal
 import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from smtpy import log
 from smtpy.accounts.sessions import COOKIE, SECURE_COOKIE
 from smtpy.accounts.tokens import digest
 from smtpy.api import problems
-from smtpy.errors import Conflict
+from smtpy.errors import Conflict, StoreError
 from smtpy.store.db import Database
+
+logger = log.get("smtpy.api")
 
 HEADER = b"idempotency-key"
 KEEP = 24 * 3600.0  # seconds a key is remembered
@@ -37,6 +41,9 @@ PRUNE_EVERY = 600.0  # seconds between prunes, per process
 MAX_KEY = 200
 # Paths that are no creates: signing in, out and up sets cookies a replay would not.
 EXEMPT = ("/api/v1/auth/",)
+# Secrets an answer shows once (a new API key, a webhook's secret, recovery codes): the store
+# never keeps them, so a replay answers the object with these fields null.
+SHOWN_ONCE = frozenset({"key", "secret", "recovery_codes"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +114,19 @@ def reserve(db: Database, principal: str, key: str, hashed: str, now: float) -> 
             return Outcome("busy")
         return Outcome("replay", int(row["status"]), str(row["body"]))
     return Outcome("busy")
+
+
+def without_secrets(body: str) -> str:
+    """The answer as kept: the fields in `SHOWN_ONCE` emptied (top level of a JSON object)."""
+    import json
+
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(value, dict) or not SHOWN_ONCE & value.keys():
+        return body
+    return json.dumps({k: (None if k in SHOWN_ONCE else v) for k, v in value.items()})
 
 
 def finish(db: Database, principal: str, key: str, status: int, body: str | None) -> None:
@@ -206,6 +226,26 @@ class Idempotency:
         status = 0
         json_answer = False
         chunks: list[bytes] = []
+        settled = False  # the key's row holds the answer, or is gone
+
+        async def settle(body: bytes | None) -> None:
+            nonlocal settled
+            settled = True
+            kept: str | None = None
+            if body is not None and 200 <= status < 300 and json_answer:
+                try:
+                    kept = without_secrets(body.decode("utf-8"))
+                except UnicodeDecodeError:
+                    kept = None
+
+            def store() -> None:
+                with pool.connection() as db:
+                    finish(db, principal, key, status, kept)
+
+            try:
+                await anyio.to_thread.run_sync(store)
+            except StoreError as exc:  # the answer still goes out; a retry may say "busy"
+                logger.warning("idempotency key not kept", path=scope["path"], detail=str(exc))
 
         async def capturing_send(message: Message) -> None:
             nonlocal status, json_answer
@@ -213,25 +253,19 @@ class Idempotency:
                 status = int(message["status"])
                 content_type = dict(message.get("headers", [])).get(b"content-type", b"")
                 json_answer = content_type.split(b";")[0].strip() == b"application/json"
-            elif message["type"] == "http.response.body" and 200 <= status < 300:
+            elif message["type"] == "http.response.body" and not settled:
                 chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    # Kept before the client has the whole answer: a retry sent the moment
+                    # it arrives finds it (and never "still running").
+                    await settle(b"".join(chunks))
             await send(message)
 
-        kept: str | None = None
         try:
             await self.app(scope, _replay(messages, receive), capturing_send)
-            if 200 <= status < 300 and json_answer:
-                try:
-                    kept = b"".join(chunks).decode("utf-8")
-                except UnicodeDecodeError:
-                    kept = None
         finally:
-
-            def store() -> None:
-                with pool.connection() as db:
-                    finish(db, principal, key, status, kept)
-
-            await anyio.to_thread.run_sync(store)
+            if not settled:  # no complete answer: forget the key
+                await settle(None)
 
 
 async def _read_body(receive: Receive) -> tuple[bytes | None, list[Message]]:

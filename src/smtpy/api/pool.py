@@ -6,6 +6,7 @@ import queue
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from smtpy.errors import SmtpyError, StoreError
 from smtpy.store.db import Database
 
 
@@ -24,9 +25,20 @@ class Pool:
             db = Database(self.url, create=False, check_schema=False)
         try:
             yield db
+        except SmtpyError as exc:
+            # A caller's mistake (not found, invalid, forbidden) leaves the connection as
+            # it was (transactions roll back on the way out); a store error may not.
+            if isinstance(exc, StoreError):
+                db.close()
+                raise
+            self._give_back(db)
+            raise
         except BaseException:
             db.close()  # its state after an error is unknown: never reuse it
             raise
+        self._give_back(db)
+
+    def _give_back(self, db: Database) -> None:
         try:
             self._idle.put_nowait(db)
         except queue.Full:

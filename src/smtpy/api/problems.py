@@ -166,12 +166,34 @@ def _snake(text: str) -> str:
     return "_".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
 
 
-class CatchAll:
-    """ASGI middleware: an exception no handler took becomes a logged 500 problem.
+def for_exception(exc: Exception, method: str, path: str) -> JSONResponse:
+    """The problem for any exception, logged as it deserves: a bug (500) with its
+    traceback (without local variables), a store that does not answer (503) as a
+    warning, what the caller did wrong not at all."""
+    if isinstance(exc, errors.SmtpyError):
+        response = from_error(exc)
+        if response.status_code == 500:
+            logger.error(
+                "unexpected error",
+                method=method,
+                path=path,
+                error=type(exc).__name__,
+                detail=str(exc),
+            )
+        elif response.status_code == 503:  # the operator wants to know the store is down
+            logger.warning("store unavailable", method=method, path=path, detail=str(exc))
+        return response
+    logger.exception("unhandled error", method=method, path=path, error=type(exc).__name__)
+    return _internal(exc)
 
-    Innermost of the application's middleware, so the answer still gets the
-    security headers; Starlette's own last resort would answer in plain text
-    and log the traceback a second time.
+
+class CatchAll:
+    """ASGI middleware: an exception that no handler took (a bug, or an error raised in
+    the middleware inside this one) becomes a problem.
+
+    Inside the middleware that adds the security headers, so the answer still gets
+    them; Starlette's own last resort would answer in plain text and log the
+    traceback a second time.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -192,26 +214,18 @@ class CatchAll:
         try:
             await self.app(scope, receive, tracking_send)
         except Exception as exc:
-            logger.exception(
-                "unhandled error",
-                method=scope.get("method"),
-                path=scope.get("path"),
-                error=type(exc).__name__,
-            )
-            if started:  # the answer is under way: all we can do is drop the connection
+            response = for_exception(exc, scope.get("method", ""), scope.get("path", ""))
+            if started:  # the answer is under way: all that is left is to drop the connection
                 raise
-            await _internal(exc)(scope, receive, send)
+            await response(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:
-    """Answer every error of `app` with a problem."""
+    """Answer every error of `app`'s routes with a problem. The application adds
+    `CatchAll` among its middleware (smtpy.api.app)."""
 
     async def smtpy_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, errors.SmtpyError)
-        response = from_error(exc)
-        if response.status_code == 500:
-            logger.error("unexpected error", error=type(exc).__name__, detail=str(exc))
-        return response
+        return for_exception(exc, request.method, request.url.path)
 
     async def validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -223,10 +237,9 @@ def install(app: FastAPI) -> None:
 
     async def anything(request: Request, exc: Exception) -> JSONResponse:
         # Starlette's last resort, for an error raised outside CatchAll (in a middleware)
-        return _internal(exc)
+        return for_exception(exc, request.method, request.url.path)
 
     app.add_exception_handler(errors.SmtpyError, smtpy_error)
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(StarletteHTTPException, http)
     app.add_exception_handler(Exception, anything)
-    app.add_middleware(CatchAll)

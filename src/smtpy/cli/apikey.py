@@ -19,6 +19,15 @@ from smtpy.cli.output import (
     when,
 )
 
+EveryOrgOption = Annotated[
+    str | None,
+    typer.Option(
+        "--org",
+        help="Only the keys of the organization of this name (default: every organization).",
+        show_default=False,
+    ),
+]
+
 app = typer.Typer(help="Create, list and revoke an organization's API keys.", no_args_is_help=True)
 
 DAY = 86400.0
@@ -60,7 +69,7 @@ def create(
 
 
 @app.command("list")
-def list_(ctx: typer.Context, org: OrgOption = None, json: JsonOption = False) -> None:
+def list_(ctx: typer.Context, org: EveryOrgOption = None, json: JsonOption = False) -> None:
     """List API keys, revoked ones included (every organization's, or --org's)."""
     from smtpy.accounts.api_keys import all_keys, key_state, list_keys
     from smtpy.admin.organizations import list_organizations

@@ -74,7 +74,9 @@ def show(ctx: typer.Context, name: NameArg, json: JsonOption = False) -> None:
         info = organization_detail(db=db, org=resolve_organization(db=db, name=name).id)
         people = list_members(db=db, org=info.id)
     if json:
-        print_json({**info.model_dump(mode="json"), "members": [m.model_dump() for m in people]})
+        print_json(
+            {**info.model_dump(mode="json"), "member_list": [m.model_dump() for m in people]}
+        )
         return
     print_table(
         None,

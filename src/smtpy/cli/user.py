@@ -27,6 +27,15 @@ from smtpy.cli.output import (
     yes_no,
 )
 
+EveryOrgOption = Annotated[
+    str | None,
+    typer.Option(
+        "--org",
+        help="Only the members of the organization of this name (default: every organization).",
+        show_default=False,
+    ),
+]
+
 app = typer.Typer(
     help="Add, list and remove users; set their password; reset their two-factor login.",
     no_args_is_help=True,
@@ -108,7 +117,7 @@ def add(
 
 
 @app.command("list")
-def list_(ctx: typer.Context, org: OrgOption = None, json: JsonOption = False) -> None:
+def list_(ctx: typer.Context, org: EveryOrgOption = None, json: JsonOption = False) -> None:
     """List users with their organizations and roles (every user, or --org's members)."""
     from smtpy.accounts.users import list_users
 

@@ -7,14 +7,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict
 
-from smtpy.accounts import members
+from smtpy.accounts import members, sessions
 from smtpy.accounts.actor import acting
 from smtpy.accounts.roles import Role
 from smtpy.admin import organizations
-from smtpy.api.deps import Auth, Db, UserAuth
+from smtpy.api.deps import (
+    AccountDep,
+    Auth,
+    Db,
+    SettingsDep,
+    get_account,
+    get_principal,
+    is_api_key,
+)
 from smtpy.api.shapes import rfc3339
 from smtpy.errors import NotFound
 from smtpy.store.pages import Page
@@ -108,16 +116,18 @@ def _detail(db: Db, principal: Auth) -> OrgDetailOut:
 
 
 @router.get("/orgs")
-def list_orgs(db: Db, principal: Auth, limit: Limit = None, cursor: Cursor = None) -> Page[OrgOut]:
-    """The caller's organizations with their role in each (an API key: its own)."""
-    with acting(principal.actor):
-        if principal.user_id is None:
-            org = organizations.organization_detail(db=db, org=principal.org)
-            only = OrgOut(id=str(org.id), name=org.name, role=principal.role)
-            return Page[OrgOut](data=[only], has_more=False, next_cursor=None)
-        page = members.page_organizations_of(
-            db=db, user_id=principal.user_id, limit=limit, cursor=cursor
-        )
+def list_orgs(
+    request: Request, db: Db, settings: SettingsDep, limit: Limit = None, cursor: Cursor = None
+) -> Page[OrgOut]:
+    """The caller's organizations with their role in each (an API key: its own). A signed-in
+    user who belongs to none gets an empty list."""
+    if is_api_key(request):
+        principal = get_principal(request, db, settings)
+        org = organizations.organization_detail(db=db, org=principal.org)
+        only = OrgOut(id=str(org.id), name=org.name, role=principal.role)
+        return Page[OrgOut](data=[only], has_more=False, next_cursor=None)
+    account = get_account(request, db, settings)
+    page = members.page_organizations_of(db=db, user_id=account.user_id, limit=limit, cursor=cursor)
     return Page[OrgOut](
         data=[OrgOut(id=str(o.id), name=o.name, role=o.role) for o in page.data],
         has_more=page.has_more,
@@ -126,10 +136,13 @@ def list_orgs(db: Db, principal: Auth, limit: Limit = None, cursor: Cursor = Non
 
 
 @router.post("/orgs", status_code=201)
-def create_org(body: OrgCreate, db: Db, principal: UserAuth) -> OrgOut:
-    """Create an organization; the signed-in caller becomes its owner."""
-    with acting(principal.actor):
-        org = organizations.add_organization(db=db, name=body.name, owner=principal.user_id)
+def create_org(body: OrgCreate, db: Db, account: AccountDep) -> OrgOut:
+    """Create an organization; the signed-in caller becomes its owner (and acts in it, if
+    their session had no organization)."""
+    with acting(account.actor), db.transaction():
+        org = organizations.add_organization(db=db, name=body.name, owner=account.user_id)
+        if account.organization_id is None:
+            sessions.set_organization(db=db, session_id=account.session_id, organization_id=org.id)
     return OrgOut(id=str(org.id), name=org.name, role="owner")
 
 
