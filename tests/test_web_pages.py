@@ -227,7 +227,8 @@ def test_messages_and_statistics_pages_read_the_log(world: dict[str, Any]) -> No
     assert 'data-total="received">1<' in stats.text and 'data-total="forwarded">1<' in stats.text
     assert DOMAIN in stats.text
     backwards = client.get("/stats", params={"since": "2026-12-03", "until": "2026-12-01"})
-    assert backwards.status_code == 422 and "until must be later than since" in backwards.text
+    assert backwards.status_code == 422
+    assert "until must be later than since" in backwards.text.lower()
     typo = client.get("/stats", params={"since": "3 Dec"})
     assert typo.status_code == 422 and "YYYY-MM-DD" in (field_error(typo, "since") or "")
     hourly = client.get("/stats", params={"interval": "hour"})
