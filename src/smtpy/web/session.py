@@ -26,6 +26,7 @@ from typing import Annotated
 from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from smtpy.accounts import members, sessions
 from smtpy.accounts.actor import Actor
@@ -148,7 +149,8 @@ async def get_maybe_session(
     request: Request, db: Db, settings: SettingsDep
 ) -> BrowserSession | None:
     """The session if the browser has a live one (CSRF checked on changes), else None."""
-    session = _find_session(request, db, settings)
+    # The lookup reads (and may write) the store: off the event loop, like sync dependencies.
+    session = await run_in_threadpool(_find_session, request, db, settings)
     if session is not None:
         await _check_csrf(request, session.token)
     return session
