@@ -81,7 +81,7 @@ mkdir -p "$stage/etc/smtpy"
     echo "# uses its defaults until you uncomment and edit one (hostname first)."
     echo "# This file is readable by the smtpy group only: it may hold secrets."
     echo "#"
-    sed -E 's/^([a-z_]+ *=)/# \1/' examples/smtpy.toml
+    sed -E 's/^([a-z_]+ *=|\[)/# \1/' examples/smtpy.toml
 } >"$stage/etc/smtpy/smtpy.toml"
 chmod 0640 "$stage/etc/smtpy/smtpy.toml"
 doc="$stage/usr/share/doc/smtpy"

@@ -39,13 +39,15 @@ class ApiServer:
         self._clients: list[httpx.Client] = [self.client]
 
     def __enter__(self) -> ApiServer:
-        subprocess.run(
+        upgrade = subprocess.run(
             [sys.executable, "-m", "smtpy", "db", "upgrade"],
             env=self.env,
-            check=True,
             capture_output=True,
+            text=True,
             timeout=120,
         )
+        if upgrade.returncode != 0:
+            raise RuntimeError(f"smtpy db upgrade exited {upgrade.returncode}: {upgrade.stderr}")
         # Its log goes to a file: a pipe nobody reads would stop the server once full.
         self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(

@@ -325,30 +325,78 @@ def _bucket(db: Database, column: str) -> str:
 
 
 def _live(
-    db: Database, seen: Seen, lo: float, hi: float, bounds: dict[str, float]
+    db: Database,
+    seen: Seen,
+    lo: float,
+    hi: float,
+    bounds: dict[str, float],
+    *,
+    by_domain: bool = False,
 ) -> list[dict[str, Any]]:
-    """Counts per bucket and event counted in the log, for `lo <= at < hi`."""
+    """Counts per bucket (or domain, as `b`) and event counted in the log, for `lo <= at < hi`."""
     window, params = _window(seen, lo, hi)
+    key = "coalesce(domain, '')" if by_domain else _bucket(db, "at")
     return db.all(
-        f"SELECT {_bucket(db, 'at')} AS b, event, count(*) AS n FROM message_log"  # noqa: S608
+        f"SELECT {key} AS b, event, count(*) AS n FROM message_log"  # noqa: S608
         f" WHERE event IN ({_EVENT_LIST}) AND {window} GROUP BY 1, 2",
         {**params, **bounds},
     )
 
 
 def _rolled(
-    db: Database, seen: Seen, lo: float, hi: float, bounds: dict[str, float]
+    db: Database,
+    seen: Seen,
+    lo: float,
+    hi: float,
+    bounds: dict[str, float],
+    *,
+    by_domain: bool = False,
 ) -> list[dict[str, Any]]:
-    """Counts per bucket and event from the rollup, for the whole hours `lo <= hour < hi`."""
+    """Counts per bucket (or domain, as `b`) and event from the rollup, for the whole hours
+    `lo <= hour < hi`."""
     condition, params = seen
     where = "hour >= :lo AND hour < :hi" + (f" AND {condition}" if condition else "")
     sums = ", ".join(f"sum({e}) AS {e}" for e in _SERIES)
+    key = "domain" if by_domain else _bucket(db, "hour")
     rows = db.all(
-        f"SELECT {_bucket(db, 'hour')} AS b, {sums}"  # noqa: S608
+        f"SELECT {key} AS b, {sums}"  # noqa: S608
         f" FROM message_log_hourly WHERE {where} GROUP BY 1",
         {**params, **bounds, "lo": int(lo), "hi": int(hi)},
     )
     return [{"b": r["b"], "event": e, "n": r[e] or 0} for r in rows for e in _SERIES]
+
+
+def _counted(
+    db: Database,
+    seen: Seen,
+    since: float,
+    until: float,
+    bounds: dict[str, float],
+    *,
+    by_domain: bool = False,
+) -> dict[Any, dict[str, int]]:
+    """Counts per bucket (or domain) and series name over `since <= at < until`: whole
+    hours already rolled up from the rollup, the edges and the open hours from the log."""
+    counts: dict[Any, dict[str, int]] = {}
+
+    def add(rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            key = str(row["b"]) if by_domain else int(row["b"])
+            bucket = counts.setdefault(key, {})
+            name = _SERIES[row["event"]]
+            bucket[name] = bucket.get(name, 0) + int(row["n"])
+
+    sealed = seal(db)
+    first = -(-since // HOUR) * HOUR
+    last = min(until // HOUR * HOUR, sealed)
+    if first < last:
+        add(_rolled(db, seen, first, last, bounds, by_domain=by_domain))
+        for lo, hi in ((since, first), (last, until)):
+            if lo < hi:
+                add(_live(db, seen, lo, hi, bounds, by_domain=by_domain))
+    else:
+        add(_live(db, seen, since, until, bounds, by_domain=by_domain))
+    return counts
 
 
 def seal(db: Database, *, now: float | None = None) -> float:
@@ -429,27 +477,7 @@ def series(
     if domain is not None:
         _, alabel = domain_id(db=db, org=org, name=domain)
         seen = "domain = :domain", {"domain": alabel}
-    counts: dict[int, dict[str, int]] = {}
-
-    def add(rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            bucket = counts.setdefault(int(row["b"]), {})
-            name = _SERIES[row["event"]]
-            bucket[name] = bucket.get(name, 0) + int(row["n"])
-
-    # Whole hours already rolled up come from the rollup; the edges and the open hours
-    # from the log itself.
-    sealed = seal(db)
-    first = -(-since // HOUR) * HOUR
-    last = min(until // HOUR * HOUR, sealed)
-    bounds = {"origin": origin, "step": step}
-    if first < last:
-        add(_rolled(db, seen, first, last, bounds))
-        for lo, hi in ((since, first), (last, until)):
-            if lo < hi:
-                add(_live(db, seen, lo, hi, bounds))
-    else:
-        add(_live(db, seen, since, until, bounds))
+    counts = _counted(db, seen, since, until, {"origin": origin, "step": step})
     names = tuple(_SERIES.values())
     points = [
         Point(t=origin + n * step, **{k: counts.get(n, {}).get(k, 0) for k in names})
@@ -464,6 +492,32 @@ def series(
         series=points,
         totals=totals,
     )
+
+
+class DomainCounts(SeriesTotals):
+    """One domain's counts over a window."""
+
+    domain: str  # U-label; "" for mail no served domain received
+
+
+def by_domain(*, db: Database, org: int, since: float, until: float) -> list[DomainCounts]:
+    """The organization's counts per domain over `since <= at < until`, most received
+    first: from the hourly rollup, like `series`, so a month costs thousands of rows."""
+    from smtpy.mail.addresses import display_domain
+
+    if until <= since:
+        raise InvalidInput("until must be later than since")
+    seen = scope(db=db, org=org).where("domain")
+    counts = _counted(db, seen, since, until, {}, by_domain=True)
+    names = tuple(_SERIES.values())
+    rows = [
+        DomainCounts(
+            domain=display_domain(domain) if domain else "",
+            **{k: figures.get(k, 0) for k in names},
+        )
+        for domain, figures in counts.items()
+    ]
+    return sorted(rows, key=lambda r: (-r.received, r.domain))
 
 
 def series_csv(result: Series) -> str:

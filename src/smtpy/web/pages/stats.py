@@ -73,9 +73,7 @@ def stats_page(request: Request, db: Db, user: PageUser) -> Response:
     breakdown: Any = None
     try:
         result = _series(db, org, form)
-        breakdown = stats.compute(
-            db=db, org=org, since=result.since, until=result.until, by="domain"
-        )
+        breakdown = stats.by_domain(db=db, org=org, since=result.since, until=result.until)
     except InvalidInput as exc:
         errors.error(exc)  # at its field (a date), else above the form
     points = []
@@ -91,7 +89,7 @@ def stats_page(request: Request, db: Db, user: PageUser) -> Response:
             "form": form,
             "result": result,
             "points": points,
-            "breakdown": breakdown.groups if breakdown is not None else [],
+            "breakdown": breakdown or [],
             "domain_options": [("", "All domains")]
             + [(d.ascii_name, d.name) for d in domains.list_domains(db=db, org=org)],
             "export_csv": "/stats/export?" + urlencode({**shown, "format": "csv"}),
