@@ -139,17 +139,17 @@ def seed(url: str, rows: int) -> tuple[str, float]:
     if url.startswith("sqlite"):
         import sqlite3
 
-        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
-        conn.execute("PRAGMA synchronous = OFF")
+        lite = sqlite3.connect(url.removeprefix("sqlite:///"))
+        lite.execute("PRAGMA synchronous = OFF")
         placeholders = ", ".join("?" for _ in COLUMNS)
-        with conn:
-            conn.executemany(
+        with lite:
+            lite.executemany(
                 f"INSERT INTO message_log ({', '.join(COLUMNS)}) VALUES ({placeholders})",
                 log_rows(rows, now),
             )
-        conn.execute("PRAGMA analysis_limit = 1000")
-        conn.execute("ANALYZE")
-        conn.close()
+        lite.execute("PRAGMA analysis_limit = 1000")
+        lite.execute("ANALYZE")
+        lite.close()
     else:
         import psycopg
 
@@ -196,19 +196,18 @@ def running_api(url: str, state_dir: str) -> Iterator[Api]:
             "SMTPY_API_LISTEN": f"127.0.0.1:{port}",
         }
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "smtpy", "api"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    # Its log (a line per request) goes to a file: a pipe nobody reads would fill and stall it.
+    errors = Path(state_dir) / f"api-{port}.log"
+    with errors.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "smtpy", "api"], env=env, stdout=sink, stderr=sink
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                sys.exit(f"smtpy api exited {proc.returncode}: {err}")
+                sys.exit(f"smtpy api exited {proc.returncode}: {errors.read_text()[-2000:]}")
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
                     break
@@ -224,8 +223,6 @@ def running_api(url: str, state_dir: str) -> Iterator[Api]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -345,13 +342,13 @@ def postgres_database(url: str) -> Iterator[str]:
 
     name = f"smtpy_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+        conn.execute(f"CREATE DATABASE {name}")
     base, _, _ = url.rpartition("/")
     try:
         yield f"{base}/{name}"
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-packages=(postgresql libmail-srs-perl libmail-dkim-perl swaks man-db python3-venv systemd clamav-daemon spamassassin spamd)
+packages=(postgresql libmail-srs-perl libmail-dkim-perl swaks man-db python3-venv systemd clamav-daemon spamassassin spamd chromium)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

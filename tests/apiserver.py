@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -34,6 +35,7 @@ class ApiServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.client = httpx.Client(base_url=self.base_url, timeout=30)
         self.returncode: int | None = None
+        self.stderr = ""  # the server's log, read when it stops
         self._clients: list[httpx.Client] = [self.client]
 
     def __enter__(self) -> ApiServer:
@@ -44,17 +46,18 @@ class ApiServer:
             capture_output=True,
             timeout=120,
         )
+        # Its log goes to a file: a pipe nobody reads would stop the server once full.
+        self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "smtpy", "api"],
             env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                _, err = self.proc.communicate()
-                raise RuntimeError(f"smtpy api exited {self.proc.returncode}: {err.decode()}")
+                raise RuntimeError(f"smtpy api exited {self.proc.returncode}: {self._read_log()}")
             with contextlib.suppress(httpx.TransportError):
                 if self.client.get("/healthz", timeout=2).status_code == 200:
                     return self
@@ -73,12 +76,15 @@ class ApiServer:
                 self.proc.wait(timeout=10)
         if self.proc is not None:
             self.returncode = self.proc.returncode
-            if self.proc.stdout:
-                self.proc.stdout.close()
-            if self.proc.stderr and not self.proc.stderr.closed:  # stop() may come twice
-                self.stderr = self.proc.stderr.read().decode(errors="replace")
-                self.proc.stderr.close()
+            if not self._log.closed:  # stop() may come twice
+                self.stderr = self._read_log()
+                self._log.close()
         return self.returncode
+
+    def _read_log(self) -> str:
+        """What the server wrote to stderr so far."""
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -91,12 +91,14 @@ def user_data_dir(environ: Mapping[str, str]) -> Path:
 
 
 def probe(path: Path) -> Candidate:
-    """What the file system says about one candidate directory (creates nothing)."""
-    return Candidate(
-        path=path,
-        has_store=(path / STORE_FILE).is_file(),
-        writable=path.is_dir() and os.access(path, os.W_OK),
-    )
+    """What the file system says about one candidate directory (creates nothing); a
+    directory this user may not look into (another user's HOME) holds no store for it."""
+    try:
+        has_store = (path / STORE_FILE).is_file()
+        writable = path.is_dir() and os.access(path, os.W_OK)
+    except OSError:  # PermissionError: is_file() raises it rather than answer False
+        has_store = writable = False
+    return Candidate(path=path, has_store=has_store, writable=writable)
 
 
 def default_state_dir(

@@ -391,30 +391,36 @@ def message_detail(*, db: Database, org: int, message_id: str) -> MessageDetail:
     first = received[0] if received else (events[0] if events else None)
     deliveries: dict[tuple[str, str], DeliveryView] = {}
     for e in events:
-        if e.status in ("received", "discarded") and e.alias:
-            for dest in (e.recipient or "").split(", ") if e.recipient else [""]:
-                status = "queued" if e.status == "received" else "discarded"
+        if not e.alias:
+            continue
+        targets = (e.recipient or "").split(", ") if e.recipient else [""]
+        if e.status == "received":
+            for dest in targets:
                 deliveries.setdefault(
                     (e.alias, dest),
                     DeliveryView(
-                        original_recipient=e.alias, recipient=dest, status=status, attempts=[]
+                        original_recipient=e.alias, recipient=dest, status="queued", attempts=[]
                     ),
                 )
-        elif e.status in ("delivered", "deferred", "bounced") and e.alias and e.recipient:
-            key = (e.alias, e.recipient)
-            old = deliveries.get(key)
+        elif e.status == "discarded":  # by its alias, or by an admin
+            for dest in targets:
+                old = deliveries.get((e.alias, dest))
+                deliveries[(e.alias, dest)] = DeliveryView(
+                    original_recipient=e.alias,
+                    recipient=dest,
+                    status="discarded",
+                    attempts=old.attempts if old else [],
+                )
+        elif e.status in ("delivered", "deferred", "bounced") and e.recipient:
+            old = deliveries.get((e.alias, e.recipient))
             attempt = AttemptView(
                 at=e.at, result=e.status, remote_host=e.remote_host, code=e.code, reply=e.reply
             )
-            deliveries[key] = DeliveryView(
+            deliveries[(e.alias, e.recipient)] = DeliveryView(
                 original_recipient=e.alias,
                 recipient=e.recipient,
                 status=e.status,
                 attempts=[*(old.attempts if old else []), attempt],
-            )
-        elif e.status == "discarded" and e.alias and e.recipient:
-            deliveries[(e.alias, e.recipient)] = DeliveryView(
-                original_recipient=e.alias, recipient=e.recipient, status="discarded", attempts=[]
             )
     headers = auth_results = None
     if queued is not None:

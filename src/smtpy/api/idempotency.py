@@ -25,11 +25,14 @@ from typing import Literal
 import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from smtpy import log
 from smtpy.accounts.sessions import COOKIE, SECURE_COOKIE
 from smtpy.accounts.tokens import digest
 from smtpy.api import problems
-from smtpy.errors import Conflict
+from smtpy.errors import Conflict, StoreError
 from smtpy.store.db import Database
+
+logger = log.get("smtpy.api")
 
 HEADER = b"idempotency-key"
 KEEP = 24 * 3600.0  # seconds a key is remembered
@@ -223,6 +226,26 @@ class Idempotency:
         status = 0
         json_answer = False
         chunks: list[bytes] = []
+        settled = False  # the key's row holds the answer, or is gone
+
+        async def settle(body: bytes | None) -> None:
+            nonlocal settled
+            settled = True
+            kept: str | None = None
+            if body is not None and 200 <= status < 300 and json_answer:
+                try:
+                    kept = without_secrets(body.decode("utf-8"))
+                except UnicodeDecodeError:
+                    kept = None
+
+            def store() -> None:
+                with pool.connection() as db:
+                    finish(db, principal, key, status, kept)
+
+            try:
+                await anyio.to_thread.run_sync(store)
+            except StoreError as exc:  # the answer still goes out; a retry may say "busy"
+                logger.warning("idempotency key not kept", path=scope["path"], detail=str(exc))
 
         async def capturing_send(message: Message) -> None:
             nonlocal status, json_answer
@@ -230,25 +253,19 @@ class Idempotency:
                 status = int(message["status"])
                 content_type = dict(message.get("headers", [])).get(b"content-type", b"")
                 json_answer = content_type.split(b";")[0].strip() == b"application/json"
-            elif message["type"] == "http.response.body" and 200 <= status < 300:
+            elif message["type"] == "http.response.body" and not settled:
                 chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    # Kept before the client has the whole answer: a retry sent the moment
+                    # it arrives finds it (and never "still running").
+                    await settle(b"".join(chunks))
             await send(message)
 
-        kept: str | None = None
         try:
             await self.app(scope, _replay(messages, receive), capturing_send)
-            if 200 <= status < 300 and json_answer:
-                try:
-                    kept = without_secrets(b"".join(chunks).decode("utf-8"))
-                except UnicodeDecodeError:
-                    kept = None
         finally:
-
-            def store() -> None:
-                with pool.connection() as db:
-                    finish(db, principal, key, status, kept)
-
-            await anyio.to_thread.run_sync(store)
+            if not settled:  # no complete answer: forget the key
+                await settle(None)
 
 
 async def _read_body(receive: Receive) -> tuple[bytes | None, list[Message]]:
