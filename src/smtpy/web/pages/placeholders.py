@@ -1,4 +1,4 @@
-"""Billing and webhooks: their places in the navigation, until their own pages come."""
+"""Webhooks: its place in the navigation, until its own page comes."""
 
 from __future__ import annotations
 
@@ -10,11 +10,6 @@ from smtpy.web.session import PageUser
 from smtpy.web.templating import render
 
 router = page_router()
-
-
-@router.get("/billing")
-def billing(request: Request, user: PageUser) -> Response:
-    return render(request, "placeholder.html", {"title": "Billing"}, user=user)
 
 
 @router.get("/webhooks")
