@@ -58,4 +58,5 @@ else
 fi
 
 echo "==> pytest (SQLite and PostgreSQL)"
-exec .venv/bin/pytest -n 2 -p no:cacheprovider "$@"
+# Three workers on two cores: most tests wait on the real processes they start.
+exec .venv/bin/pytest -n 3 -p no:cacheprovider "$@"
