@@ -135,6 +135,12 @@ def seed(url: str, rows: int) -> tuple[str, float]:
         for name in domain_names():
             add_domain(db=db, org=org, domain=DomainCreate(name=name, key_algorithm="ed25519"))
         key = api_keys.create_key(db=db, org=org, name="bench").key
+    load_log(url, rows, now)
+    return key, now
+
+
+def load_log(url: str, rows: int, now: float) -> None:
+    """Bulk-load `rows` message-log rows (`log_rows`), then refresh the planner's statistics."""
     started = time.perf_counter()
     if url.startswith("sqlite"):
         import sqlite3
@@ -164,7 +170,6 @@ def seed(url: str, rows: int) -> tuple[str, float]:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE message_log")  # visibility map: index-only scans
     print(f"  seeded {rows:,} rows in {time.perf_counter() - started:.1f} s")
-    return key, now
 
 
 def deep_cursor(url: str, offset: int) -> str:
@@ -185,7 +190,8 @@ class Api:
 
 
 @contextlib.contextmanager
-def running_api(url: str, state_dir: str) -> Iterator[Api]:
+def running_api(url: str, state_dir: str, **settings: str) -> Iterator[Api]:
+    """The real `smtpy api` on a free port, with `settings` (SMTPY_… names) added."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMTPY_")}
     env.update(
@@ -194,6 +200,7 @@ def running_api(url: str, state_dir: str) -> Iterator[Api]:
             "SMTPY_HOSTNAME": "mx.bench.example",
             "SMTPY_STATE_DIR": state_dir,
             "SMTPY_API_LISTEN": f"127.0.0.1:{port}",
+            **settings,
         }
     )
     # Its log (a line per request) goes to a file: a pipe nobody reads would fill and stall it.

@@ -27,31 +27,28 @@ import argparse
 import contextlib
 import gzip
 import os
-import random
 import re
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_api import domain_names, load_log, percentile
+from bench_api import running_api as api_server
+
 from smtpy.accounts import members, users
 from smtpy.admin.domains import DomainCreate, add_domain
 from smtpy.store.db import Database
 
-DAYS = 30
-DOMAINS = 20
 TARGET = 0.100  # seconds, p99 per page (issue 15)
 PASSWORD = "correct horse battery staple"
 EMAIL = "owner@bench.example"
-START_TIMEOUT = 60.0
 PAGES = [
     "/",
     "/domains",
@@ -67,23 +64,6 @@ PAGES = [
     "/settings/audit-log",
 ]
 SIGNED_OUT = ["/login", "/register", "/password-reset"]
-MIX = {"received": 0.45, "delivered": 0.40, "rejected": 0.07, "deferred": 0.05, "bounced": 0.03}
-COLUMNS = (
-    "at",
-    "event",
-    "queue_id",
-    "client_ip",
-    "sender",
-    "alias",
-    "recipient",
-    "domain",
-    "size",
-    "reason",
-    "code",
-    "reply",
-    "remote_host",
-    "delay",
-)
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -96,46 +76,8 @@ CHROMIUM_ARGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def domain_names() -> list[str]:
-    return [f"d{n:02d}.bench.example" for n in range(DOMAINS)]
-
-
-def log_rows(count: int, now: float) -> Iterator[tuple[object, ...]]:
-    """`count` message-log rows, oldest first, evenly over the last DAYS days."""
-    rng = random.Random(7)
-    events, weights = list(MIX), list(MIX.values())
-    names = domain_names()
-    start = now - DAYS * 86400
-    step = DAYS * 86400 / count
-    for n in range(count):
-        event = rng.choices(events, weights)[0]
-        domain = names[n % DOMAINS]
-        rejected = event == "rejected"
-        yield (
-            start + n * step,
-            event,
-            None if rejected else uuid.UUID(int=rng.getrandbits(128)).hex[:16].upper(),
-            f"198.51.100.{n % 250}",
-            f"sender{n % 3000}@sender{n % 97}.example",
-            f"user{n % 500}@{domain}",
-            None if rejected else f"box{n % 500}@mailbox.example",
-            domain,
-            2000 + n % 50_000,
-            "unknown_user" if rejected else None,
-            550 if rejected else (250 if event == "delivered" else None),
-            "550 5.1.1 no such user" if rejected else None,
-            "mx.mailbox.example" if event in ("delivered", "deferred", "bounced") else None,
-            1.5 if event == "delivered" else None,
-        )
-
-
 def seed(url: str, rows: int) -> None:
+    """The organization, its domains, an owner who signs in, and the log rows."""
     now = time.time()
     with Database(url) as db:
         org = db.insert(
@@ -146,88 +88,26 @@ def seed(url: str, rows: int) -> None:
             add_domain(db=db, org=org, domain=DomainCreate(name=name, key_algorithm="ed25519"))
         user = users.create_user(db=db, email=EMAIL, password=PASSWORD)
         members.add_member(db=db, org=org, user_id=user.id, role="owner")
-    started = time.perf_counter()
-    placeholders = ", ".join("?" for _ in COLUMNS)
-    if url.startswith("sqlite"):
-        import sqlite3
-
-        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
-        conn.execute("PRAGMA synchronous = OFF")
-        with conn:
-            conn.executemany(
-                f"INSERT INTO message_log ({', '.join(COLUMNS)}) VALUES ({placeholders})",
-                log_rows(rows, now),
-            )
-        conn.execute("ANALYZE")
-        conn.close()
-    else:
-        import psycopg
-
-        with psycopg.connect(url) as conn:
-            with (
-                conn.cursor() as cur,
-                cur.copy(f"COPY message_log ({', '.join(COLUMNS)}) FROM STDIN") as copy,
-            ):
-                for row in log_rows(rows, now):
-                    copy.write_row(row)
-            conn.commit()
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("VACUUM ANALYZE message_log")
-    print(f"  seeded {rows:,} message-log rows in {time.perf_counter() - started:.1f} s")
+    load_log(url, rows, now)
 
 
 @contextlib.contextmanager
 def running_api(url: str, state_dir: str) -> Iterator[str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMTPY_")}
-    env.update(
-        {
-            "SMTPY_DATABASE_URL": url,
-            "SMTPY_HOSTNAME": "mx.bench.example",
-            "SMTPY_STATE_DIR": state_dir,
-            "SMTPY_API_LISTEN": f"127.0.0.1:{port}",
-            "SMTPY_SIGNUP": "open",
-            "SMTPY_DNS_NAMESERVERS": "127.0.0.1:9",  # nothing answers: no query leaves
-            "SMTPY_DNS_TIMEOUT": "1",
-        }
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "smtpy", "api"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"smtpy api exited with {proc.returncode}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.1)
-        else:
-            raise SystemExit("smtpy api did not start")
-        yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    """bench_api's server with sign-up open and no DNS query leaving; its base URL."""
+    with api_server(
+        url,
+        state_dir,
+        SMTPY_SIGNUP="open",
+        SMTPY_DNS_NAMESERVERS="127.0.0.1:9",  # nothing answers: no query leaves
+        SMTPY_DNS_TIMEOUT="1",
+    ) as api:
+        yield api.base_url
 
 
 def sign_in(client: httpx.Client) -> None:
     answer = client.post("/login", data={"email": EMAIL, "password": PASSWORD, "next": "/"})
     if answer.status_code != 303:
         raise SystemExit(f"signing in failed: {answer.status_code}")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 ASSET = re.compile(r'<(?:script[^>]*\ssrc|link[^>]*rel="stylesheet"[^>]*\shref)="([^"]+)"')

@@ -19,18 +19,13 @@ five loads (skipped without Chromium).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gzip
 import os
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -38,11 +33,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_api import (
     DAYS,
-    START_TIMEOUT,
     domain_names,
-    free_port,
     latency,
     postgres_database,
+    running_api,
     seed,
 )
 
@@ -53,54 +47,6 @@ PAGE_TARGET = 0.100  # seconds, p99 of each page
 PASSWORD = "correct horse battery staple"
 CHROMIUM = "/usr/bin/chromium"
 ASSET = re.compile(r'<(?:script[^>]*\bsrc|link[^>]*\bhref)="(/static/[^"]+)"')
-
-
-@dataclass
-class Api:
-    proc: subprocess.Popen[bytes]
-    base_url: str
-
-
-@contextlib.contextmanager
-def running_api(url: str, state_dir: str) -> Iterator[Api]:
-    """The real `smtpy api`; its log goes to a file (a pipe nobody reads would stop the
-    server once full)."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMTPY_")}
-    env.update(
-        {
-            "SMTPY_DATABASE_URL": url,
-            "SMTPY_HOSTNAME": "mx.bench.example",
-            "SMTPY_STATE_DIR": state_dir,
-            "SMTPY_API_LISTEN": f"127.0.0.1:{port}",
-        }
-    )
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "smtpy", "api"], env=env, stdout=log, stderr=log
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + START_TIMEOUT
-            while True:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    sys.exit(f"smtpy api exited {proc.returncode}: {log.read().decode()}")
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    sys.exit("smtpy api did not answer /healthz in time")
-                time.sleep(0.05)
-            yield Api(proc, base)
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
 
 
 def seed_owner(url: str) -> str:
