@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import overload
+
+
+@overload
+def rfc3339(ts: float) -> str: ...
+@overload
+def rfc3339(ts: None) -> None: ...
+@overload
+def rfc3339(ts: float | None) -> str | None: ...
 
 
 def rfc3339(ts: float | None) -> str | None:

@@ -4,7 +4,6 @@ address, reset a password (API.md "Authentication"). Every rule is in
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response, status
@@ -15,15 +14,11 @@ from smtpy.accounts.actor import Actor, acting
 from smtpy.accounts.sessions import NewSession, csrf_token
 from smtpy.accounts.users import UserPublic
 from smtpy.api.deps import Db, SessionDep, SettingsDep, client_ip, cookie_name
+from smtpy.api.shapes import rfc3339
 from smtpy.config import Settings
 from smtpy.errors import Forbidden
 
 router = APIRouter(tags=["auth"])
-
-
-def rfc3339(t: float) -> str:
-    """A Unix time as an RFC 3339 UTC string."""
-    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
 class UserOut(BaseModel):

@@ -10,7 +10,8 @@ from smtpy.accounts import members, mfa, sessions, signin, users
 from smtpy.accounts.actor import acting
 from smtpy.accounts.roles import Role
 from smtpy.api.deps import Db, UserAuth, client_ip
-from smtpy.api.routes.auth import UserOut, rfc3339
+from smtpy.api.routes.auth import UserOut
+from smtpy.api.shapes import rfc3339
 from smtpy.errors import InvalidInput, NotFound
 
 router = APIRouter(tags=["me"])
