@@ -163,6 +163,17 @@ def test_register_only_when_signup_is_open(db: Database, store_url: str, tmp_pat
             organization="E",
         )
     assert users.find_by_email(db=db, email="other@example.test") is None  # all or nothing
+    # Sign-up names organizations by the same rule as `smtpy org add` and POST /orgs.
+    for name, error in (("e", Conflict), ("Default", Conflict), ("x" * 101, InvalidInput)):
+        with pytest.raises(error):
+            signin.register(
+                db=db,
+                settings=open_settings,
+                email="other@example.test",
+                password=PASSWORD,
+                organization=name,
+            )
+    assert users.find_by_email(db=db, email="other@example.test") is None
 
 
 # -- throttling ---------------------------------------------------------------------

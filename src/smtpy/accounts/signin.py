@@ -24,7 +24,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from smtpy.accounts import audit, links, mailer, members, mfa, passwords, sessions, throttle, users
+from smtpy.accounts import (
+    audit,
+    links,
+    mailer,
+    members,
+    mfa,
+    organizations,
+    passwords,
+    sessions,
+    throttle,
+    users,
+)
 from smtpy.accounts.roles import Role
 from smtpy.accounts.sessions import NewSession
 from smtpy.accounts.users import UserPublic
@@ -33,7 +44,6 @@ from smtpy.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthoriz
 from smtpy.store.db import Database
 
 WRONG_CREDENTIALS = "the e-mail address or the password is wrong"
-MAX_ORGANIZATION_NAME = 200
 
 
 class LoginResult(BaseModel):
@@ -170,18 +180,6 @@ def logout(*, db: Database, session_id: int) -> None:
     )
 
 
-def check_organization_name(name: str) -> str:
-    """The name of a new organization, trimmed; `InvalidInput` if empty, too long or odd."""
-    name = name.strip()
-    if not name:
-        raise InvalidInput("the organization needs a name")
-    if len(name) > MAX_ORGANIZATION_NAME:
-        raise InvalidInput(f"the organization's name is too long: at most {MAX_ORGANIZATION_NAME}")
-    if any(unicodedata.category(ch).startswith("C") for ch in name):
-        raise InvalidInput("the organization's name may not hold control characters")
-    return name
-
-
 def register(
     *, db: Database, settings: Settings, email: str, password: str, organization: str
 ) -> UserPublic:
@@ -193,23 +191,13 @@ def register(
         )
     address = users.normalize_email(email)
     passwords.check_strength(password)
-    name = check_organization_name(organization)
+    organizations.check_name(organization)
     with db.transaction():
         user = users.create_user(db=db, email=address, password=password, confirmed=False)
-        try:
-            org = db.insert(
-                "INSERT INTO organizations (name, created_at) VALUES (:n, :now) RETURNING id",
-                {"n": name, "now": time.time()},
-            )
-        except Conflict:
-            raise Conflict(
-                f"there is already an organization named {name!r}: choose another name"
-            ) from None
-        members.add_member(db=db, org=org, user_id=user.id, role="owner")
+        org = organizations.create_organization(db=db, name=organization, owner=user.id)
         token = links.issue(db=db, kind="confirm", email=address, user_id=user.id)
         mailer.send_confirmation(db=db, settings=settings, to=address, token=token)
         audit.record(db, org=org, action="user.register", target=address)
-        audit.record(db, org=org, action="organization.create", target=name)
     return user
 
 

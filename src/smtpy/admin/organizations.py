@@ -22,11 +22,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from smtpy.accounts.audit import record
-from smtpy.accounts.members import add_member
+from smtpy.accounts.organizations import (
+    DEFAULT_ORGANIZATION,
+    check_name,
+    create_organization,
+    taken,
+    taken_message,
+)
 from smtpy.errors import Conflict, InvalidInput, NotFound
 from smtpy.store.db import Database
-
-DEFAULT_ORGANIZATION = "default"
 
 
 class OrganizationPublic(BaseModel):
@@ -109,8 +113,6 @@ def organization_of(*, db: Database, domain: str) -> int:
 
 # -- managing organizations (`smtpy org`, /api/v1/orgs and /api/v1/org) ------------
 
-NAME_MAX = 100
-
 
 class OrganizationDetail(OrganizationPublic):
     """An organization with the count of what it holds (`smtpy org show`, GET /org)."""
@@ -119,31 +121,6 @@ class OrganizationDetail(OrganizationPublic):
     domains: int
     aliases: int
     api_keys: int  # not revoked
-
-
-def check_name(name: str) -> str:
-    """An organization's name as stored (trimmed); `InvalidInput` when empty, too long or
-    holding control characters."""
-    value = name.strip()
-    if not value:
-        raise InvalidInput("an organization needs a name")
-    if len(value) > NAME_MAX:
-        raise InvalidInput(
-            f"the organization's name is too long: use at most {NAME_MAX} characters"
-        )
-    if not value.isprintable():
-        raise InvalidInput("the organization's name must be one line of printable characters")
-    return value
-
-
-def _taken(db: Database, name: str, *, other_than: int | None = None) -> bool:
-    return (
-        db.scalar(
-            "SELECT id FROM organizations WHERE lower(name) = lower(:n) AND id <> :id",
-            {"n": name, "id": -1 if other_than is None else other_than},
-        )
-        is not None
-    )
 
 
 def _get(db: Database, org: int) -> OrganizationPublic:
@@ -158,24 +135,7 @@ def _get(db: Database, org: int) -> OrganizationPublic:
 def add_organization(*, db: Database, name: str, owner: int | None = None) -> OrganizationPublic:
     """A new organization; `owner` (a user id) becomes its first owner. `Conflict` when the
     name is taken (in any case) or is the default organization's."""
-    value = check_name(name)
-    taken = f"there is already an organization named {value!r}: choose another name"
-    if value.lower() == DEFAULT_ORGANIZATION:
-        raise Conflict(f"{value!r} is the default organization's name: choose another name")
-    with db.transaction():
-        if _taken(db, value):
-            raise Conflict(taken)
-        try:
-            org = db.insert(
-                "INSERT INTO organizations (name, created_at) VALUES (:n, :now) RETURNING id",
-                {"n": value, "now": time.time()},
-            )
-        except Conflict:  # another process took the name just now
-            raise Conflict(taken) from None
-        record(db, org=org, action="organization.create", target=value)
-        if owner is not None:
-            add_member(db=db, org=org, user_id=owner, role="owner")
-    return _get(db, org)
+    return _get(db, create_organization(db=db, name=name, owner=owner))
 
 
 def list_organizations(*, db: Database) -> list[OrganizationDetail]:
@@ -213,20 +173,19 @@ def rename_organization(*, db: Database, org: int, name: str) -> OrganizationPub
     """Give an organization another name (the caller checked the `organization` permission).
     The default organization keeps its name: the CLI finds it by that name."""
     value = check_name(name)
-    taken = f"there is already an organization named {value!r}: choose another name"
     with db.transaction():
         before = _get(db, org)
         if before.name == DEFAULT_ORGANIZATION:
             raise InvalidInput("the default organization cannot be renamed")
-        if value.lower() == DEFAULT_ORGANIZATION or _taken(db, value, other_than=org):
-            raise Conflict(taken)
+        if value.lower() == DEFAULT_ORGANIZATION or taken(db, value, other_than=org):
+            raise Conflict(taken_message(value))
         if value != before.name:
             try:
                 db.execute(
                     "UPDATE organizations SET name = :n WHERE id = :id", {"n": value, "id": org}
                 )
             except Conflict:
-                raise Conflict(taken) from None
+                raise Conflict(taken_message(value)) from None
             record(
                 db,
                 org=org,

@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import Form, Request
 from fastapi.responses import RedirectResponse, Response
 
-from smtpy.accounts import passwords, signin, users
+from smtpy.accounts import organizations, passwords, signin, users
 from smtpy.accounts.actor import Actor, acting
 from smtpy.accounts.mailer import CONFIRM_PATH, INVITATION_PATH, RESET_PATH
 from smtpy.accounts.sessions import NewSession
@@ -247,7 +247,7 @@ def register(
     for field, check in (
         ("email", lambda: users.normalize_email(email)),
         ("password", lambda: passwords.check_strength(password)),
-        ("organization", lambda: signin.check_organization_name(organization)),
+        ("organization", lambda: organizations.check_name(organization)),
     ):
         try:
             check()
