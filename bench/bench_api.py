@@ -204,6 +204,7 @@ def running_api(url: str, state_dir: str, **settings: str) -> Iterator[Api]:
         }
     )
     # Its log (a line per request) goes to a file: a pipe nobody reads would fill and stall it.
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
     errors = Path(state_dir) / f"api-{port}.log"
     with errors.open("wb") as sink:
         proc = subprocess.Popen(

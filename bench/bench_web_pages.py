@@ -39,13 +39,13 @@ from bench_api import (
     running_api,
     seed,
 )
+from bench_web import CHROMIUM, CHROMIUM_ARGS
 
 from smtpy.accounts import members, users
 from smtpy.store.db import Database
 
 PAGE_TARGET = 0.100  # seconds, p99 of each page
 PASSWORD = "correct horse battery staple"
-CHROMIUM = "/usr/bin/chromium"
 ASSET = re.compile(r'<(?:script[^>]*\bsrc|link[^>]*\bhref)="(/static/[^"]+)"')
 
 
@@ -95,10 +95,9 @@ def first_render(base: str, cookies: httpx.Cookies) -> float | None:
         return None
     from playwright.sync_api import sync_playwright
 
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
     times = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for _ in range(5):
             context = browser.new_context()
             context.add_cookies(

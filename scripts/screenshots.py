@@ -12,19 +12,16 @@ Pages this build does not have (404) are skipped. Names: <page>-<desktop|phone>-
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from bench_api import running_api
+from bench_web import CHROMIUM, CHROMIUM_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
 EMAIL = "ada@example.org"
@@ -41,22 +38,6 @@ PAGES = [  # (file name, path)
     ("api-keys", "/settings/api-keys"),
 ]
 VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def seed(url: str) -> None:
@@ -119,36 +100,6 @@ def seed(url: str) -> None:
         )
 
 
-@contextlib.contextmanager
-def running_api(env: dict[str, str]) -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "smtpy", "api"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://{env['SMTPY_API_LISTEN']}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"smtpy api exited with {proc.returncode}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.1)
-        else:
-            raise SystemExit("smtpy api did not start")
-        yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 def shoot(base: str, out: Path) -> list[Path]:
     from playwright.sync_api import sync_playwright
 
@@ -191,28 +142,17 @@ def main() -> None:
         raise SystemExit("needs Chromium at /usr/bin/chromium (apt-get install chromium)")
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SMTPY_")}
-        env.update(
-            {
-                "SMTPY_DATABASE_URL": f"sqlite:///{Path(tmp) / 'smtpy.db'}",
-                "SMTPY_STATE_DIR": str(Path(tmp) / "state"),
-                "SMTPY_HOSTNAME": "mx.example.org",
-                "SMTPY_API_LISTEN": f"127.0.0.1:{free_port()}",
-                "SMTPY_DNS_NAMESERVERS": "127.0.0.1:9",  # nothing answers: no query leaves
-                "SMTPY_DNS_TIMEOUT": "1",
-                "HOME": tmp,
-            }
-        )
-        subprocess.run(
-            [sys.executable, "-m", "smtpy", "db", "upgrade"],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        seed(env["SMTPY_DATABASE_URL"])
-        with running_api(env) as base:
-            made = shoot(base, args.out)
+        url = f"sqlite:///{Path(tmp) / 'smtpy.db'}"
+        seed(url)
+        with running_api(
+            url,
+            str(Path(tmp) / "state"),
+            SMTPY_HOSTNAME="mx.example.org",
+            SMTPY_DNS_NAMESERVERS="127.0.0.1:9",  # nothing answers: no query leaves
+            SMTPY_DNS_TIMEOUT="1",
+            HOME=tmp,
+        ) as api:
+            made = shoot(api.base_url, args.out)
     for path in made:
         print(f"  {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
