@@ -10,7 +10,7 @@ In a test module:
         assert_accessible(signed_in)
 
 Fixtures:
-- `browser` (per worker): Chromium, headless; skips the test when it is not installed.
+- `browser` (per module): Chromium, headless; skips the test when it is not installed.
 - `dashboard`: `smtpy api` on the test's store (SQLite and PostgreSQL, `store_url`),
   with an organization and an owner seeded (`seed_org`); `.url(path)`, `.user`.
 - `shared_dashboard` (per module, SQLite): the same, shared by a module's tests that
@@ -26,6 +26,7 @@ Fixtures:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Iterator
@@ -55,29 +56,21 @@ else:  # pragma: no cover
     Browser = BrowserContext = Page = Any  # type: ignore[misc,assignment]
 
 
-_running: list[Any] = []  # [playwright, chromium] once started
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """One Chromium for the whole session. Each test module that imports this fixture
-    registers its own copy, and Playwright's sync API cannot start twice in a process:
-    the copies share the one started first; the last to finish stops it."""
+    """Chromium for one test module. Not for the session: Playwright's sync API keeps its
+    event loop marked as running in this thread while it is started, so any later
+    `asyncio.run()` in the same pytest worker (the SMTP and webhook tests) would fail;
+    stopping it when the module's last test ends gives the thread back."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium; scripts/test.sh does)")
-    if not _running:
-        playwright = sync_playwright().start()
-        _running.extend(
-            [playwright, playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)]
-        )
-    _running.append(None)  # one more user
-    yield _running[1]
-    _running.pop()
-    if len(_running) == 2:
-        playwright, chromium = _running
-        _running.clear()
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
         chromium.close()
-        playwright.stop()
+    with contextlib.suppress(RuntimeError):  # the answer wanted: no loop running here
+        asyncio.get_running_loop()
+        raise AssertionError("Playwright left an event loop running in this thread")
 
 
 @dataclass
