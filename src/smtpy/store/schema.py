@@ -62,9 +62,34 @@ class Alias(SQLModel, table=True):
     local_part: str = Field(max_length=500)  # as given; the pattern for regex; "*" for catch-all
     local_key: str = Field(max_length=500)  # case-folded local part / pattern
     destinations: str  # JSON list of addresses
+    # JSON list, in order: where mail goes when the destinations fail for good.
+    fallbacks: str = Field(default="[]", sa_column_kwargs={"server_default": "[]"})
     mode: str = Field(default="forward", max_length=16)  # forward | reject | discard
     reject_message: str | None = Field(default=None, max_length=500)
     enabled: bool = True
+    created_at: float
+
+
+class Destination(SQLModel, table=True):
+    """A mail address or https URL an organization forwards to.
+
+    One added through the API or dashboard receives no mail until it is confirmed
+    (`confirmed_at`): a mail address by following the link mailed to it, within 24 h.
+    An address no row names (aliases made with the CLI, before this table) is the
+    operator's own and counts as confirmed. A URL signs what it receives with `secret`.
+    """
+
+    __tablename__ = "destinations"
+    __table_args__ = (UniqueConstraint("organization_id", "address_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    organization_id: int = Field(foreign_key="organizations.id")
+    kind: str = Field(max_length=8)  # address | url
+    address: str = Field(max_length=2000)  # as given
+    address_key: str = Field(max_length=2000)  # the address case-folded; the URL as given
+    secret: str | None = Field(default=None, max_length=100)  # whsec_… for a URL
+    confirmed_at: float | None = None
+    confirmation_sent_at: float | None = None
     created_at: float
 
 
