@@ -51,6 +51,11 @@ B_ROWS = {
     ),
     "message_log": "SELECT * FROM message_log WHERE domain = :domain ORDER BY id",
     "audit_log": "SELECT * FROM audit_log WHERE organization_id = :org ORDER BY id",
+    "webhooks": "SELECT * FROM webhooks WHERE organization_id = :org ORDER BY id",
+    "webhook_deliveries": (
+        "SELECT * FROM webhook_deliveries WHERE webhook_id IN"
+        " (SELECT id FROM webhooks WHERE organization_id = :org) ORDER BY id"
+    ),
 }
 
 
@@ -105,11 +110,15 @@ class World:
 
 
 def seed_objects(store_url: str, who: dict[str, Any], domain: str) -> None:
-    """A served domain with an alias, a queued and logged message, a second member and a
-    browser session (past 2FA) for `who` (a `seed_org` answer), recorded in `who`."""
+    """A served domain with an alias, a queued and logged message, a second member, a
+    browser session (past 2FA) and a webhook endpoint with a failed delivery for `who` (a
+    `seed_org` answer), recorded in `who`."""
     from smtpy.accounts import members, sessions, users
     from smtpy.admin.aliases import AliasCreate, add_alias
     from smtpy.admin.domains import DomainCreate, add_domain
+    from smtpy.admin.webhooks import create_webhook
+    from smtpy.events import outbox
+    from smtpy.events.types import DomainData
     from smtpy.queue.message_log import LogEvent, write_events
     from smtpy.queue.queries import NewDelivery, NewMessage, enqueue
     from smtpy.store.db import Database
@@ -159,6 +168,12 @@ def seed_objects(store_url: str, who: dict[str, Any], domain: str) -> None:
         session = sessions.create(
             db=db, user_id=who["user"], organization_id=org, mfa_passed=True, lifetime=86400
         )
+        hook = create_webhook(db=db, org=org, url=f"https://hooks.{domain}/in", allow_private=True)
+        with db.transaction():
+            outbox.emit(db, org=org, type_="domain.verified", data=DomainData(domain=domain))
+        delivery_id = db.scalar(
+            "SELECT id FROM webhook_deliveries WHERE webhook_id = :hook", {"hook": hook.id}
+        )
         key_id = db.scalar(
             "SELECT id FROM api_keys WHERE organization_id = :org ORDER BY created_at LIMIT 1",
             {"org": org},
@@ -171,6 +186,8 @@ def seed_objects(store_url: str, who: dict[str, Any], domain: str) -> None:
         key_id=str(key_id),
         session_id=str(session.session.id),
         session_token=session.token,
+        webhook_id=hook.id,
+        delivery_id=str(delivery_id),
     )
 
 

@@ -31,11 +31,13 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from apiserver import ApiServer, seed_org
+from conftest import copy_sqlite
 from dnsserver import DNSServer
 
 CHROMIUM = os.environ.get("SMTPY_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -100,11 +102,12 @@ def dashboard(cli_env: dict[str, str]) -> Iterator[Dashboard]:
 
 @pytest.fixture(scope="module")
 def shared_dashboard(
-    tmp_path_factory: pytest.TempPathFactory, dns_session: DNSServer
+    tmp_path_factory: pytest.TempPathFactory, dns_session: DNSServer, sqlite_template: Path
 ) -> Iterator[Dashboard]:
     """One SQLite store and `smtpy api` for a module's tests that change nothing they
     share (pages, themes, widths, the keyboard): starting the process is the slow part."""
     home = tmp_path_factory.mktemp("dashboard")
+    copy_sqlite(sqlite_template, home / "smtpy.db")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMTPY_")}
     env.update(
         {

@@ -8,7 +8,7 @@ organization B's object, and must answer a 404 problem with B's rows unchanged.
 the table does not know fails `test_every_path_with_a_parameter_is_in_the_table`:
 add the new route there. The operations of API.md are listed in `OPERATIONS` so that
 each has its own test; those not served yet are skipped, with the reason.
-(Billing, destinations and webhooks come with their own issues.)
+A path with two parameters names both values, joined by "+", in TABLE.
 """
 
 from __future__ import annotations
@@ -40,6 +40,14 @@ TABLE: dict[str, tuple[str, str]] = {
     "/api/v1/api-keys/{key_id}": ("key_id", "key"),
     "/api/v1/org/members/{member_id}": ("member_id", "session"),  # owners only
     "/api/v1/me/sessions/{session_id}": ("session_id", "session"),
+    "/api/v1/webhooks/{webhook_id}": ("webhook_id", "key"),
+    "/api/v1/webhooks/{webhook_id}/deliveries": ("webhook_id", "key"),
+    "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry": (
+        "webhook_id+delivery_id",
+        "key",
+    ),
+    "/api/v1/webhooks/{webhook_id}/rotate-secret": ("webhook_id", "key"),
+    "/api/v1/webhooks/{webhook_id}/test": ("webhook_id", "key"),
 }
 
 # The operations of API.md with a path parameter: one test each.
@@ -60,6 +68,12 @@ OPERATIONS: list[tuple[str, str]] = [
     ("PATCH", "/api/v1/org/members/{member_id}"),
     ("DELETE", "/api/v1/org/members/{member_id}"),
     ("DELETE", "/api/v1/me/sessions/{session_id}"),
+    ("PATCH", "/api/v1/webhooks/{webhook_id}"),
+    ("DELETE", "/api/v1/webhooks/{webhook_id}"),
+    ("GET", "/api/v1/webhooks/{webhook_id}/deliveries"),
+    ("POST", "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry"),
+    ("POST", "/api/v1/webhooks/{webhook_id}/rotate-secret"),
+    ("POST", "/api/v1/webhooks/{webhook_id}/test"),
 ]
 
 # Valid bodies, so that the call reaches the lookup instead of failing validation.
@@ -73,6 +87,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "destinations": ["thief@elsewhere.example"],
     },
     ("PATCH", "/api/v1/org/members/{member_id}"): {"role": "owner"},
+    ("PATCH", "/api/v1/webhooks/{webhook_id}"): {"enabled": False},
 }
 
 # How B itself sees the value (so that A's 404 is not a wrong value): a GET of the path
@@ -84,6 +99,14 @@ LISTED_IN: dict[str, tuple[str, str]] = {
     "/api/v1/messages/{message_id}/retry": ("/api/v1/messages/{message_id}", "key"),
     "/api/v1/domains/{name}/verify": ("/api/v1/domains/{name}", "key"),
     "/api/v1/domains/{name}/aliases": ("/api/v1/domains/{name}", "key"),
+    "/api/v1/webhooks/{webhook_id}": ("/api/v1/webhooks", "key"),
+    "/api/v1/webhooks/{webhook_id}/deliveries": ("/api/v1/webhooks", "key"),
+    "/api/v1/webhooks/{webhook_id}/rotate-secret": ("/api/v1/webhooks", "key"),
+    "/api/v1/webhooks/{webhook_id}/test": ("/api/v1/webhooks", "key"),
+    "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry": (
+        "/api/v1/webhooks/{webhook_id}/deliveries",
+        "key",
+    ),
 }
 
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -131,27 +154,29 @@ def client(world: World, who: dict[str, Any], credential: str) -> httpx.Client:
     return browser
 
 
-def fill(template: str, value: str) -> str:
-    return re.sub(r"\{[^}]+\}", value, template)
+def fill(template: str, who: dict[str, Any], value_key: str) -> str:
+    """The path of `template` with `who`'s values (value_key "a+b": one per parameter)."""
+    values = iter(str(who[key]) for key in value_key.split("+"))
+    return re.sub(r"\{[^}]+\}", lambda _: next(values), template)
 
 
 def b_sees_it(world: World, template: str) -> None:
     """B reaches the value with its own credentials (the control of the 404 below)."""
     value_key, credential = TABLE[template]
-    value = world.b[value_key]
     paths = world.document["paths"]
     if template in paths and "get" in paths[template]:
-        answer = client(world, world.b, credential).get(fill(template, value))
+        answer = client(world, world.b, credential).get(fill(template, world.b, value_key))
         assert answer.status_code == 200, (template, answer.text)
         return
     listed = LISTED_IN.get(template)
     if listed is None or listed[0] not in paths:
         return  # nothing to look it up with yet
     list_path, list_credential = listed
-    answer = client(world, world.b, list_credential).get(fill(list_path, value))
+    answer = client(world, world.b, list_credential).get(fill(list_path, world.b, value_key))
     assert answer.status_code == 200, (list_path, answer.text)
     body = answer.json()
-    if "data" in body:
+    if "data" in body:  # the item is the path's last parameter
+        value = str(world.b[value_key.split("+")[-1]])
         assert value in [str(item.get("id")) for item in body["data"]], (list_path, body)
 
 
@@ -160,7 +185,7 @@ def check_not_found(world: World, method: str, template: str) -> None:
     b_sees_it(world, template)
     before = world.snapshot_b()
     answer = client(world, world.a, credential).request(
-        method, fill(template, world.b[value_key]), json=BODIES.get((method, template))
+        method, fill(template, world.b, value_key), json=BODIES.get((method, template))
     )
     assert answer.status_code == 404, (method, template, answer.status_code, answer.text)
     assert answer.headers["content-type"] == "application/problem+json"
@@ -204,7 +229,7 @@ def test_the_values_are_real(world: World) -> None:
     checked = 0
     for template, (value_key, credential) in TABLE.items():
         if template in paths and "get" in paths[template]:
-            answer = client(world, world.a, credential).get(fill(template, world.a[value_key]))
+            answer = client(world, world.a, credential).get(fill(template, world.a, value_key))
             assert answer.status_code == 200, (template, answer.text)
             checked += 1
     if checked == 0:
