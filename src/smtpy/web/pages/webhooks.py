@@ -140,6 +140,7 @@ def _detail(
             "deliveries": deliveries,
             "older": cursor is not None,
             "now": time.time(),
+            "overlap_hours": round(webhooks.ROTATION_OVERLAP / 3600),
             "errors": errors or FormErrors(),
         },
         user=user,
