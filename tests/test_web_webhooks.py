@@ -74,6 +74,7 @@ def test_an_endpoint_is_added_tested_rotated_retried_disabled_and_removed(
     page.get_by_label("Endpoint URL").fill("ftp://127.0.0.1/hook")
     page.get_by_role("button", name="Add the endpoint").click()
     expect(page.get_by_label("Endpoint URL")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("Endpoint URL")).to_be_focused()  # the keyboard is at the error
     expect(page.locator("#f-url-error")).to_contain_text("https://")
     expect(page.locator("#f-events-error")).to_contain_text("at least one event type")
 
