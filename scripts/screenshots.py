@@ -36,6 +36,7 @@ PAGES = [  # (file name, path)
     ("stats", "/stats"),
     ("security", "/settings/security"),
     ("api-keys", "/settings/api-keys"),
+    ("webhooks", "/webhooks"),
 ]
 VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
 
@@ -44,6 +45,7 @@ def seed(url: str) -> None:
     from smtpy.accounts import api_keys, members, users
     from smtpy.admin.aliases import AliasCreate, add_alias
     from smtpy.admin.domains import DomainCreate, add_domain
+    from smtpy.admin.webhooks import create_webhook, update_webhook
     from smtpy.store.db import Database
 
     rng = random.Random(3)
@@ -68,6 +70,17 @@ def seed(url: str) -> None:
                 org=org,
                 alias=AliasCreate(address=f"{local}@example.org", destinations=dests),
             )
+        create_webhook(  # allow_private: no DNS look-up of these names
+            db=db, org=org, url="https://crm.example.org/hooks/smtpy", allow_private=True
+        )
+        old = create_webhook(
+            db=db,
+            org=org,
+            url="https://old.example.net/incoming",
+            events=["message.bounced", "message.rejected"],
+            allow_private=True,
+        )
+        update_webhook(db=db, org=org, webhook_id=old.id, enabled=False)
         events = ["received", "delivered", "delivered", "rejected", "deferred", "bounced"]
         rows = []
         for n in range(1500):
