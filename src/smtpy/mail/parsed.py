@@ -71,11 +71,16 @@ def message_payload(
     mail_from: str,
     rcpt_to: Sequence[str],
     authentication_results: Sequence[str] = (),
+    max_text: int = MAX_TEXT,
+    max_html: int = MAX_HTML,
+    max_headers: int = MAX_HEADERS,
+    max_attachments: int = MAX_ATTACHMENTS,
 ) -> dict[str, Any]:
     """The parsed message as a webhook destination receives it (see the module's doc).
 
     `authentication_results` are results found on reception (this node's),
-    listed before the message's own Authentication-Results headers.
+    listed before the message's own Authentication-Results headers. The caps
+    default to the module's constants.
     """
     message = BytesParser(policy=policy.default).parsebytes(data)
     truncated: dict[str, Any] = {
@@ -88,7 +93,7 @@ def message_payload(
     used = 0
     for name, value in _headers(message):
         used += len(name) + len(value)
-        if used > MAX_HEADERS:
+        if used > max_headers:
             truncated["headers"] = True
             break
         headers.append([name, value])
@@ -100,13 +105,13 @@ def message_payload(
         content_type = _content_type(part)
         if not attached and content_type == "text/plain" and text is None:
             text = _text(part)
-            if len(text) > MAX_TEXT:
-                text, truncated["text"] = text[:MAX_TEXT], True
+            if len(text) > max_text:
+                text, truncated["text"] = text[:max_text], True
             continue
         if not attached and content_type == "text/html" and html is None:
             html = _text(part)
-            if len(html) > MAX_HTML:
-                html, truncated["html"] = html[:MAX_HTML], True
+            if len(html) > max_html:
+                html, truncated["html"] = html[:max_html], True
             continue
         content = _content(part)
         filename = _filename(part)
@@ -117,7 +122,7 @@ def message_payload(
             "size": len(content),
             "content_base64": None,
         }
-        if base64_used + encoded_size > MAX_ATTACHMENTS:
+        if base64_used + encoded_size > max_attachments:
             truncated["attachments"].append(filename or f"(part {len(attachments) + 1})")
         else:
             base64_used += encoded_size
