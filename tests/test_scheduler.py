@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from smtpy.outbound.signers import SignerCache
-from smtpy.outbound.target import Outcome, Status
+from smtpy.outbound.target import Origin, Outcome, Status
 from smtpy.queue.queries import NewDelivery, NewMessage, new_queue_id
 from smtpy.queue.scheduler import DeliveryWorker, WorkerSettings
 from smtpy.queue.writer import StoreThread
@@ -78,6 +78,7 @@ class ScriptedTarget:
         recipients: Sequence[str],
         message: bytes,
         smtputf8: bool = False,
+        origin: Origin | None = None,
     ) -> list[Outcome]:
         call = Call(sender, list(recipients), message)
         domain = recipients[0].rpartition("@")[2]

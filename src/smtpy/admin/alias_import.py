@@ -47,6 +47,7 @@ from smtpy.admin.aliases import AliasCreate, AliasPublic, add_alias, find_alias
 from smtpy.admin.domains import domain_id
 from smtpy.errors import InvalidInput, NotFound
 from smtpy.mail.addresses import normalize_domain, parse_address
+from smtpy.mail.parsed import is_url
 from smtpy.store.db import Database
 
 # What a Postfix virtual map may hold that smtpy cannot express, by first character.
@@ -291,7 +292,7 @@ class _RollBack(Exception):
 
 
 def _destination_keys(values: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(str(parse_address(v)) for v in values))
+    return tuple(dict.fromkeys(v if is_url(v) else str(parse_address(v)) for v in values))
 
 
 def _apply(db: Database, org: int, planned: VirtualMap, result: ImportResult) -> None:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from smtpy.accounts.audit import record
 from smtpy.accounts.roles import Role, allows
 from smtpy.admin.domains import domain_id
+from smtpy.admin.url_destinations import check_url, ensure_url_destination
 from smtpy.billing import plans as billing
 from smtpy.billing.plans import Catalog
 from smtpy.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -28,6 +29,7 @@ from smtpy.mail.addresses import (
     split_address,
     validate_local_part,
 )
+from smtpy.mail.parsed import is_url
 from smtpy.route.aliases import (
     CATCHALL,
     AliasRule,
@@ -87,7 +89,20 @@ class AliasPublic(BaseModel):
     created_at: float
 
 
+class AliasSaved(AliasPublic):
+    """An alias just saved, with the signing secrets of the URL destinations it made
+    (`{url: "whsec_…"}`): shown to the admin once, never listed again."""
+
+    secrets: dict[str, str] = {}
+
+
+def _saved(alias: AliasPublic, secrets: dict[str, str]) -> AliasSaved:
+    return AliasSaved(**alias.model_dump(), secrets=secrets)
+
+
 def _shown(destination: str) -> str:
+    if is_url(destination):
+        return destination
     local, domain = split_address(destination)
     return f"{local}@{display_domain(domain)}"
 
@@ -143,13 +158,26 @@ def _key(db: Database, org: int, address: str) -> AliasKey:
     return AliasKey(did, alabel, kind, local, key)
 
 
-def _destinations(values: Sequence[str], alias: AliasKey) -> tuple[str, ...]:
+def _destinations(
+    values: Sequence[str], alias: AliasKey, *, allow_private: bool = False
+) -> tuple[str, ...]:
+    """The destinations as stored: mail addresses, and https URLs (webhook destinations)
+    checked by the SSRF rules (`allow_private`: SMTPY_WEBHOOK_ALLOW_PRIVATE)."""
     if len(values) > MAX_DESTINATIONS:
         raise FieldInvalid(
             f"an alias has at most {MAX_DESTINATIONS} destinations", field="destinations"
         )
     seen: dict[str, None] = {}
     for n, value in enumerate(values):
+        if is_url(value.strip()):
+            try:
+                url = check_url(value, allow_private=allow_private).url
+            except InvalidInput as exc:
+                raise FieldInvalid(
+                    f"{value[:80]!r}: {exc.message}", field=f"destinations.{n}"
+                ) from None
+            seen.setdefault(url, None)
+            continue
         try:
             address = parse_address(value)
         except InvalidInput as exc:
@@ -161,6 +189,18 @@ def _destinations(values: Sequence[str], alias: AliasKey) -> tuple[str, ...]:
             )
         seen.setdefault(str(address), None)
     return tuple(seen)
+
+
+def _url_rows(db: Database, org: int, targets: Sequence[str]) -> dict[str, str]:
+    """Make the organization's rows for the URLs among `targets` (inside the caller's
+    transaction); the secrets of those made now, by URL."""
+    made: dict[str, str] = {}
+    for target in targets:
+        if is_url(target):
+            row = ensure_url_destination(db, org=org, url=target)
+            if row.created:
+                made[target] = row.secret
+    return made
 
 
 def _authorize(db: Database, role: Role | None, did: int) -> None:
@@ -186,16 +226,20 @@ def add_alias(
     alias: AliasCreate,
     role: Role | None = None,
     catalog: Catalog | None = None,
-) -> AliasPublic:
+    allow_private: bool = False,
+) -> AliasSaved:
     """Add an alias; nothing is written unless every part of the input is valid. `role`:
     the caller's in the organization (None: the operator at the shell). `catalog`: the
-    configured plans; the plan must allow one more alias and its new destinations."""
+    configured plans; the plan must allow one more alias and its new destinations.
+    `allow_private` (SMTPY_WEBHOOK_ALLOW_PRIVATE) lets URL destinations reach loopback
+    and private addresses. The answer's `secrets` holds the signing secret of each URL
+    destination the organization did not have yet."""
     address, mode, reject_message = alias.address, alias.mode, alias.reject_message
     if mode not in MODES:
         raise FieldInvalid(f"mode {mode!r} is not one of {', '.join(MODES)}", field="mode")
     key = _key(db, org, address)
     _authorize(db, role, key.domain_id)
-    targets = _destinations(alias.destinations, key)
+    targets = _destinations(alias.destinations, key, allow_private=allow_private)
     if mode == "forward" and not targets:
         raise FieldInvalid(
             "a forwarding alias needs at least one destination address", field="destinations"
@@ -230,6 +274,7 @@ def add_alias(
                 },
             )
             created = _get(db, new_id)
+            secrets = _url_rows(db, org, targets)
             record(
                 db,
                 org=org,
@@ -241,7 +286,7 @@ def add_alias(
         raise Conflict(
             f"the alias {address} already exists; remove it first to change it"
         ) from None
-    return created
+    return _saved(created, secrets)
 
 
 _SELECT = (
@@ -300,12 +345,18 @@ def _remove(
 
 
 def update_alias(
-    *, db: Database, org: int, address: str, update: AliasUpdate, role: Role | None = None
-) -> AliasPublic:
+    *,
+    db: Database,
+    org: int,
+    address: str,
+    update: AliasUpdate,
+    role: Role | None = None,
+    allow_private: bool = False,
+) -> AliasSaved:
     """Change an alias: `enabled` False refuses its mail with 550 until enabled again;
-    `destinations` replaces those of a forwarding alias."""
+    `destinations` replaces those of a forwarding alias (`secrets`: as `add_alias`)."""
     alias_id, _ = _find(db, org, address)
-    return _update(db, org, alias_id, update, role)
+    return _update(db, org, alias_id, update, role, allow_private=allow_private)
 
 
 def _domain_of(db: Database, alias_id: int) -> int:
@@ -313,19 +364,30 @@ def _domain_of(db: Database, alias_id: int) -> int:
 
 
 def _update(
-    db: Database, org: int, alias_id: int, update: AliasUpdate, role: Role | None
-) -> AliasPublic:
+    db: Database,
+    org: int,
+    alias_id: int,
+    update: AliasUpdate,
+    role: Role | None,
+    *,
+    allow_private: bool = False,
+) -> AliasSaved:
     _authorize(db, role, _domain_of(db, alias_id))
     with db.transaction():
-        _apply(db, alias_id, update)
+        targets = _apply(db, alias_id, update, allow_private=allow_private)
+        secrets = _url_rows(db, org, targets)
         after = _get(db, alias_id)
         changed = update.model_dump(exclude_none=True)
         if changed:
             record(db, org=org, action="alias.update", target=after.address, detail=changed)
-    return after
+    return _saved(after, secrets)
 
 
-def _apply(db: Database, alias_id: int, update: AliasUpdate) -> None:
+def _apply(
+    db: Database, alias_id: int, update: AliasUpdate, *, allow_private: bool = False
+) -> tuple[str, ...]:
+    """Write `update`; the destinations it set (none when it leaves them)."""
+    targets: tuple[str, ...] = ()
     if update.destinations is not None:
         current = _get(db, alias_id)
         if current.mode != "forward":
@@ -340,7 +402,7 @@ def _apply(db: Database, alias_id: int, update: AliasUpdate) -> None:
             local,
             local_key(local) if kind == "exact" else local,
         )
-        targets = _destinations(update.destinations, key)
+        targets = _destinations(update.destinations, key, allow_private=allow_private)
         if not targets:
             raise FieldInvalid(
                 "a forwarding alias needs at least one destination address", field="destinations"
@@ -353,6 +415,7 @@ def _apply(db: Database, alias_id: int, update: AliasUpdate) -> None:
         db.execute(
             "UPDATE aliases SET enabled = :e WHERE id = :id", {"e": update.enabled, "id": alias_id}
         )
+    return targets
 
 
 def _by_id(db: Database, org: int, alias_id: str | int) -> tuple[int, AliasPublic]:
@@ -378,9 +441,15 @@ def get_alias(*, db: Database, org: int, alias_id: str | int) -> AliasPublic:
 
 
 def update_alias_by_id(
-    *, db: Database, org: int, alias_id: str | int, update: AliasUpdate, role: Role | None = None
-) -> AliasPublic:
-    return _update(db, org, _by_id(db, org, alias_id)[0], update, role)
+    *,
+    db: Database,
+    org: int,
+    alias_id: str | int,
+    update: AliasUpdate,
+    role: Role | None = None,
+    allow_private: bool = False,
+) -> AliasSaved:
+    return _update(db, org, _by_id(db, org, alias_id)[0], update, role, allow_private=allow_private)
 
 
 def remove_alias_by_id(

@@ -26,6 +26,7 @@ from smtpy.checks.recipients import Accepted, RulesFor, decide
 from smtpy.dns import DNSPermanentError, DNSTemporaryError, Lookups, NoSuchDomain, NullMX
 from smtpy.errors import InvalidInput, SmtpyError
 from smtpy.mail.addresses import parse_address, split_address
+from smtpy.mail.parsed import is_url
 from smtpy.outbound.tls_policy import TlsPolicy
 from smtpy.route.aliases import Match, resolve
 from smtpy.route.srs import SRS, SRSError
@@ -135,6 +136,7 @@ class Explanation:
     envelope_sender: str | None  # None: no --from given
     from_rewrite: FromRewrite | None
     routes: tuple[DestinationRoute, ...] = field(default=())
+    webhooks: tuple[str, ...] = field(default=())  # "webhook https://…" per URL destination
 
     def public(self) -> dict[str, Any]:
         return {
@@ -149,6 +151,7 @@ class Explanation:
             "envelope_sender": self.envelope_sender,
             "from_rewrite": self.from_rewrite.public() if self.from_rewrite else None,
             "routes": [r.public() for r in self.routes],
+            "webhooks": list(self.webhooks),
         }
 
 
@@ -207,7 +210,21 @@ async def explain(
         envelope_sender=envelope_sender,
         from_rewrite=from_rewrite,
         routes=routes,
+        webhooks=tuple(
+            _webhook(d, settings.webhook_allow_private) for d in decision.destinations if is_url(d)
+        ),
     )
+
+
+def _webhook(url: str, allow_private: bool) -> str:
+    """How a URL destination is delivered: posted, not looked up in DNS for MX hosts."""
+    from smtpy.events.sender import parse_url
+
+    try:
+        parse_url(url, allow_private=allow_private)
+    except InvalidInput as exc:
+        return f"webhook {url}: refused, the delivery fails ({exc.message})"
+    return f"webhook {url} (message.received, signed with its destination secret)"
 
 
 async def _matched_rule(address: str, rules_for: RulesFor, plus_separator: str) -> RuleMatch | None:
@@ -264,6 +281,8 @@ async def _routes(
 ) -> tuple[DestinationRoute, ...]:
     by_domain: dict[str, list[str]] = {}
     for destination in destinations:
+        if is_url(destination):  # posted: see Explanation.webhooks
+            continue
         by_domain.setdefault(split_address(destination)[1], []).append(destination)
     return tuple(
         await asyncio.gather(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from smtpy.checks.stages import Refusal
 from smtpy.errors import InvalidInput
 from smtpy.mail.addresses import parse_address
+from smtpy.mail.parsed import is_url
 from smtpy.route.aliases import DomainRules, How, resolve
 from smtpy.route.srs import SRS, SRSError, is_srs_address
 from smtpy.smtp import replies
@@ -102,6 +103,9 @@ async def decide(
             discarded = True
             continue
         for target in rule.destinations:
+            if is_url(target):  # a webhook destination: posted, never resolved further
+                destinations.setdefault(target, None)
+                continue
             target_address = parse_address(target)
             target_rules = await rules_for(target_address.domain)
             if target_rules is None:

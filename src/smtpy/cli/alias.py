@@ -35,7 +35,11 @@ def add(
     address: AddressArg,
     destinations: Annotated[
         list[str] | None,
-        typer.Argument(help="Where the mail goes (one or more addresses).", show_default=False),
+        typer.Argument(
+            help="Where the mail goes: one or more addresses, or https URLs (webhook"
+            " destinations: each message is posted as a signed message.received event).",
+            show_default=False,
+        ),
     ] = None,
     mode: Annotated[
         str,
@@ -63,12 +67,19 @@ def add(
     alias = AliasCreate(
         address=address, destinations=destinations or [], mode=mode, reject_message=message
     )
+    settings = state(ctx).settings
     with state(ctx).database() as db:
         info = add_alias(
-            db=db, org=acting_org(db, org), alias=alias, catalog=Catalog.of(state(ctx).settings)
+            db=db,
+            org=acting_org(db, org),
+            alias=alias,
+            catalog=Catalog.of(settings),
+            allow_private=settings.webhook_allow_private,
         )
     target = ", ".join(info.destinations) if info.mode == "forward" else info.mode
     done(f"added {info.address} -> {target}")
+    for url, secret in info.secrets.items():  # shown this once
+        done(f"signing secret for {url}: {secret} (verify the webhook-signature header with it)")
 
 
 @app.command("list")

@@ -76,6 +76,8 @@ def _print(result: Explanation) -> None:
         summary.add_row("DMARC of From", escape(f"{rewrite.from_domain}: {policy}"))
         summary.add_row("From, aligned DKIM", escape(rewrite.with_aligned_dkim))
         summary.add_row("From, otherwise", escape(rewrite.without_aligned_dkim))
+    for webhook in result.webhooks:
+        summary.add_row("delivery", escape(webhook))
     console.print(summary)
     if not result.routes:
         return

@@ -178,9 +178,17 @@ def _retry_after(value: str | None, now: float) -> float | None:
 class Sender:
     """Posts webhooks; one HTTP client per (host, address, port), kept for reuse."""
 
-    def __init__(self, *, allow_private: bool, timeout: float, ca_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        timeout: float,
+        ca_file: Path | None = None,
+        max_body: int = MAX_BODY,
+    ) -> None:
         self.allow_private = allow_private
         self.timeout = timeout
+        self.max_body = max_body  # a webhook destination's parsed message is larger
         self._tls = tls_context(ca_file)
         self._clients: dict[tuple[str, str, int], httpx.AsyncClient] = {}
         logging.getLogger("httpx").setLevel(logging.WARNING)  # smtpy logs each delivery itself
@@ -217,8 +225,8 @@ class Sender:
             return int((time.monotonic() - started) * 1000)
 
         data = body.encode()
-        if len(data) > MAX_BODY:
-            return Answer(None, 0, error=f"the event is {len(data)} bytes, over {MAX_BODY}")
+        if len(data) > self.max_body:
+            return Answer(None, 0, error=f"the event is {len(data)} bytes, over {self.max_body}")
         try:
             target = parse_url(url, allow_private=self.allow_private)
             address = await resolve(target, allow_private=self.allow_private, within=self.timeout)

@@ -51,7 +51,7 @@ from smtpy.outbound.connections import ConnectionCache, quit_politely
 from smtpy.outbound.mx import NoRoute, Route, Routes, is_ip
 from smtpy.outbound.smtp_replies import HostFailed, outcomes
 from smtpy.outbound.smtp_session import Envelope, SmtpClient, TlsLevel, TlsPlan
-from smtpy.outbound.target import Outcome
+from smtpy.outbound.target import Origin, Outcome
 from smtpy.outbound.tls_policy import OPPORTUNISTIC, TlsPolicies, TlsPolicy, verified_context
 
 if TYPE_CHECKING:
@@ -142,6 +142,7 @@ class SmtpTarget:
         recipients: Sequence[str],
         message: bytes,
         smtputf8: bool = False,
+        origin: Origin | None = None,
     ) -> list[Outcome]:
         """Deliver `message` to `recipients` (all of one domain) in one transaction.
 

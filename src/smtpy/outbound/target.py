@@ -17,8 +17,13 @@ gets back one `Outcome` per recipient, in the order given:
 A Target never raises for anything the destination or the network does:
 every failure is an outcome, and a failure it does not understand is
 "deferred" (never a bounce by accident). SMTP is one Target
-(`smtpy.outbound.smtp_target`); an HTTPS destination (a webhook) will be
-another, chosen by `smtpy.outbound.deliver.Deliverer`.
+(`smtpy.outbound.smtp_target`); an alias destination that is an https URL is
+another (`smtpy.outbound.https_target`: the message posted as a signed
+`message.received` event), chosen by `smtpy.outbound.deliver.Deliverer` by
+the recipient's form. Both go through the same queue, retry schedule and
+DSNs. `origin` tells a Target what the message was before forwarding (the
+sender's own address, the alias it was sent to): SMTP does not need it, a
+webhook destination does.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-__all__ = ["Outcome", "Status", "Target"]
+__all__ = ["Origin", "Outcome", "Status", "Target"]
 
 Status = Literal["delivered", "deferred", "failed"]
 
@@ -48,6 +53,20 @@ class Outcome:
     """RFC 3463 status for DSNs: from the reply when it has one, derived otherwise."""
 
 
+@dataclass(frozen=True)
+class Origin:
+    """The message as it arrived, for a Target that tells its receiver about it."""
+
+    queue_id: str
+    sender: str
+    """The envelope sender as received (not rewritten by SRS); "" for a bounce."""
+    aliases: tuple[str, ...]
+    """The addresses the sender used, one per recipient given to the Target."""
+    received_at: float
+    auth_results: str | None = None
+    """What this node's checks found on reception (an Authentication-Results value)."""
+
+
 class Target(Protocol):
     """A kind of destination: delivers one prepared message to a group of its recipients."""
 
@@ -58,6 +77,7 @@ class Target(Protocol):
         recipients: Sequence[str],
         message: bytes,
         smtputf8: bool = False,
+        origin: Origin | None = None,
     ) -> list[Outcome]:
         """One outcome per recipient, in order; never raises for the remote side's doing."""
         ...

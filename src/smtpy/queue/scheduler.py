@@ -28,7 +28,7 @@ from smtpy.errors import InvalidInput
 from smtpy.mail.addresses import split_address
 from smtpy.outbound.prepare import outgoing
 from smtpy.outbound.signers import SignerCache
-from smtpy.outbound.target import Outcome, Target
+from smtpy.outbound.target import Origin, Outcome, Target
 from smtpy.queue.message_log import delivery_events, write_events
 from smtpy.queue.queries import (
     LEASE_SECONDS,
@@ -376,6 +376,13 @@ class DeliveryWorker:
                     recipients=[c.recipient for c in group],
                     message=wire,
                     smtputf8=first.smtputf8,
+                    origin=Origin(
+                        first.queue_id,
+                        first.sender,
+                        tuple(c.original_recipient for c in group),
+                        first.received_at,
+                        first.auth_results,
+                    ),
                 )
             elapsed = time.monotonic() - started
             results = [

@@ -20,7 +20,8 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from smtpy import log
@@ -168,6 +169,16 @@ def _node_names(settings: Settings, reader: StoreThread) -> OurNames | None:
     return OurNames(settings.hostname, load)
 
 
+def _url_secrets(reader: StoreThread) -> Callable[[str, str], Awaitable[str | None]]:
+    """How a delivery to a URL destination finds its signing secret (in the store)."""
+    from smtpy.outbound.https_target import destination_secret
+
+    async def lookup(domain: str, url: str) -> str | None:
+        return await reader.call(partial(destination_secret, domain=domain, url=url))
+
+    return lookup
+
+
 def webhook_worker(settings: Settings, writer: StoreThread, reader: StoreThread) -> Any:
     """The worker that drains the webhook outbox (`smtpy.runtime.webhooks`)."""
     from smtpy.admin.webhooks import notify_disabled
@@ -278,7 +289,7 @@ class Daemon:
                 make_resolver(settings.dns_nameservers, timeout=settings.dns_timeout),
                 observe=metrics.dns_observed,
             )
-            deliverer = Deliverer.from_settings(settings, lookups)
+            deliverer = Deliverer.from_settings(settings, lookups, secrets=_url_secrets(reader))
             signers = SignerCache(reader)
             worker = DeliveryWorker(
                 settings=WorkerSettings(

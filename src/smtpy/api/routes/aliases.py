@@ -47,6 +47,17 @@ class AliasOut(BaseModel):
     created_at: str
 
 
+class AliasSavedOut(AliasOut):
+    secrets: dict[str, str]  # {url: "whsec_…"} of the URL destinations made now; shown once
+
+
+def _saved(a: aliases.AliasSaved) -> AliasSavedOut | AliasOut:
+    """The alias, with `secrets` only when URL destinations were made now."""
+    if not a.secrets:
+        return _out(a)
+    return AliasSavedOut(**_out(a).model_dump(), secrets=a.secrets)
+
+
 def _out(a: aliases.AliasPublic) -> AliasOut:
     return AliasOut(
         id=str(a.id),
@@ -74,8 +85,12 @@ def list_aliases(
 
 
 @router.post("/domains/{name}/aliases", status_code=201)
-def add_alias(name: str, body: AliasIn, db: Db, principal: Auth, settings: SettingsDep) -> AliasOut:
-    """Add an alias (409 when it exists)."""
+def add_alias(
+    name: str, body: AliasIn, db: Db, principal: Auth, settings: SettingsDep
+) -> AliasSavedOut | AliasOut:
+    """Add an alias (409 when it exists). A destination may be an https URL: `secrets`
+    holds, once, the signing secret of each URL the organization did not have yet
+    (no `secrets` key when there is none)."""
     principal.require("aliases")
     create = aliases.AliasCreate(
         address=f"{body.local_part}@{name}",
@@ -91,8 +106,9 @@ def add_alias(name: str, body: AliasIn, db: Db, principal: Auth, settings: Setti
             alias=create,
             role=principal.role,
             catalog=Catalog.of(settings),
+            allow_private=settings.webhook_allow_private,
         )
-    return _out(added)
+    return _saved(added)
 
 
 @router.get("/aliases/{alias_id}")
@@ -101,15 +117,22 @@ def get_alias(alias_id: str, db: Db, principal: Auth) -> AliasOut:
 
 
 @router.patch("/aliases/{alias_id}")
-def update_alias(alias_id: str, body: AliasPatch, db: Db, principal: Auth) -> AliasOut:
-    """Enable or disable an alias, or replace its destinations."""
+def update_alias(
+    alias_id: str, body: AliasPatch, db: Db, principal: Auth, settings: SettingsDep
+) -> AliasSavedOut | AliasOut:
+    """Enable or disable an alias, or replace its destinations (`secrets`: as on create)."""
     principal.require("aliases")
     update = aliases.AliasUpdate(enabled=body.enabled, destinations=body.destinations)
     with acting(principal.actor):
         changed = aliases.update_alias_by_id(
-            db=db, org=principal.org, alias_id=alias_id, update=update, role=principal.role
+            db=db,
+            org=principal.org,
+            alias_id=alias_id,
+            update=update,
+            role=principal.role,
+            allow_private=settings.webhook_allow_private,
         )
-    return _out(changed)
+    return _saved(changed)
 
 
 @router.delete("/aliases/{alias_id}", status_code=204)
