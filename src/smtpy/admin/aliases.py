@@ -42,6 +42,7 @@ from smtpy.store.pages import Page, check_limit, keyset, page_of
 
 MODES: tuple[Mode, ...] = ("forward", "reject", "discard")
 MAX_DESTINATIONS = 50
+MAX_FALLBACKS = 10
 
 
 class AliasCreate(BaseModel):
@@ -52,6 +53,7 @@ class AliasCreate(BaseModel):
     mode: str = "forward"  # forward | reject | discard
     reject_message: str | None = None  # the 550 text of a reject alias
     enabled: bool = True
+    fallbacks: list[str] = []  # in order: where mail goes when a destination fails for good
 
 
 class AliasUpdate(BaseModel):
@@ -61,6 +63,7 @@ class AliasUpdate(BaseModel):
 
     enabled: bool | None = None
     destinations: list[str] | None = None  # of a forwarding alias: replaces them all
+    fallbacks: list[str] | None = None  # of a forwarding alias: replaces them all ([]: none)
 
 
 class FieldInvalid(InvalidInput):
@@ -85,6 +88,7 @@ class AliasPublic(BaseModel):
     reject_message: str | None
     enabled: bool
     created_at: float
+    fallbacks: list[str] = []  # in order, domains as U-labels
 
 
 def _shown(destination: str) -> str:
@@ -105,6 +109,7 @@ def _public(row: dict[str, Any]) -> AliasPublic:
         reject_message=rule.reject_message,
         enabled=rule.enabled,
         created_at=float(row["created_at"]),
+        fallbacks=[_shown(f) for f in rule.fallbacks],
     )
 
 
@@ -143,24 +148,55 @@ def _key(db: Database, org: int, address: str) -> AliasKey:
     return AliasKey(did, alabel, kind, local, key)
 
 
-def _destinations(values: Sequence[str], alias: AliasKey) -> tuple[str, ...]:
-    if len(values) > MAX_DESTINATIONS:
-        raise FieldInvalid(
-            f"an alias has at most {MAX_DESTINATIONS} destinations", field="destinations"
-        )
+def _destinations(
+    values: Sequence[str],
+    alias: AliasKey,
+    *,
+    field: str = "destinations",
+    limit: int = MAX_DESTINATIONS,
+) -> tuple[str, ...]:
+    """Valid addresses for an alias (its destinations, or its fallbacks with `field`), each
+    once, as stored."""
+    if len(values) > limit:
+        raise FieldInvalid(f"an alias has at most {limit} {field}", field=field)
     seen: dict[str, None] = {}
     for n, value in enumerate(values):
         try:
             address = parse_address(value)
         except InvalidInput as exc:
-            raise FieldInvalid(exc.message, field=f"destinations.{n}") from None
+            raise FieldInvalid(exc.message, field=f"{field}.{n}") from None
         if alias.kind == "exact" and address.key == f"{alias.local_key}@{alias.domain}":
             raise FieldInvalid(
                 f"{value!r} is the alias itself: that would be a mail loop",
-                field=f"destinations.{n}",
+                field=f"{field}.{n}",
             )
         seen.setdefault(str(address), None)
     return tuple(seen)
+
+
+def _fallbacks(
+    db: Database, values: Sequence[str], alias: AliasKey, targets: Sequence[str]
+) -> tuple[str, ...]:
+    """An alias's ordered fallbacks: addresses as for destinations, none of them one of its
+    `targets`, none on a domain this forwarder serves (a fallback is delivered as written,
+    never through aliases)."""
+    fallbacks = _destinations(values, alias, field="fallbacks", limit=MAX_FALLBACKS)
+    own = {parse_address(t).key for t in targets}
+    for n, value in enumerate(fallbacks):
+        address = parse_address(value)
+        if address.key in own:
+            raise FieldInvalid(
+                f"{value!r} is a destination of the alias already; a fallback must be another "
+                "address",
+                field=f"fallbacks.{n}",
+            )
+        if db.scalar("SELECT 1 FROM domains WHERE name = :d", {"d": address.domain}):
+            raise FieldInvalid(
+                f"{value!r} is on {display_domain(address.domain)}, a domain this forwarder "
+                "serves: name the final address its alias forwards to",
+                field=f"fallbacks.{n}",
+            )
+    return fallbacks
 
 
 def _authorize(db: Database, role: Role | None, did: int) -> None:
@@ -202,6 +238,9 @@ def add_alias(
         )
     if mode != "forward" and targets:
         raise InvalidInput(f"a {mode} alias takes no destinations")
+    if mode != "forward" and alias.fallbacks:
+        raise FieldInvalid(f"a {mode} alias takes no fallbacks", field="fallbacks")
+    fallbacks = _fallbacks(db, alias.fallbacks, key, targets)
     if reject_message is not None:
         if mode != "reject":
             raise InvalidInput("--message only applies to reject aliases")
@@ -212,17 +251,19 @@ def add_alias(
     try:
         with db.transaction():
             billing.check_limit(db, org, "aliases", catalog=catalog)
-            billing.check_destinations(db, org, targets, catalog=catalog)
+            billing.check_destinations(db, org, (*targets, *fallbacks), catalog=catalog)
             new_id = db.insert(
-                "INSERT INTO aliases (domain_id, kind, local_part, local_key, destinations, mode,"
-                " reject_message, enabled, created_at) VALUES (:domain_id, :kind, :local_part,"
-                " :local_key, :destinations, :mode, :reject_message, :enabled, :now) RETURNING id",
+                "INSERT INTO aliases (domain_id, kind, local_part, local_key, destinations,"
+                " fallbacks, mode, reject_message, enabled, created_at) VALUES (:domain_id, :kind,"
+                " :local_part, :local_key, :destinations, :fallbacks, :mode, :reject_message,"
+                " :enabled, :now) RETURNING id",
                 {
                     "domain_id": key.domain_id,
                     "kind": key.kind,
                     "local_part": key.local_part,
                     "local_key": key.local_key,
                     "destinations": json.dumps(list(targets), ensure_ascii=False),
+                    "fallbacks": json.dumps(list(fallbacks), ensure_ascii=False),
                     "mode": mode,
                     "reject_message": reject_message,
                     "enabled": alias.enabled,
@@ -235,7 +276,11 @@ def add_alias(
                 org=org,
                 action="alias.create",
                 target=created.address,
-                detail={"mode": created.mode, "destinations": created.destinations},
+                detail={
+                    "mode": created.mode,
+                    "destinations": created.destinations,
+                    **({"fallbacks": created.fallbacks} if created.fallbacks else {}),
+                },
             )
     except Conflict:
         raise Conflict(
@@ -245,8 +290,8 @@ def add_alias(
 
 
 _SELECT = (
-    "SELECT a.id, a.kind, a.local_part, a.destinations, a.mode, a.reject_message, a.enabled,"
-    " a.created_at, d.name AS domain FROM aliases a JOIN domains d ON d.id = a.domain_id"
+    "SELECT a.id, a.kind, a.local_part, a.destinations, a.fallbacks, a.mode, a.reject_message,"
+    " a.enabled, a.created_at, d.name AS domain FROM aliases a JOIN domains d ON d.id = a.domain_id"
 )
 
 
@@ -303,7 +348,7 @@ def update_alias(
     *, db: Database, org: int, address: str, update: AliasUpdate, role: Role | None = None
 ) -> AliasPublic:
     """Change an alias: `enabled` False refuses its mail with 550 until enabled again;
-    `destinations` replaces those of a forwarding alias."""
+    `destinations` and `fallbacks` replace those of a forwarding alias."""
     alias_id, _ = _find(db, org, address)
     return _update(db, org, alias_id, update, role)
 
@@ -326,12 +371,11 @@ def _update(
 
 
 def _apply(db: Database, alias_id: int, update: AliasUpdate) -> None:
-    if update.destinations is not None:
+    if update.destinations is not None or update.fallbacks is not None:
         current = _get(db, alias_id)
-        if current.mode != "forward":
-            raise FieldInvalid(
-                f"a {current.mode} alias takes no destinations", field="destinations"
-            )
+        for name in ("destinations", "fallbacks"):
+            if current.mode != "forward" and getattr(update, name) is not None:
+                raise FieldInvalid(f"a {current.mode} alias takes no {name}", field=name)
         kind, local, domain_text = parse_alias_address(current.address)
         key = AliasKey(
             _domain_of(db, alias_id),
@@ -340,14 +384,23 @@ def _apply(db: Database, alias_id: int, update: AliasUpdate) -> None:
             local,
             local_key(local) if kind == "exact" else local,
         )
-        targets = _destinations(update.destinations, key)
+        targets = _destinations(
+            current.destinations if update.destinations is None else update.destinations, key
+        )
         if not targets:
             raise FieldInvalid(
                 "a forwarding alias needs at least one destination address", field="destinations"
             )
+        fallbacks = _fallbacks(
+            db, current.fallbacks if update.fallbacks is None else update.fallbacks, key, targets
+        )
         db.execute(
-            "UPDATE aliases SET destinations = :t WHERE id = :id",
-            {"t": json.dumps(list(targets), ensure_ascii=False), "id": alias_id},
+            "UPDATE aliases SET destinations = :t, fallbacks = :f WHERE id = :id",
+            {
+                "t": json.dumps(list(targets), ensure_ascii=False),
+                "f": json.dumps(list(fallbacks), ensure_ascii=False),
+                "id": alias_id,
+            },
         )
     if update.enabled is not None:
         db.execute(

@@ -47,6 +47,7 @@ class RuleMatch:
     mode: str  # forward, reject, discard
     enabled: bool
     destinations: tuple[str, ...]  # the rule's own; the final ones are resolved further
+    fallbacks: tuple[str, ...] = ()  # the rule's own, in order
 
     def public(self) -> dict[str, Any]:
         return {
@@ -56,6 +57,7 @@ class RuleMatch:
             "mode": self.mode,
             "enabled": self.enabled,
             "destinations": list(self.destinations),
+            "fallbacks": list(self.fallbacks),
         }
 
 
@@ -135,6 +137,7 @@ class Explanation:
     envelope_sender: str | None  # None: no --from given
     from_rewrite: FromRewrite | None
     routes: tuple[DestinationRoute, ...] = field(default=())
+    fallbacks: tuple[str, ...] = ()  # in order, when a destination fails for good
 
     def public(self) -> dict[str, Any]:
         return {
@@ -149,6 +152,7 @@ class Explanation:
             "envelope_sender": self.envelope_sender,
             "from_rewrite": self.from_rewrite.public() if self.from_rewrite else None,
             "routes": [r.public() for r in self.routes],
+            "fallbacks": list(self.fallbacks),
         }
 
 
@@ -207,6 +211,7 @@ async def explain(
         envelope_sender=envelope_sender,
         from_rewrite=from_rewrite,
         routes=routes,
+        fallbacks=decision.fallbacks,
     )
 
 
@@ -222,7 +227,15 @@ async def _matched_rule(address: str, rules_for: RulesFor, plus_separator: str) 
     if match is None:
         return None
     rule = match.rule
-    return RuleMatch(rule.address, match.how, match.tag, rule.mode, rule.enabled, rule.destinations)
+    return RuleMatch(
+        rule.address,
+        match.how,
+        match.tag,
+        rule.mode,
+        rule.enabled,
+        rule.destinations,
+        rule.fallbacks,
+    )
 
 
 async def _from_rewrite(from_domain: str, settings: Settings, lookups: Lookups) -> FromRewrite:

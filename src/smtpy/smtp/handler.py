@@ -350,6 +350,7 @@ class Handler(ScannedPerConnection):
                         recipient=destination,
                         domain=split_address(destination)[1],
                         envelope_sender=envelope_sender,
+                        fallbacks=accepted.fallbacks,
                     )
         return list(deliveries.values())
 

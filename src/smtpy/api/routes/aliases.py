@@ -27,11 +27,14 @@ class AliasIn(BaseModel):
     enabled: bool = True
     mode: str = "forward"  # forward | reject | discard
     reject_message: str | None = None
+    # In order: where mail goes when a destination fails for good.
+    fallbacks: list[str] = Field(default=[], examples=[["alice@backup.example"]])
 
 
 class AliasPatch(BaseModel):
     destinations: list[str] | None = None
     enabled: bool | None = None
+    fallbacks: list[str] | None = None  # replaces them all; [] removes them
 
 
 class AliasOut(BaseModel):
@@ -41,6 +44,7 @@ class AliasOut(BaseModel):
     local_part: str  # as given: alice, *, /PATTERN/
     kind: str  # exact | regex | catchall
     destinations: list[str]
+    fallbacks: list[str]
     mode: str
     reject_message: str | None
     enabled: bool
@@ -55,6 +59,7 @@ def _out(a: aliases.AliasPublic) -> AliasOut:
         local_part=a.address.rpartition("@")[0],
         kind=a.kind,
         destinations=a.destinations,
+        fallbacks=a.fallbacks,
         mode=a.mode,
         reject_message=a.reject_message,
         enabled=a.enabled,
@@ -83,6 +88,7 @@ def add_alias(name: str, body: AliasIn, db: Db, principal: Auth, settings: Setti
         mode=body.mode,
         reject_message=body.reject_message,
         enabled=body.enabled,
+        fallbacks=body.fallbacks,
     )
     with acting(principal.actor):
         added = aliases.add_alias(
@@ -102,9 +108,11 @@ def get_alias(alias_id: str, db: Db, principal: Auth) -> AliasOut:
 
 @router.patch("/aliases/{alias_id}")
 def update_alias(alias_id: str, body: AliasPatch, db: Db, principal: Auth) -> AliasOut:
-    """Enable or disable an alias, or replace its destinations."""
+    """Enable or disable an alias, or replace its destinations or fallbacks."""
     principal.require("aliases")
-    update = aliases.AliasUpdate(enabled=body.enabled, destinations=body.destinations)
+    update = aliases.AliasUpdate(
+        enabled=body.enabled, destinations=body.destinations, fallbacks=body.fallbacks
+    )
     with acting(principal.actor):
         changed = aliases.update_alias_by_id(
             db=db, org=principal.org, alias_id=alias_id, update=update, role=principal.role
