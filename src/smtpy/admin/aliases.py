@@ -174,6 +174,14 @@ def _destinations(
     return tuple(seen)
 
 
+def _identity(destination: str) -> str:
+    """What makes two destinations the same: a mail address's key, anything else as given."""
+    try:
+        return parse_address(destination).key
+    except InvalidInput:
+        return destination
+
+
 def _fallbacks(
     db: Database, values: Sequence[str], alias: AliasKey, targets: Sequence[str]
 ) -> tuple[str, ...]:
@@ -181,15 +189,18 @@ def _fallbacks(
     `targets`, none on a domain this forwarder serves (a fallback is delivered as written,
     never through aliases)."""
     fallbacks = _destinations(values, alias, field="fallbacks", limit=MAX_FALLBACKS)
-    own = {parse_address(t).key for t in targets}
+    own = {_identity(t) for t in targets}
     for n, value in enumerate(fallbacks):
-        address = parse_address(value)
-        if address.key in own:
+        if _identity(value) in own:
             raise FieldInvalid(
                 f"{value!r} is a destination of the alias already; a fallback must be another "
                 "address",
                 field=f"fallbacks.{n}",
             )
+        try:
+            address = parse_address(value)
+        except InvalidInput:
+            continue  # not a mail address (a destination of another kind): no domain of ours
         if db.scalar("SELECT 1 FROM domains WHERE name = :d", {"d": address.domain}):
             raise FieldInvalid(
                 f"{value!r} is on {display_domain(address.domain)}, a domain this forwarder "
