@@ -451,6 +451,8 @@ def test_the_api_takes_and_shows_fallbacks(cli_env: dict[str, str], store_url: s
         assert changed.status_code == 200, changed.text
         assert changed.json()["fallbacks"] == ["x@y.test"]
         assert changed.json()["destinations"] == ["sales@mailbox.test"]
+        page = w.member().get("/domains/acme.test")  # the dashboard lists them with the alias
+        assert page.status_code == 200 and "fallback: x@y.test" in page.text, page.text[-2000:]
 
         bad = problem(
             w.admin.patch(
