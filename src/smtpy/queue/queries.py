@@ -171,9 +171,7 @@ def _insert(
                 "envelope_sender": d.envelope_sender,
                 "next_attempt_at": next_attempt_at,
                 "lease_owner": lease_owner,
-                "fallbacks": json.dumps(list(d.fallbacks), ensure_ascii=False)
-                if d.fallbacks
-                else "[]",
+                "fallbacks": json.dumps(list(d.fallbacks), ensure_ascii=False),
                 "now": message.received_at,
             },
         )
