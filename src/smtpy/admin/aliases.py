@@ -44,6 +44,7 @@ from smtpy.store.pages import Page, check_limit, keyset, page_of
 
 MODES: tuple[Mode, ...] = ("forward", "reject", "discard")
 MAX_DESTINATIONS = 50
+MAX_FALLBACKS = 10
 
 
 class AliasCreate(BaseModel):
@@ -54,6 +55,7 @@ class AliasCreate(BaseModel):
     mode: str = "forward"  # forward | reject | discard
     reject_message: str | None = None  # the 550 text of a reject alias
     enabled: bool = True
+    fallbacks: list[str] = []  # in order: where mail goes when a destination fails for good
 
 
 class AliasUpdate(BaseModel):
@@ -63,6 +65,7 @@ class AliasUpdate(BaseModel):
 
     enabled: bool | None = None
     destinations: list[str] | None = None  # of a forwarding alias: replaces them all
+    fallbacks: list[str] | None = None  # of a forwarding alias: replaces them all ([]: none)
 
 
 class FieldInvalid(InvalidInput):
@@ -87,6 +90,7 @@ class AliasPublic(BaseModel):
     reject_message: str | None
     enabled: bool
     created_at: float
+    fallbacks: list[str] = []  # in order, domains as U-labels
 
 
 class AliasSaved(AliasPublic):
@@ -120,6 +124,7 @@ def _public(row: dict[str, Any]) -> AliasPublic:
         reject_message=rule.reject_message,
         enabled=rule.enabled,
         created_at=float(row["created_at"]),
+        fallbacks=[_shown(f) for f in rule.fallbacks],
     )
 
 
@@ -159,33 +164,35 @@ def _key(db: Database, org: int, address: str) -> AliasKey:
 
 
 def _destinations(
-    values: Sequence[str], alias: AliasKey, *, allow_private: bool = False
+    values: Sequence[str],
+    alias: AliasKey,
+    *,
+    field: str = "destinations",
+    limit: int = MAX_DESTINATIONS,
+    allow_private: bool = False,
 ) -> tuple[str, ...]:
-    """The destinations as stored: mail addresses, and https URLs (webhook destinations)
-    checked by the SSRF rules (`allow_private`: SMTPY_WEBHOOK_ALLOW_PRIVATE)."""
-    if len(values) > MAX_DESTINATIONS:
-        raise FieldInvalid(
-            f"an alias has at most {MAX_DESTINATIONS} destinations", field="destinations"
-        )
+    """Valid destinations for an alias (its destinations, or its fallbacks with `field`),
+    each once, as stored: mail addresses, and https URLs (webhook destinations) checked by
+    the SSRF rules (`allow_private`: SMTPY_WEBHOOK_ALLOW_PRIVATE)."""
+    if len(values) > limit:
+        raise FieldInvalid(f"an alias has at most {limit} {field}", field=field)
     seen: dict[str, None] = {}
     for n, value in enumerate(values):
         if is_url(value.strip()):
             try:
                 url = check_url(value, allow_private=allow_private).url
             except InvalidInput as exc:
-                raise FieldInvalid(
-                    f"{value[:80]!r}: {exc.message}", field=f"destinations.{n}"
-                ) from None
+                raise FieldInvalid(f"{value[:80]!r}: {exc.message}", field=f"{field}.{n}") from None
             seen.setdefault(url, None)
             continue
         try:
             address = parse_address(value)
         except InvalidInput as exc:
-            raise FieldInvalid(exc.message, field=f"destinations.{n}") from None
+            raise FieldInvalid(exc.message, field=f"{field}.{n}") from None
         if alias.kind == "exact" and address.key == f"{alias.local_key}@{alias.domain}":
             raise FieldInvalid(
                 f"{value!r} is the alias itself: that would be a mail loop",
-                field=f"destinations.{n}",
+                field=f"{field}.{n}",
             )
         seen.setdefault(str(address), None)
     return tuple(seen)
@@ -201,6 +208,49 @@ def _url_rows(db: Database, org: int, targets: Sequence[str]) -> dict[str, str]:
             if row.created:
                 made[target] = row.secret
     return made
+
+
+def _identity(destination: str) -> str:
+    """What makes two destinations the same: a mail address's key, anything else as given."""
+    try:
+        return parse_address(destination).key
+    except InvalidInput:
+        return destination
+
+
+def _fallbacks(
+    db: Database,
+    values: Sequence[str],
+    alias: AliasKey,
+    targets: Sequence[str],
+    *,
+    allow_private: bool = False,
+) -> tuple[str, ...]:
+    """An alias's ordered fallbacks: addresses as for destinations, none of them one of its
+    `targets`, none on a domain this forwarder serves (a fallback is delivered as written,
+    never through aliases)."""
+    fallbacks = _destinations(
+        values, alias, field="fallbacks", limit=MAX_FALLBACKS, allow_private=allow_private
+    )
+    own = {_identity(t) for t in targets}
+    for n, value in enumerate(fallbacks):
+        if _identity(value) in own:
+            raise FieldInvalid(
+                f"{value!r} is a destination of the alias already; a fallback must be another "
+                "address",
+                field=f"fallbacks.{n}",
+            )
+        try:
+            address = parse_address(value)
+        except InvalidInput:
+            continue  # not a mail address (a destination of another kind): no domain of ours
+        if db.scalar("SELECT 1 FROM domains WHERE name = :d", {"d": address.domain}):
+            raise FieldInvalid(
+                f"{value!r} is on {display_domain(address.domain)}, a domain this forwarder "
+                "serves: name the final address its alias forwards to",
+                field=f"fallbacks.{n}",
+            )
+    return fallbacks
 
 
 def _authorize(db: Database, role: Role | None, did: int) -> None:
@@ -246,6 +296,9 @@ def add_alias(
         )
     if mode != "forward" and targets:
         raise InvalidInput(f"a {mode} alias takes no destinations")
+    if mode != "forward" and alias.fallbacks:
+        raise FieldInvalid(f"a {mode} alias takes no fallbacks", field="fallbacks")
+    fallbacks = _fallbacks(db, alias.fallbacks, key, targets, allow_private=allow_private)
     if reject_message is not None:
         if mode != "reject":
             raise InvalidInput("--message only applies to reject aliases")
@@ -256,17 +309,19 @@ def add_alias(
     try:
         with db.transaction():
             billing.check_limit(db, org, "aliases", catalog=catalog)
-            billing.check_destinations(db, org, targets, catalog=catalog)
+            billing.check_destinations(db, org, (*targets, *fallbacks), catalog=catalog)
             new_id = db.insert(
-                "INSERT INTO aliases (domain_id, kind, local_part, local_key, destinations, mode,"
-                " reject_message, enabled, created_at) VALUES (:domain_id, :kind, :local_part,"
-                " :local_key, :destinations, :mode, :reject_message, :enabled, :now) RETURNING id",
+                "INSERT INTO aliases (domain_id, kind, local_part, local_key, destinations,"
+                " fallbacks, mode, reject_message, enabled, created_at) VALUES (:domain_id, :kind,"
+                " :local_part, :local_key, :destinations, :fallbacks, :mode, :reject_message,"
+                " :enabled, :now) RETURNING id",
                 {
                     "domain_id": key.domain_id,
                     "kind": key.kind,
                     "local_part": key.local_part,
                     "local_key": key.local_key,
                     "destinations": json.dumps(list(targets), ensure_ascii=False),
+                    "fallbacks": json.dumps(list(fallbacks), ensure_ascii=False),
                     "mode": mode,
                     "reject_message": reject_message,
                     "enabled": alias.enabled,
@@ -274,13 +329,17 @@ def add_alias(
                 },
             )
             created = _get(db, new_id)
-            secrets = _url_rows(db, org, targets)
+            secrets = _url_rows(db, org, (*targets, *fallbacks))
             record(
                 db,
                 org=org,
                 action="alias.create",
                 target=created.address,
-                detail={"mode": created.mode, "destinations": created.destinations},
+                detail={
+                    "mode": created.mode,
+                    "destinations": created.destinations,
+                    **({"fallbacks": created.fallbacks} if created.fallbacks else {}),
+                },
             )
     except Conflict:
         raise Conflict(
@@ -290,8 +349,8 @@ def add_alias(
 
 
 _SELECT = (
-    "SELECT a.id, a.kind, a.local_part, a.destinations, a.mode, a.reject_message, a.enabled,"
-    " a.created_at, d.name AS domain FROM aliases a JOIN domains d ON d.id = a.domain_id"
+    "SELECT a.id, a.kind, a.local_part, a.destinations, a.fallbacks, a.mode, a.reject_message,"
+    " a.enabled, a.created_at, d.name AS domain FROM aliases a JOIN domains d ON d.id = a.domain_id"
 )
 
 
@@ -354,7 +413,8 @@ def update_alias(
     allow_private: bool = False,
 ) -> AliasSaved:
     """Change an alias: `enabled` False refuses its mail with 550 until enabled again;
-    `destinations` replaces those of a forwarding alias (`secrets`: as `add_alias`)."""
+    `destinations` and `fallbacks` replace those of a forwarding alias (`secrets`: as
+    `add_alias`)."""
     alias_id, _ = _find(db, org, address)
     return _update(db, org, alias_id, update, role, allow_private=allow_private)
 
@@ -386,14 +446,14 @@ def _update(
 def _apply(
     db: Database, alias_id: int, update: AliasUpdate, *, allow_private: bool = False
 ) -> tuple[str, ...]:
-    """Write `update`; the destinations it set (none when it leaves them)."""
+    """Write `update`; the destinations and fallbacks it set (none when it leaves them)."""
     targets: tuple[str, ...] = ()
-    if update.destinations is not None:
+    fallbacks: tuple[str, ...] = ()
+    if update.destinations is not None or update.fallbacks is not None:
         current = _get(db, alias_id)
-        if current.mode != "forward":
-            raise FieldInvalid(
-                f"a {current.mode} alias takes no destinations", field="destinations"
-            )
+        for name in ("destinations", "fallbacks"):
+            if current.mode != "forward" and getattr(update, name) is not None:
+                raise FieldInvalid(f"a {current.mode} alias takes no {name}", field=name)
         kind, local, domain_text = parse_alias_address(current.address)
         key = AliasKey(
             _domain_of(db, alias_id),
@@ -402,20 +462,35 @@ def _apply(
             local,
             local_key(local) if kind == "exact" else local,
         )
-        targets = _destinations(update.destinations, key, allow_private=allow_private)
+        targets = _destinations(
+            current.destinations if update.destinations is None else update.destinations,
+            key,
+            allow_private=allow_private,
+        )
         if not targets:
             raise FieldInvalid(
                 "a forwarding alias needs at least one destination address", field="destinations"
             )
+        fallbacks = _fallbacks(
+            db,
+            current.fallbacks if update.fallbacks is None else update.fallbacks,
+            key,
+            targets,
+            allow_private=allow_private,
+        )
         db.execute(
-            "UPDATE aliases SET destinations = :t WHERE id = :id",
-            {"t": json.dumps(list(targets), ensure_ascii=False), "id": alias_id},
+            "UPDATE aliases SET destinations = :t, fallbacks = :f WHERE id = :id",
+            {
+                "t": json.dumps(list(targets), ensure_ascii=False),
+                "f": json.dumps(list(fallbacks), ensure_ascii=False),
+                "id": alias_id,
+            },
         )
     if update.enabled is not None:
         db.execute(
             "UPDATE aliases SET enabled = :e WHERE id = :id", {"e": update.enabled, "id": alias_id}
         )
-    return targets
+    return targets + fallbacks
 
 
 def _by_id(db: Database, org: int, alias_id: str | int) -> tuple[int, AliasPublic]:

@@ -48,6 +48,7 @@ class RuleMatch:
     mode: str  # forward, reject, discard
     enabled: bool
     destinations: tuple[str, ...]  # the rule's own; the final ones are resolved further
+    fallbacks: tuple[str, ...] = ()  # the rule's own, in order
 
     def public(self) -> dict[str, Any]:
         return {
@@ -57,6 +58,7 @@ class RuleMatch:
             "mode": self.mode,
             "enabled": self.enabled,
             "destinations": list(self.destinations),
+            "fallbacks": list(self.fallbacks),
         }
 
 
@@ -137,6 +139,7 @@ class Explanation:
     from_rewrite: FromRewrite | None
     routes: tuple[DestinationRoute, ...] = field(default=())
     webhooks: tuple[str, ...] = field(default=())  # "webhook https://…" per URL destination
+    fallbacks: tuple[str, ...] = ()  # in order, when a destination fails for good
 
     def public(self) -> dict[str, Any]:
         return {
@@ -152,6 +155,7 @@ class Explanation:
             "from_rewrite": self.from_rewrite.public() if self.from_rewrite else None,
             "routes": [r.public() for r in self.routes],
             "webhooks": list(self.webhooks),
+            "fallbacks": list(self.fallbacks),
         }
 
 
@@ -213,6 +217,7 @@ async def explain(
         webhooks=tuple(
             _webhook(d, settings.webhook_allow_private) for d in decision.destinations if is_url(d)
         ),
+        fallbacks=decision.fallbacks,
     )
 
 
@@ -239,7 +244,15 @@ async def _matched_rule(address: str, rules_for: RulesFor, plus_separator: str) 
     if match is None:
         return None
     rule = match.rule
-    return RuleMatch(rule.address, match.how, match.tag, rule.mode, rule.enabled, rule.destinations)
+    return RuleMatch(
+        rule.address,
+        match.how,
+        match.tag,
+        rule.mode,
+        rule.enabled,
+        rule.destinations,
+        rule.fallbacks,
+    )
 
 
 async def _from_rewrite(from_domain: str, settings: Settings, lookups: Lookups) -> FromRewrite:

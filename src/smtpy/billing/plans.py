@@ -260,15 +260,17 @@ _COUNTS: dict[str, str] = {
 
 
 def destinations_of(db: Database, org: int) -> set[str]:
-    """The distinct destination addresses of the organization's aliases (lower case)."""
+    """The distinct destination addresses of the organization's aliases, their fallbacks
+    included (lower case)."""
     rows = db.all(
-        "SELECT a.destinations FROM aliases a JOIN domains d ON d.id = a.domain_id"
+        "SELECT a.destinations, a.fallbacks FROM aliases a JOIN domains d ON d.id = a.domain_id"
         " WHERE d.organization_id = :org",
         {"org": org},
     )
     found: set[str] = set()
     for row in rows:
         found.update(str(d).lower() for d in json.loads(row["destinations"] or "[]"))
+        found.update(str(d).lower() for d in json.loads(row["fallbacks"] or "[]"))
     return found
 
 

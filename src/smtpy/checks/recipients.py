@@ -13,6 +13,9 @@ Decided during the SMTP session, never by accepting and bouncing later
    there that is unknown, disabled or rejecting is dropped; when that leaves
    nothing (and no discard rule was met) → 550 5.1.1, for accepting would
    answer 250 for mail that then goes nowhere.
+
+An accepted recipient carries the fallbacks of the alias it matched, for all of
+its final destinations; aliases reached through it lend theirs to nobody.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class Accepted:
     alias: str | None  # the matched alias, for logs
     srs_reversed: bool = False
     dmarc_reject: bool | None = None  # the served domain's DMARC switch; None: the default
+    fallbacks: tuple[str, ...] = ()  # the matched alias's, in order (`smtpy.queue.fallbacks`)
 
 
 Refused = Refusal  # the reply, and a short key for logs and stats
@@ -75,6 +79,7 @@ async def decide(
     destinations: dict[str, None] = {}
     first_how: How | None = None
     first_alias: str | None = None
+    fallbacks: tuple[str, ...] = ()
     discarded = False
     # (local, rules, depth, the addresses on the path to this one)
     pending: list[tuple[str, DomainRules, int, frozenset[str]]] = [
@@ -102,6 +107,8 @@ async def decide(
         if rule.mode == "discard":
             discarded = True
             continue
+        if is_first:
+            fallbacks = rule.fallbacks
         for target in rule.destinations:
             if is_url(target):  # a webhook destination: posted, never resolved further
                 destinations.setdefault(target, None)
@@ -128,4 +135,7 @@ async def decide(
         first_how,
         first_alias,
         dmarc_reject=rules.dmarc_reject,
+        # Those of the alias the sender addressed; one that is a destination already is not
+        # a fallback for it.
+        fallbacks=tuple(f for f in fallbacks if f not in destinations),
     )

@@ -19,7 +19,10 @@ from smtpy.cli.output import (
     yes_no,
 )
 
-app = typer.Typer(help="Add, list, remove, enable and disable aliases.", no_args_is_help=True)
+app = typer.Typer(
+    help="Add, list, remove, enable and disable aliases; set their fallbacks.",
+    no_args_is_help=True,
+)
 
 AddressArg = Annotated[
     str,
@@ -50,6 +53,15 @@ def add(
     message: Annotated[
         str | None, typer.Option("--message", help="Text of the 550 reply of a reject alias.")
     ] = None,
+    fallback: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fallback",
+            help="Where mail goes when a destination fails for good; repeat it for an "
+            "ordered chain.",
+            show_default=False,
+        ),
+    ] = None,
     org: OrgOption = None,
 ) -> None:
     """Add an alias.
@@ -60,12 +72,21 @@ def add(
     local part, case-insensitive, linear-time, so no pattern can hang the
     server; e.g. '/sales-[0-9]+/@example.org'), then the catch-all
     (*@example.org).
+
+    With --fallback, a destination that refuses the mail for good (5xx) or
+    defers it until the queue lifetime runs out is replaced by the first
+    fallback not tried yet for that message; the sender gets a bounce only
+    when the last fallback failed too.
     """
     from smtpy.admin.aliases import AliasCreate, add_alias
     from smtpy.billing.plans import Catalog
 
     alias = AliasCreate(
-        address=address, destinations=destinations or [], mode=mode, reject_message=message
+        address=address,
+        destinations=destinations or [],
+        mode=mode,
+        reject_message=message,
+        fallbacks=fallback or [],
     )
     settings = state(ctx).settings
     with state(ctx).database() as db:
@@ -77,9 +98,55 @@ def add(
             allow_private=settings.webhook_allow_private,
         )
     target = ", ".join(info.destinations) if info.mode == "forward" else info.mode
-    done(f"added {info.address} -> {target}")
+    done(f"added {info.address} -> {target}{_then(info.fallbacks)}")
     for url, secret in info.secrets.items():  # shown this once
         done(f"signing secret for {url}: {secret} (verify the webhook-signature header with it)")
+
+
+def _then(fallbacks: list[str]) -> str:
+    return f" (fallback: {', then '.join(fallbacks)})" if fallbacks else ""
+
+
+@app.command("fallback")
+def fallback_(
+    ctx: typer.Context,
+    address: AddressArg,
+    fallbacks: Annotated[
+        list[str] | None,
+        typer.Argument(help="The fallbacks, in the order they are tried.", show_default=False),
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the alias's fallbacks.")] = False,
+    org: OrgOption = None,
+) -> None:
+    """Set the ordered fallbacks of a forwarding alias (replacing any it had).
+
+    A destination that fails for good goes to the first fallback not tried
+    yet for that message, each fallback at most once per message; the sender
+    gets a bounce only when the last one failed too.
+    """
+    from smtpy.admin.aliases import AliasUpdate, update_alias
+    from smtpy.errors import InvalidInput
+
+    if clear == bool(fallbacks):
+        raise InvalidInput(
+            "name the fallbacks in order, or --clear to remove them: "
+            "smtpy alias fallback ADDRESS FALLBACK..."
+        )
+    settings = state(ctx).settings
+    with state(ctx).database() as db:
+        info = update_alias(
+            db=db,
+            org=acting_org(db, org),
+            address=address,
+            update=AliasUpdate(fallbacks=fallbacks or []),
+            allow_private=settings.webhook_allow_private,
+        )
+    if info.fallbacks:
+        done(f"{info.address} falls back to {', then '.join(info.fallbacks)}")
+        for url, secret in info.secrets.items():  # shown this once
+            done(f"signing secret for {url}: {secret} (verify the webhook-signature header)")
+    else:
+        done(f"{info.address} has no fallbacks")
 
 
 @app.command("list")
@@ -106,12 +173,13 @@ def list_(
         return
     print_table(
         None,
-        ["alias", "kind", "destinations", "mode", "enabled"],
+        ["alias", "kind", "destinations", "fallbacks", "mode", "enabled"],
         [
             (
                 a.address,
                 a.kind,
                 "\n".join(a.destinations) or "-",
+                "\n".join(a.fallbacks) or "-",
                 a.mode + (f": {a.reject_message}" if a.reject_message else ""),
                 yes_no(a.enabled),
             )

@@ -66,6 +66,8 @@ def _print(result: Explanation) -> None:
     if result.accepted:
         destinations = ", ".join(result.destinations) or "none: the message is discarded"
         summary.add_row("destinations", escape(destinations))
+        if result.fallbacks:  # tried in order when a destination fails for good
+            summary.add_row("fallbacks", escape(", then ".join(result.fallbacks)))
     if result.envelope_sender is not None:
         summary.add_row("envelope sender", escape(result.envelope_sender or "<> (null sender)"))
     if result.from_rewrite is not None:

@@ -27,11 +27,14 @@ from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from typing import Any
 
+from smtpy.mail.addresses import split_address
+
 __all__ = [
     "MAX_ATTACHMENTS",
     "MAX_HEADERS",
     "MAX_HTML",
     "MAX_TEXT",
+    "destination_domain",
     "is_url",
     "message_payload",
     "url_domain",
@@ -63,6 +66,12 @@ def url_domain(url: str) -> str:
     scheme, _, rest = url.partition("://")
     authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
     return f"{scheme.lower()}://{authority.rpartition('@')[2].lower()}"[:253]
+
+
+def destination_domain(destination: str) -> str:
+    """What the queue groups a destination's deliveries by: a mail address's domain, or
+    a URL's `url_domain`."""
+    return url_domain(destination) if is_url(destination) else split_address(destination)[1]
 
 
 def message_payload(

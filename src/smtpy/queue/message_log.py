@@ -3,7 +3,10 @@
 Events: `received` (one row per accepted recipient, with its destinations),
 `rejected` (with a reason key: unknown_user, relay, too_big, loop, …),
 `delivered` (the remote host and its reply, and the delay since reception),
-`deferred`, `bounced` and `discarded`.
+`deferred`, `bounced` and `discarded`. A destination that failed for good and went
+to a fallback instead is `deferred` with reason `fallback`, its reply saying which
+fallback has the message now (`smtpy.queue.fallbacks`); only the last failure of a
+chain is `bounced`.
 
 Writing them costs no transaction of its own on the hot path:
 
@@ -24,12 +27,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from smtpy.checks.recipients import Accepted
+    from smtpy.queue.fallbacks import Step
     from smtpy.queue.queries import AttemptResult
     from smtpy.store.db import Database
 
@@ -151,14 +155,23 @@ def rejected_event(
 
 
 def delivery_events(
-    results: Sequence[AttemptResult], failed: Sequence[AttemptResult], *, at: float
+    results: Sequence[AttemptResult],
+    failed: Sequence[AttemptResult],
+    *,
+    at: float,
+    fallbacks: Mapping[int, Step] | None = None,
 ) -> list[LogEvent]:
     """Rows for delivery attempts: delivered, deferred, or bounced (those in `failed`,
-    which include deferrals that outlived the queue lifetime)."""
+    which include deferrals that outlived the queue lifetime); a failure that went to a
+    fallback (in `fallbacks`, by delivery id) is deferred, reason `fallback`."""
     bounced = {r.delivery.id for r in failed}
     rows = []
     for r in results:
         d = r.delivery
+        step = fallbacks.get(d.id) if fallbacks else None
+        if step is not None:
+            rows.append(_fallback_event(r, step, at))
+            continue
         event = "bounced" if d.id in bounced else r.result
         if event == "failed":
             event = "bounced"
@@ -179,6 +192,28 @@ def delivery_events(
             )
         )
     return rows
+
+
+def _fallback_event(r: AttemptResult, step: Step, at: float) -> LogEvent:
+    d = r.delivery
+    then = (
+        f"next: fallback {step.address}"
+        if step.kind == "next"
+        else f"fallback {step.address} has the message"
+    )
+    return LogEvent(
+        at=at,
+        event="deferred",
+        queue_id=d.queue_id,
+        sender=_clip(d.sender, 600),
+        alias=_clip(d.original_recipient, 600),
+        recipient=_clip(d.recipient, 600),
+        domain=_domain_of(d.original_recipient),
+        reason="fallback",
+        code=r.code,
+        reply=_clip(f"{r.reply} ({then})", 1000),
+        remote_host=_clip(r.remote_host, 300),
+    )
 
 
 # -- the store ---------------------------------------------------------------------------

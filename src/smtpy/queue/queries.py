@@ -16,6 +16,7 @@ its deliveries is pending. What admins see of a pending delivery is its
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Collection, Sequence
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from smtpy.outbound.target import Status
+from smtpy.queue import fallbacks
+from smtpy.queue.fallbacks import Step
 from smtpy.queue.message_log import LogEvent, write_events
 from smtpy.store.db import Database
 
@@ -74,6 +77,7 @@ class NewDelivery:
     recipient: str
     domain: str
     envelope_sender: str
+    fallbacks: tuple[str, ...] = ()  # the alias's, in order (`smtpy.queue.fallbacks`)
 
 
 @dataclass(slots=True)
@@ -106,6 +110,12 @@ class Claimed:
     received_at: float
     smtputf8: bool
     auth_results: str | None = None  # the receiving node's results, sealed on delivery
+    created_at: float | None = None  # when this destination was queued (None: received_at)
+
+    @property
+    def queued_at(self) -> float:
+        """Where the queue lifetime of this delivery starts: a fallback has its own."""
+        return self.received_at if self.created_at is None else self.created_at
 
 
 def enqueue(db: Database, message: NewMessage) -> int:
@@ -149,10 +159,10 @@ def _insert(
     for d in message.deliveries:
         delivery_id = db.insert(
             "INSERT INTO deliveries (message_id, original_recipient, recipient, domain,"
-            " envelope_sender, status, attempts, next_attempt_at, lease_owner, created_at,"
-            " updated_at) VALUES (:message_id, :original_recipient, :recipient, :domain,"
-            " :envelope_sender, 'queued', 0, :next_attempt_at, :lease_owner, :now, :now)"
-            " RETURNING id",
+            " envelope_sender, status, attempts, next_attempt_at, lease_owner, fallbacks,"
+            " created_at, updated_at) VALUES (:message_id, :original_recipient, :recipient,"
+            " :domain, :envelope_sender, 'queued', 0, :next_attempt_at, :lease_owner,"
+            " :fallbacks, :now, :now) RETURNING id",
             {
                 "message_id": message_id,
                 "original_recipient": d.original_recipient,
@@ -161,6 +171,7 @@ def _insert(
                 "envelope_sender": d.envelope_sender,
                 "next_attempt_at": next_attempt_at,
                 "lease_owner": lease_owner,
+                "fallbacks": json.dumps(list(d.fallbacks), ensure_ascii=False),
                 "now": message.received_at,
             },
         )
@@ -178,6 +189,7 @@ def _insert(
                 received_at=message.received_at,
                 smtputf8=message.smtputf8,
                 auth_results=message.auth_results,
+                created_at=message.received_at,
             )
         )
     write_events(db, message.log)
@@ -212,7 +224,8 @@ def claim_due(
             "UPDATE deliveries SET lease_owner = :node, next_attempt_at = :until WHERE id IN ("
             f" SELECT id FROM deliveries WHERE status = 'queued' AND next_attempt_at <= :now{excluded}"
             f" ORDER BY next_attempt_at LIMIT :limit{lock})"
-            " RETURNING id, message_id, original_recipient, recipient, domain, envelope_sender, attempts",
+            " RETURNING id, message_id, original_recipient, recipient, domain, envelope_sender,"
+            " attempts, created_at",
             params,
         )
         if not rows:
@@ -245,6 +258,7 @@ def claim_due(
                 received_at=float(message["received_at"]),
                 smtputf8=bool(message["smtputf8"]),
                 auth_results=message["auth_results"],
+                created_at=float(row["created_at"]),
             )
         )
     return claimed
@@ -382,9 +396,11 @@ def next_delay(schedule: Sequence[int], attempts: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Settled:
-    """What became of a batch of attempts: the deliveries that now need a bounce."""
+    """What became of a batch of attempts: the deliveries that now need a bounce, and those
+    that failed for good but went to a fallback instead (by delivery id)."""
 
     failed: list[AttemptResult]
+    fallbacks: dict[int, Step] = field(default_factory=dict)
 
 
 def record_results(
@@ -398,19 +414,21 @@ def record_results(
 ) -> Settled:
     """Write the outcome of attempts (inside the caller's transaction).
 
-    Deferred deliveries older than `lifetime` fail. Deliveries that reach a
-    final state are removed, and a message with nothing left pending goes too.
-    A delivery removed meanwhile (by an admin, or by the node that took over an
-    expired lease) is skipped. Returns the failed ones so the caller can queue a
-    bounce in the same transaction.
+    Deferred deliveries queued longer than `lifetime` fail. Deliveries that
+    reach a final state are removed, and a message with nothing left pending
+    goes too. A delivery removed meanwhile (by an admin, or by the node that
+    took over an expired lease) is skipped. A failure whose alias has fallbacks
+    goes to the next one instead (`smtpy.queue.fallbacks`). Returns the failed
+    ones so the caller can queue a bounce in the same transaction.
     """
     now = time.time() if now is None else now
     failed: list[AttemptResult] = []
+    handed: dict[int, Step] = {}
     done_messages: set[int] = set()
     for r in results:
         d = r.delivery
         outcome = r
-        if r.result == "deferred" and now - d.received_at >= lifetime:
+        if r.result == "deferred" and now - d.queued_at >= lifetime:
             outcome = AttemptResult(
                 d,
                 "failed",
@@ -451,14 +469,21 @@ def record_results(
         # (this one is in the message log). Removed meanwhile: nothing to settle.
         if d.attempts:
             db.execute("DELETE FROM attempts WHERE delivery_id = :id", {"id": d.id})
-        if not db.execute("DELETE FROM deliveries WHERE id = :id", {"id": d.id}):
+        gone = db.one("DELETE FROM deliveries WHERE id = :id RETURNING fallbacks", {"id": d.id})
+        if gone is None:
             continue
+        done_messages.add(d.message_id)
+        chain = json.loads(gone["fallbacks"] or "[]")
+        if chain:
+            step = fallbacks.settle(db, d, chain, failed=outcome.result == "failed", now=now)
+            if step is not None:
+                handed[d.id] = step
+                continue
         if outcome.result == "failed":
             failed.append(outcome)
-        done_messages.add(d.message_id)
     for message_id in sorted(done_messages):  # one order: nodes locking messages never deadlock
         delete_if_done(db, message_id)
-    return Settled(failed)
+    return Settled(failed, handed)
 
 
 def delete_if_done(db: Database, message_id: int) -> bool:

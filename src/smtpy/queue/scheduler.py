@@ -402,7 +402,7 @@ class DeliveryWorker:
                     ms=round(elapsed * 1000, 1),
                 )
             if await self.store.write(lambda db: self._settle(db, results, data)):
-                self.wake()  # a bounce was queued
+                self.wake()  # a bounce or a fallback delivery was queued
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -445,7 +445,8 @@ class DeliveryWorker:
         )
 
     def _settle(self, db: Database, results: list[AttemptResult], original: bytes) -> bool:
-        """Record results and queue the bounce they need; True if a bounce was queued."""
+        """Record results and queue the bounce they need; True if a bounce or a delivery to
+        a fallback was queued."""
         now = self._clock()
         with db.transaction():
             settled = record_results(
@@ -456,9 +457,24 @@ class DeliveryWorker:
                 lifetime=self.settings.queue_lifetime,
                 now=now,
             )
-            write_events(db, delivery_events(results, settled.failed, at=now))
+            write_events(
+                db, delivery_events(results, settled.failed, at=now, fallbacks=settled.fallbacks)
+            )
+            queued = False
+            for r in results:
+                step = settled.fallbacks.get(r.delivery.id)
+                if step is not None:
+                    queued = queued or step.kind == "next"
+                    logger.info(
+                        "fallback",
+                        queue_id=r.delivery.queue_id,
+                        original_recipient=r.delivery.original_recipient,
+                        failed=r.delivery.recipient,
+                        fallback=step.address,
+                        queued=step.kind == "next",
+                    )
             if not settled.failed:
-                return False
+                return queued
             bounce = bounce_message(
                 hostname=self.settings.hostname, failed=settled.failed, original=original, now=now
             )
@@ -469,7 +485,7 @@ class DeliveryWorker:
                     queue_id=first.queue_id,
                     reason="the failed message is itself a bounce (null sender)",
                 )
-                return False
+                return queued
             enqueue(db, bounce)
             logger.info(
                 "bounced",

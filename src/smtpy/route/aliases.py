@@ -48,6 +48,9 @@ class AliasRule:
     mode: Mode = "forward"
     reject_message: str | None = None
     enabled: bool = True
+    # In order, where a forwarding alias's mail goes when one of its destinations fails
+    # for good (a permanent refusal, or retries until the queue lifetime ran out).
+    fallbacks: tuple[str, ...] = ()
 
     @property
     def address(self) -> str:
@@ -67,6 +70,7 @@ class AliasRule:
             mode=row["mode"],
             reject_message=row["reject_message"],
             enabled=bool(row["enabled"]),
+            fallbacks=tuple(json.loads(row.get("fallbacks") or "[]")),
         )
 
 

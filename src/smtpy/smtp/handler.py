@@ -41,9 +41,8 @@ from smtpy.checks.stages import (
 )
 from smtpy.dkim.sign import split_fields
 from smtpy.errors import InvalidInput, StorageFull
-from smtpy.mail.addresses import split_address
 from smtpy.mail.framing import crlf_line_endings
-from smtpy.mail.parsed import is_url, url_domain
+from smtpy.mail.parsed import destination_domain
 from smtpy.mail.received import MAX_RECEIVED, count_received, protocol, received_header
 from smtpy.queue.message_log import EventBuffer, received_events, rejected_event
 from smtpy.queue.queries import NewDelivery, NewMessage, new_queue_id
@@ -349,10 +348,9 @@ class Handler(ScannedPerConnection):
                     deliveries[destination] = NewDelivery(
                         original_recipient=accepted.original,
                         recipient=destination,
-                        domain=url_domain(destination)
-                        if is_url(destination)
-                        else split_address(destination)[1],
+                        domain=destination_domain(destination),
                         envelope_sender=envelope_sender,
+                        fallbacks=accepted.fallbacks,
                     )
         return list(deliveries.values())
 

@@ -135,6 +135,9 @@ class Message(SQLModel, table=True):
     # the ARC seal copies it, whichever node delivers. NULL when the checks were off.
     auth_results: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # headers and body, CRLF
+    # JSON {fallback address: queued | delivered | failed}: the fallbacks this message was
+    # handed to (`smtpy.queue.fallbacks`), each at most once; NULL while none.
+    fallbacks_tried: str | None = None
 
 
 class Delivery(SQLModel, table=True):
@@ -164,7 +167,10 @@ class Delivery(SQLModel, table=True):
     lease_until: float | None = None
     last_code: int | None = None
     last_error: str | None = Field(default=None, max_length=1000)
-    created_at: float
+    # JSON list, in order: the fallbacks of the alias this delivery came from, tried when
+    # a destination of that alias fails for good (`smtpy.queue.fallbacks`).
+    fallbacks: str = Field(default="[]", sa_column_kwargs={"server_default": "[]"})
+    created_at: float  # when this destination was first queued: its lifetime starts here
     updated_at: float
 
 

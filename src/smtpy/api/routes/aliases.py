@@ -27,11 +27,14 @@ class AliasIn(BaseModel):
     enabled: bool = True
     mode: str = "forward"  # forward | reject | discard
     reject_message: str | None = None
+    # In order: where mail goes when a destination fails for good.
+    fallbacks: list[str] = Field(default=[], examples=[["alice@backup.example"]])
 
 
 class AliasPatch(BaseModel):
     destinations: list[str] | None = None
     enabled: bool | None = None
+    fallbacks: list[str] | None = None  # replaces them all; [] removes them
 
 
 class AliasOut(BaseModel):
@@ -41,6 +44,7 @@ class AliasOut(BaseModel):
     local_part: str  # as given: alice, *, /PATTERN/
     kind: str  # exact | regex | catchall
     destinations: list[str]
+    fallbacks: list[str]
     mode: str
     reject_message: str | None
     enabled: bool
@@ -66,6 +70,7 @@ def _out(a: aliases.AliasPublic) -> AliasOut:
         local_part=a.address.rpartition("@")[0],
         kind=a.kind,
         destinations=a.destinations,
+        fallbacks=a.fallbacks,
         mode=a.mode,
         reject_message=a.reject_message,
         enabled=a.enabled,
@@ -98,6 +103,7 @@ def add_alias(
         mode=body.mode,
         reject_message=body.reject_message,
         enabled=body.enabled,
+        fallbacks=body.fallbacks,
     )
     with acting(principal.actor):
         added = aliases.add_alias(
@@ -120,9 +126,12 @@ def get_alias(alias_id: str, db: Db, principal: Auth) -> AliasOut:
 def update_alias(
     alias_id: str, body: AliasPatch, db: Db, principal: Auth, settings: SettingsDep
 ) -> AliasSavedOut | AliasOut:
-    """Enable or disable an alias, or replace its destinations (`secrets`: as on create)."""
+    """Enable or disable an alias, or replace its destinations or fallbacks (`secrets`: as
+    on create)."""
     principal.require("aliases")
-    update = aliases.AliasUpdate(enabled=body.enabled, destinations=body.destinations)
+    update = aliases.AliasUpdate(
+        enabled=body.enabled, destinations=body.destinations, fallbacks=body.fallbacks
+    )
     with acting(principal.actor):
         changed = aliases.update_alias_by_id(
             db=db,
