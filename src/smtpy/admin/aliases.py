@@ -10,12 +10,13 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
 from smtpy.accounts.audit import record
 from smtpy.accounts.roles import Role, allows
+from smtpy.admin import destinations
 from smtpy.admin.domains import domain_id
 from smtpy.billing import plans as billing
 from smtpy.billing.plans import Catalog
@@ -39,6 +40,9 @@ from smtpy.route.aliases import (
 )
 from smtpy.store.db import Database
 from smtpy.store.pages import Page, check_limit, keyset, page_of
+
+if TYPE_CHECKING:
+    from smtpy.config import Settings
 
 MODES: tuple[Mode, ...] = ("forward", "reject", "discard")
 MAX_DESTINATIONS = 50
@@ -81,6 +85,9 @@ class AliasPublic(BaseModel):
     domain: str  # U-label
     kind: Kind
     destinations: list[str]  # domains as U-labels
+    # Those of `destinations` awaiting their owner's confirmation: nothing is sent to them
+    # yet (added through the API or dashboard; see smtpy.admin.destinations).
+    pending_destinations: list[str] = []
     mode: Mode
     reject_message: str | None
     enabled: bool
@@ -92,7 +99,18 @@ def _shown(destination: str) -> str:
     return f"{local}@{display_domain(domain)}"
 
 
-def _public(row: dict[str, Any]) -> AliasPublic:
+def _waiting(db: Database, rows: Sequence[dict[str, Any]]) -> dict[int, frozenset[str]]:
+    """The destinations awaiting confirmation of each organization the rows belong to."""
+    return {org: destinations.unconfirmed_keys(db, org) for org in {int(r["org"]) for r in rows}}
+
+
+def _pending(targets: Sequence[str], waiting: frozenset[str]) -> list[str]:
+    if not waiting:
+        return []
+    return [_shown(d) for d in targets if destinations.address_key_or_none(d) in waiting]
+
+
+def _public(row: dict[str, Any], waiting: frozenset[str] = frozenset()) -> AliasPublic:
     rule = AliasRule.from_row(row, row["domain"])
     local = f"/{rule.local_part}/" if rule.kind == "regex" else rule.local_part
     return AliasPublic(
@@ -101,6 +119,7 @@ def _public(row: dict[str, Any]) -> AliasPublic:
         domain=display_domain(rule.domain),
         kind=rule.kind,
         destinations=[_shown(d) for d in rule.destinations],
+        pending_destinations=_pending(rule.destinations, waiting),
         mode=rule.mode,
         reject_message=rule.reject_message,
         enabled=rule.enabled,
@@ -186,10 +205,13 @@ def add_alias(
     alias: AliasCreate,
     role: Role | None = None,
     catalog: Catalog | None = None,
+    settings: Settings | None = None,
 ) -> AliasPublic:
     """Add an alias; nothing is written unless every part of the input is valid. `role`:
     the caller's in the organization (None: the operator at the shell). `catalog`: the
-    configured plans; the plan must allow one more alias and its new destinations."""
+    configured plans; the plan must allow one more alias and its new destinations.
+    `settings`: for the confirmation mail of destinations a user adds through the API or
+    dashboard (`destinations.note_alias_destinations`)."""
     address, mode, reject_message = alias.address, alias.mode, alias.reject_message
     if mode not in MODES:
         raise FieldInvalid(f"mode {mode!r} is not one of {', '.join(MODES)}", field="mode")
@@ -229,6 +251,9 @@ def add_alias(
                     "now": time.time(),
                 },
             )
+            destinations.note_alias_destinations(
+                db, org=org, destinations=targets, settings=settings
+            )
             created = _get(db, new_id)
             record(
                 db,
@@ -246,7 +271,8 @@ def add_alias(
 
 _SELECT = (
     "SELECT a.id, a.kind, a.local_part, a.destinations, a.mode, a.reject_message, a.enabled,"
-    " a.created_at, d.name AS domain FROM aliases a JOIN domains d ON d.id = a.domain_id"
+    " a.created_at, d.name AS domain, d.organization_id AS org"
+    " FROM aliases a JOIN domains d ON d.id = a.domain_id"
 )
 
 
@@ -254,7 +280,7 @@ def _get(db: Database, alias_id: int) -> AliasPublic:
     row = db.one(_SELECT + " WHERE a.id = :id", {"id": alias_id})
     if row is None:
         raise NotFound(f"alias #{alias_id} does not exist")
-    return _public(row)
+    return _one(db, row)
 
 
 def _find(db: Database, org: int, address: str) -> tuple[int, AliasPublic]:
@@ -265,7 +291,7 @@ def _find(db: Database, org: int, address: str) -> tuple[int, AliasPublic]:
     )
     if row is None:
         raise NotFound(f"there is no alias {address}; see `smtpy alias list`")
-    return int(row["id"]), _public(row)
+    return int(row["id"]), _one(db, row)
 
 
 def find_alias(*, db: Database, org: int, address: str) -> AliasPublic:
@@ -281,7 +307,16 @@ def list_aliases(*, db: Database, org: int, domain: str | None = None) -> list[A
     else:
         did, _ = domain_id(db=db, org=org, name=domain)
         rows = db.all(_SELECT + " WHERE a.domain_id = :d" + order, {"d": did})
-    return [_public(row) for row in rows]
+    return _publics(db, rows)
+
+
+def _publics(db: Database, rows: Sequence[dict[str, Any]]) -> list[AliasPublic]:
+    waiting = _waiting(db, rows)
+    return [_public(row, waiting[int(row["org"])]) for row in rows]
+
+
+def _one(db: Database, row: dict[str, Any]) -> AliasPublic:
+    return _publics(db, [row])[0]
 
 
 def remove_alias(*, db: Database, org: int, address: str, role: Role | None = None) -> AliasPublic:
@@ -300,12 +335,18 @@ def _remove(
 
 
 def update_alias(
-    *, db: Database, org: int, address: str, update: AliasUpdate, role: Role | None = None
+    *,
+    db: Database,
+    org: int,
+    address: str,
+    update: AliasUpdate,
+    role: Role | None = None,
+    settings: Settings | None = None,
 ) -> AliasPublic:
     """Change an alias: `enabled` False refuses its mail with 550 until enabled again;
     `destinations` replaces those of a forwarding alias."""
     alias_id, _ = _find(db, org, address)
-    return _update(db, org, alias_id, update, role)
+    return _update(db, org, alias_id, update, role, settings)
 
 
 def _domain_of(db: Database, alias_id: int) -> int:
@@ -313,11 +354,16 @@ def _domain_of(db: Database, alias_id: int) -> int:
 
 
 def _update(
-    db: Database, org: int, alias_id: int, update: AliasUpdate, role: Role | None
+    db: Database,
+    org: int,
+    alias_id: int,
+    update: AliasUpdate,
+    role: Role | None,
+    settings: Settings | None = None,
 ) -> AliasPublic:
     _authorize(db, role, _domain_of(db, alias_id))
     with db.transaction():
-        _apply(db, alias_id, update)
+        _apply(db, org, alias_id, update, settings)
         after = _get(db, alias_id)
         changed = update.model_dump(exclude_none=True)
         if changed:
@@ -325,7 +371,9 @@ def _update(
     return after
 
 
-def _apply(db: Database, alias_id: int, update: AliasUpdate) -> None:
+def _apply(
+    db: Database, org: int, alias_id: int, update: AliasUpdate, settings: Settings | None
+) -> None:
     if update.destinations is not None:
         current = _get(db, alias_id)
         if current.mode != "forward":
@@ -349,6 +397,7 @@ def _apply(db: Database, alias_id: int, update: AliasUpdate) -> None:
             "UPDATE aliases SET destinations = :t WHERE id = :id",
             {"t": json.dumps(list(targets), ensure_ascii=False), "id": alias_id},
         )
+        destinations.note_alias_destinations(db, org=org, destinations=targets, settings=settings)
     if update.enabled is not None:
         db.execute(
             "UPDATE aliases SET enabled = :e WHERE id = :id", {"e": update.enabled, "id": alias_id}
@@ -369,7 +418,7 @@ def _by_id(db: Database, org: int, alias_id: str | int) -> tuple[int, AliasPubli
     )
     if row is None:
         raise missing
-    return int(row["id"]), _public(row)
+    return int(row["id"]), _one(db, row)
 
 
 def get_alias(*, db: Database, org: int, alias_id: str | int) -> AliasPublic:
@@ -378,9 +427,15 @@ def get_alias(*, db: Database, org: int, alias_id: str | int) -> AliasPublic:
 
 
 def update_alias_by_id(
-    *, db: Database, org: int, alias_id: str | int, update: AliasUpdate, role: Role | None = None
+    *,
+    db: Database,
+    org: int,
+    alias_id: str | int,
+    update: AliasUpdate,
+    role: Role | None = None,
+    settings: Settings | None = None,
 ) -> AliasPublic:
-    return _update(db, org, _by_id(db, org, alias_id)[0], update, role)
+    return _update(db, org, _by_id(db, org, alias_id)[0], update, role, settings)
 
 
 def remove_alias_by_id(
@@ -407,7 +462,7 @@ def alias_page(
         f"{_SELECT} WHERE {where} ORDER BY a.created_at DESC, a.id DESC LIMIT :n",
         {**params, "d": did, "n": size + 1},
     )
-    return page_of([_public(r) for r in rows], size, key=lambda a: (a.created_at, a.id))
+    return page_of(_publics(db, rows), size, key=lambda a: (a.created_at, a.id))
 
 
 def domain_rules(db: Database, domain: str) -> DomainRules | None:
@@ -415,7 +470,7 @@ def domain_rules(db: Database, domain: str) -> DomainRules | None:
     added through the API and not verified yet)."""
     alabel = normalize_domain(domain)
     row = db.one(
-        "SELECT id, dmarc_reject FROM domains WHERE name = :name AND NOT pending",
+        "SELECT id, organization_id, dmarc_reject FROM domains WHERE name = :name AND NOT pending",
         {"name": alabel},
     )
     if row is None:
@@ -423,5 +478,8 @@ def domain_rules(db: Database, domain: str) -> DomainRules | None:
     rows = db.all(_SELECT + " WHERE a.domain_id = :d", {"d": row["id"]})
     dmarc_reject = None if row["dmarc_reject"] is None else bool(row["dmarc_reject"])
     return DomainRules.build(
-        alabel, (AliasRule.from_row(r, alabel) for r in rows), dmarc_reject=dmarc_reject
+        alabel,
+        (AliasRule.from_row(r, alabel) for r in rows),
+        dmarc_reject=dmarc_reject,
+        unconfirmed=destinations.unconfirmed_keys(db, int(row["organization_id"])),
     )

@@ -3,7 +3,8 @@
 Every answer comes from the code the daemon runs, never from a copy of it:
 
 - the RCPT decision and its exact reply: `recipients.decide` (SRS reversal,
-  served domain, alias rules, recursive expansion, loops);
+  served domain, alias rules, recursive expansion, loops, destinations awaiting
+  their owner's confirmation);
 - the rule that matched and how (exact, plus-tag, regex, catch-all):
   `route.resolve` on the recipient's domain;
 - the envelope sender of the forwarded copies: `srs.SRS.forward` with the
@@ -135,6 +136,9 @@ class Explanation:
     envelope_sender: str | None  # None: no --from given
     from_rewrite: FromRewrite | None
     routes: tuple[DestinationRoute, ...] = field(default=())
+    # Destinations awaiting their owner's confirmation: mail for them waits in the queue
+    # (or, when no destination is confirmed, RCPT gets 450 4.2.1).
+    awaiting_confirmation: tuple[str, ...] = field(default=())
 
     def public(self) -> dict[str, Any]:
         return {
@@ -149,6 +153,7 @@ class Explanation:
             "envelope_sender": self.envelope_sender,
             "from_rewrite": self.from_rewrite.public() if self.from_rewrite else None,
             "routes": [r.public() for r in self.routes],
+            "awaiting_confirmation": list(self.awaiting_confirmation),
         }
 
 
@@ -183,8 +188,19 @@ async def explain(
     )
     rule = await _matched_rule(address, rules_for, settings.plus_separator)
     if not isinstance(decision, Accepted):
+        waiting = decision.detail.split(", ") if decision.reason == "unconfirmed" else []
         return Explanation(
-            address, sender, False, decision.reply, decision.reason, rule, False, (), None, None
+            address,
+            sender,
+            False,
+            decision.reply,
+            decision.reason,
+            rule,
+            False,
+            (),
+            None,
+            None,
+            awaiting_confirmation=tuple(waiting),
         )
 
     envelope_sender: str | None = None
@@ -207,6 +223,7 @@ async def explain(
         envelope_sender=envelope_sender,
         from_rewrite=from_rewrite,
         routes=routes,
+        awaiting_confirmation=tuple(d for d in decision.destinations if d in decision.held),
     )
 
 

@@ -66,6 +66,18 @@ def _print(result: Explanation) -> None:
     if result.accepted:
         destinations = ", ".join(result.destinations) or "none: the message is discarded"
         summary.add_row("destinations", escape(destinations))
+    if result.awaiting_confirmation:
+        summary.add_row(
+            "pending confirmation",
+            escape(
+                ", ".join(result.awaiting_confirmation)
+                + (
+                    ": mail for them waits in the queue"
+                    if result.accepted
+                    else ": no destination is confirmed yet"
+                )
+            ),
+        )
     if result.envelope_sender is not None:
         summary.add_row("envelope sender", escape(result.envelope_sender or "<> (null sender)"))
     if result.from_rewrite is not None:

@@ -41,6 +41,7 @@ class AliasOut(BaseModel):
     local_part: str  # as given: alice, *, /PATTERN/
     kind: str  # exact | regex | catchall
     destinations: list[str]
+    pending_destinations: list[str]  # of `destinations`, those awaiting confirmation
     mode: str
     reject_message: str | None
     enabled: bool
@@ -55,6 +56,7 @@ def _out(a: aliases.AliasPublic) -> AliasOut:
         local_part=a.address.rpartition("@")[0],
         kind=a.kind,
         destinations=a.destinations,
+        pending_destinations=a.pending_destinations,
         mode=a.mode,
         reject_message=a.reject_message,
         enabled=a.enabled,
@@ -91,6 +93,7 @@ def add_alias(name: str, body: AliasIn, db: Db, principal: Auth, settings: Setti
             alias=create,
             role=principal.role,
             catalog=Catalog.of(settings),
+            settings=settings,
         )
     return _out(added)
 
@@ -101,13 +104,20 @@ def get_alias(alias_id: str, db: Db, principal: Auth) -> AliasOut:
 
 
 @router.patch("/aliases/{alias_id}")
-def update_alias(alias_id: str, body: AliasPatch, db: Db, principal: Auth) -> AliasOut:
+def update_alias(
+    alias_id: str, body: AliasPatch, db: Db, principal: Auth, settings: SettingsDep
+) -> AliasOut:
     """Enable or disable an alias, or replace its destinations."""
     principal.require("aliases")
     update = aliases.AliasUpdate(enabled=body.enabled, destinations=body.destinations)
     with acting(principal.actor):
         changed = aliases.update_alias_by_id(
-            db=db, org=principal.org, alias_id=alias_id, update=update, role=principal.role
+            db=db,
+            org=principal.org,
+            alias_id=alias_id,
+            update=update,
+            role=principal.role,
+            settings=settings,
         )
     return _out(changed)
 

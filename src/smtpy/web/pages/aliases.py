@@ -11,7 +11,7 @@ from fastapi import Form, Request
 from fastapi.responses import Response
 
 from smtpy.admin import aliases, domains
-from smtpy.api.deps import Db
+from smtpy.api.deps import Db, SettingsDep
 from smtpy.errors import Forbidden, InvalidInput
 from smtpy.web.pages._view import as_user
 from smtpy.web.pages.domains import _detail, domain_url
@@ -40,6 +40,7 @@ def alias_add(
     request: Request,
     db: Db,
     user: PageUser,
+    settings: SettingsDep,
     name: str,
     local_part: Annotated[str, Form()] = "",
     destinations: Annotated[str, Form()] = "",
@@ -58,6 +59,7 @@ def alias_add(
                     destinations=destination_list(destinations),
                 ),
                 role=user.principal.role,
+                settings=settings,
             )
     except Forbidden as exc:  # a member, on a domain not verified yet: said on the form
         errors = FormErrors()
@@ -120,6 +122,7 @@ def alias_edit(
     request: Request,
     db: Db,
     user: PageUser,
+    settings: SettingsDep,
     alias_id: str,
     destinations: Annotated[str, Form()] = "",
     enabled: Annotated[str | None, Form()] = None,
@@ -137,6 +140,7 @@ def alias_edit(
                 alias_id=alias_id,
                 update=update,
                 role=user.principal.role,
+                settings=settings,
             )
     except InvalidInput as exc:
         errors = FormErrors()
