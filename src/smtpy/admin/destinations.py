@@ -490,6 +490,7 @@ def release_waiting(db: Database, *, org: int, key: str, now: float) -> int:
     }
     rows = db.all(
         "SELECT id, original_recipient, recipient FROM deliveries WHERE status = 'unconfirmed'"
+        " AND lease_owner IS NULL"  # leased: its queue lifetime ended, it is being failed
     )
     ids = []
     for row in rows:
@@ -503,7 +504,7 @@ def release_waiting(db: Database, *, org: int, key: str, now: float) -> int:
     for delivery_id in ids:
         db.execute(
             "UPDATE deliveries SET status = 'queued', next_attempt_at = :now, last_error = NULL,"
-            " updated_at = :now WHERE id = :id AND status = 'unconfirmed'",
+            " updated_at = :now WHERE id = :id AND status = 'unconfirmed' AND lease_owner IS NULL",
             {"now": now, "id": delivery_id},
         )
     return len(ids)
