@@ -51,6 +51,7 @@ B_ROWS = {
     ),
     "message_log": "SELECT * FROM message_log WHERE domain = :domain ORDER BY id",
     "audit_log": "SELECT * FROM audit_log WHERE organization_id = :org ORDER BY id",
+    "destinations": "SELECT * FROM destinations WHERE organization_id = :org ORDER BY id",
 }
 
 
@@ -109,6 +110,7 @@ def seed_objects(store_url: str, who: dict[str, Any], domain: str) -> None:
     browser session (past 2FA) for `who` (a `seed_org` answer), recorded in `who`."""
     from smtpy.accounts import members, sessions, users
     from smtpy.admin.aliases import AliasCreate, add_alias
+    from smtpy.admin.destinations import insert_destination
     from smtpy.admin.domains import DomainCreate, add_domain
     from smtpy.queue.message_log import LogEvent, write_events
     from smtpy.queue.queries import NewDelivery, NewMessage, enqueue
@@ -159,6 +161,16 @@ def seed_objects(store_url: str, who: dict[str, Any], domain: str) -> None:
         session = sessions.create(
             db=db, user_id=who["user"], organization_id=org, mfa_passed=True, lifetime=86400
         )
+        with db.transaction():  # awaiting confirmation, as one added through the API
+            destination_id = insert_destination(
+                db,
+                org=org,
+                kind="address",
+                address=f"pending@dest.{domain}",
+                key=f"pending@dest.{domain}",
+                confirmed=False,
+                now=now,
+            )
         key_id = db.scalar(
             "SELECT id FROM api_keys WHERE organization_id = :org ORDER BY created_at LIMIT 1",
             {"org": org},
@@ -169,6 +181,7 @@ def seed_objects(store_url: str, who: dict[str, Any], domain: str) -> None:
         queue_id=queue_id,
         member_id=str(membership.id),
         key_id=str(key_id),
+        destination_id=str(destination_id),
         session_id=str(session.session.id),
         session_token=session.token,
     )

@@ -40,6 +40,8 @@ TABLE: dict[str, tuple[str, str]] = {
     "/api/v1/api-keys/{key_id}": ("key_id", "key"),
     "/api/v1/org/members/{member_id}": ("member_id", "session"),  # owners only
     "/api/v1/me/sessions/{session_id}": ("session_id", "session"),
+    "/api/v1/destinations/{destination_id}": ("destination_id", "key"),
+    "/api/v1/destinations/{destination_id}/resend": ("destination_id", "key"),
 }
 
 # The operations of API.md with a path parameter: one test each.
@@ -60,6 +62,8 @@ OPERATIONS: list[tuple[str, str]] = [
     ("PATCH", "/api/v1/org/members/{member_id}"),
     ("DELETE", "/api/v1/org/members/{member_id}"),
     ("DELETE", "/api/v1/me/sessions/{session_id}"),
+    ("DELETE", "/api/v1/destinations/{destination_id}"),
+    ("POST", "/api/v1/destinations/{destination_id}/resend"),
 ]
 
 # Valid bodies, so that the call reaches the lookup instead of failing validation.
@@ -84,6 +88,10 @@ LISTED_IN: dict[str, tuple[str, str]] = {
     "/api/v1/messages/{message_id}/retry": ("/api/v1/messages/{message_id}", "key"),
     "/api/v1/domains/{name}/verify": ("/api/v1/domains/{name}", "key"),
     "/api/v1/domains/{name}/aliases": ("/api/v1/domains/{name}", "key"),
+    "/api/v1/destinations/{destination_id}/resend": (
+        "/api/v1/destinations/{destination_id}",
+        "key",
+    ),
 }
 
 METHODS = ("get", "post", "put", "patch", "delete")
