@@ -56,6 +56,7 @@ B_ROWS = {
         "SELECT * FROM webhook_deliveries WHERE webhook_id IN"
         " (SELECT id FROM webhooks WHERE organization_id = :org) ORDER BY id"
     ),
+    "destinations": "SELECT * FROM destinations WHERE organization_id = :org ORDER BY id",
 }
 
 
@@ -115,6 +116,7 @@ def seed_objects(store_url: str, who: dict[str, Any], domain: str) -> None:
     `seed_org` answer), recorded in `who`."""
     from smtpy.accounts import members, sessions, users
     from smtpy.admin.aliases import AliasCreate, add_alias
+    from smtpy.admin.destinations import insert_destination
     from smtpy.admin.domains import DomainCreate, add_domain
     from smtpy.admin.webhooks import create_webhook
     from smtpy.events import outbox
@@ -174,6 +176,16 @@ def seed_objects(store_url: str, who: dict[str, Any], domain: str) -> None:
         delivery_id = db.scalar(
             "SELECT id FROM webhook_deliveries WHERE webhook_id = :hook", {"hook": hook.id}
         )
+        with db.transaction():  # awaiting confirmation, as one added through the API
+            destination_id = insert_destination(
+                db,
+                org=org,
+                kind="address",
+                address=f"pending@dest.{domain}",
+                key=f"pending@dest.{domain}",
+                confirmed=False,
+                now=now,
+            )
         key_id = db.scalar(
             "SELECT id FROM api_keys WHERE organization_id = :org ORDER BY created_at LIMIT 1",
             {"org": org},
@@ -184,6 +196,7 @@ def seed_objects(store_url: str, who: dict[str, Any], domain: str) -> None:
         queue_id=queue_id,
         member_id=str(membership.id),
         key_id=str(key_id),
+        destination_id=str(destination_id),
         session_id=str(session.session.id),
         session_token=session.token,
         webhook_id=hook.id,

@@ -48,6 +48,8 @@ TABLE: dict[str, tuple[str, str]] = {
     ),
     "/api/v1/webhooks/{webhook_id}/rotate-secret": ("webhook_id", "key"),
     "/api/v1/webhooks/{webhook_id}/test": ("webhook_id", "key"),
+    "/api/v1/destinations/{destination_id}": ("destination_id", "key"),
+    "/api/v1/destinations/{destination_id}/resend": ("destination_id", "key"),
 }
 
 # The operations of API.md with a path parameter: one test each.
@@ -74,6 +76,8 @@ OPERATIONS: list[tuple[str, str]] = [
     ("POST", "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry"),
     ("POST", "/api/v1/webhooks/{webhook_id}/rotate-secret"),
     ("POST", "/api/v1/webhooks/{webhook_id}/test"),
+    ("DELETE", "/api/v1/destinations/{destination_id}"),
+    ("POST", "/api/v1/destinations/{destination_id}/resend"),
 ]
 
 # Valid bodies, so that the call reaches the lookup instead of failing validation.
@@ -105,6 +109,10 @@ LISTED_IN: dict[str, tuple[str, str]] = {
     "/api/v1/webhooks/{webhook_id}/test": ("/api/v1/webhooks", "key"),
     "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry": (
         "/api/v1/webhooks/{webhook_id}/deliveries",
+        "key",
+    ),
+    "/api/v1/destinations/{destination_id}/resend": (
+        "/api/v1/destinations/{destination_id}",
         "key",
     ),
 }

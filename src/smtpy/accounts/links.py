@@ -1,10 +1,11 @@
-"""Links that smtpy mails: confirm an address, reset a password, accept an invitation.
+"""Links that smtpy mails: confirm an address, reset a password, accept an invitation,
+confirm a destination an organization forwards to (`smtpy.admin.destinations`).
 
 The token is in the mailed link and nowhere else; the store keeps its SHA-256
 (`account_tokens.token_hash`), what it is for, and when it ends. A link works
 once (`redeem` marks it used in the same UPDATE that finds it, so two clicks
 racing cannot both win) and until it expires: a reset link for an hour, a
-confirmation link for a day, an invitation for a week. A new link of the same
+confirmation link (of an account or a destination) for a day, an invitation for a week. A new link of the same
 kind for the same address (and organization) replaces the unused old one.
 """
 
@@ -20,12 +21,13 @@ from smtpy.accounts.tokens import digest, new_token
 from smtpy.errors import InvalidInput
 from smtpy.store.db import Database
 
-Kind = Literal["confirm", "reset", "invite"]
+Kind = Literal["confirm", "reset", "invite", "destination"]
 
 LIFETIMES: dict[Kind, float] = {
     "reset": 3600.0,
     "confirm": 24 * 3600.0,
     "invite": 7 * 24 * 3600.0,
+    "destination": 24 * 3600.0,  # an organization's new destination address
 }
 KEEP_USED = 24 * 3600.0  # ended links stay this long (then deleted as new ones are made)
 
@@ -33,11 +35,13 @@ _WHAT: dict[Kind, str] = {
     "reset": "password reset link",
     "confirm": "confirmation link",
     "invite": "invitation",
+    "destination": "confirmation link",
 }
 _ASK_AGAIN: dict[Kind, str] = {
     "reset": "ask for a new one",
     "confirm": "sign in and ask for a new one",
     "invite": "ask the organization's owner for a new one",
+    "destination": "ask whoever added this address for a new one",
 }
 
 

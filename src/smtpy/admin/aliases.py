@@ -10,12 +10,13 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
 from smtpy.accounts.audit import record
 from smtpy.accounts.roles import Role, allows
+from smtpy.admin import destinations
 from smtpy.admin.domains import domain_id
 from smtpy.admin.url_destinations import check_url, ensure_url_destination
 from smtpy.billing import plans as billing
@@ -41,6 +42,9 @@ from smtpy.route.aliases import (
 )
 from smtpy.store.db import Database
 from smtpy.store.pages import Page, check_limit, keyset, page_of
+
+if TYPE_CHECKING:
+    from smtpy.config import Settings
 
 MODES: tuple[Mode, ...] = ("forward", "reject", "discard")
 MAX_DESTINATIONS = 50
@@ -86,6 +90,9 @@ class AliasPublic(BaseModel):
     domain: str  # U-label
     kind: Kind
     destinations: list[str]  # domains as U-labels
+    # Those of `destinations` awaiting their owner's confirmation: nothing is sent to them
+    # yet (added through the API or dashboard; see smtpy.admin.destinations).
+    pending_destinations: list[str] = []
     mode: Mode
     reject_message: str | None
     enabled: bool
@@ -111,7 +118,18 @@ def _shown(destination: str) -> str:
     return f"{local}@{display_domain(domain)}"
 
 
-def _public(row: dict[str, Any]) -> AliasPublic:
+def _waiting(db: Database, rows: Sequence[dict[str, Any]]) -> dict[int, frozenset[str]]:
+    """The destinations awaiting confirmation of each organization the rows belong to."""
+    return {org: destinations.unconfirmed_keys(db, org) for org in {int(r["org"]) for r in rows}}
+
+
+def _pending(targets: Sequence[str], waiting: frozenset[str]) -> list[str]:
+    if not waiting:
+        return []
+    return [_shown(d) for d in targets if destinations.address_key_or_none(d) in waiting]
+
+
+def _public(row: dict[str, Any], waiting: frozenset[str] = frozenset()) -> AliasPublic:
     rule = AliasRule.from_row(row, row["domain"])
     local = f"/{rule.local_part}/" if rule.kind == "regex" else rule.local_part
     return AliasPublic(
@@ -120,6 +138,7 @@ def _public(row: dict[str, Any]) -> AliasPublic:
         domain=display_domain(rule.domain),
         kind=rule.kind,
         destinations=[_shown(d) for d in rule.destinations],
+        pending_destinations=_pending(rule.destinations, waiting),
         mode=rule.mode,
         reject_message=rule.reject_message,
         enabled=rule.enabled,
@@ -277,13 +296,16 @@ def add_alias(
     role: Role | None = None,
     catalog: Catalog | None = None,
     allow_private: bool = False,
+    settings: Settings | None = None,
 ) -> AliasSaved:
     """Add an alias; nothing is written unless every part of the input is valid. `role`:
     the caller's in the organization (None: the operator at the shell). `catalog`: the
     configured plans; the plan must allow one more alias and its new destinations.
     `allow_private` (SMTPY_WEBHOOK_ALLOW_PRIVATE) lets URL destinations reach loopback
     and private addresses. The answer's `secrets` holds the signing secret of each URL
-    destination the organization did not have yet."""
+    destination the organization did not have yet. `settings`: for the confirmation mail
+    of destinations a user adds through the API or dashboard
+    (`destinations.note_alias_destinations`)."""
     address, mode, reject_message = alias.address, alias.mode, alias.reject_message
     if mode not in MODES:
         raise FieldInvalid(f"mode {mode!r} is not one of {', '.join(MODES)}", field="mode")
@@ -328,6 +350,9 @@ def add_alias(
                     "now": time.time(),
                 },
             )
+            destinations.note_alias_destinations(
+                db, org=org, destinations=targets, settings=settings
+            )
             created = _get(db, new_id)
             secrets = _url_rows(db, org, (*targets, *fallbacks))
             record(
@@ -350,7 +375,8 @@ def add_alias(
 
 _SELECT = (
     "SELECT a.id, a.kind, a.local_part, a.destinations, a.fallbacks, a.mode, a.reject_message,"
-    " a.enabled, a.created_at, d.name AS domain FROM aliases a JOIN domains d ON d.id = a.domain_id"
+    " a.enabled, a.created_at, d.name AS domain, d.organization_id AS org"
+    " FROM aliases a JOIN domains d ON d.id = a.domain_id"
 )
 
 
@@ -358,7 +384,7 @@ def _get(db: Database, alias_id: int) -> AliasPublic:
     row = db.one(_SELECT + " WHERE a.id = :id", {"id": alias_id})
     if row is None:
         raise NotFound(f"alias #{alias_id} does not exist")
-    return _public(row)
+    return _one(db, row)
 
 
 def _find(db: Database, org: int, address: str) -> tuple[int, AliasPublic]:
@@ -369,7 +395,7 @@ def _find(db: Database, org: int, address: str) -> tuple[int, AliasPublic]:
     )
     if row is None:
         raise NotFound(f"there is no alias {address}; see `smtpy alias list`")
-    return int(row["id"]), _public(row)
+    return int(row["id"]), _one(db, row)
 
 
 def find_alias(*, db: Database, org: int, address: str) -> AliasPublic:
@@ -385,7 +411,16 @@ def list_aliases(*, db: Database, org: int, domain: str | None = None) -> list[A
     else:
         did, _ = domain_id(db=db, org=org, name=domain)
         rows = db.all(_SELECT + " WHERE a.domain_id = :d" + order, {"d": did})
-    return [_public(row) for row in rows]
+    return _publics(db, rows)
+
+
+def _publics(db: Database, rows: Sequence[dict[str, Any]]) -> list[AliasPublic]:
+    waiting = _waiting(db, rows)
+    return [_public(row, waiting[int(row["org"])]) for row in rows]
+
+
+def _one(db: Database, row: dict[str, Any]) -> AliasPublic:
+    return _publics(db, [row])[0]
 
 
 def remove_alias(*, db: Database, org: int, address: str, role: Role | None = None) -> AliasPublic:
@@ -411,12 +446,13 @@ def update_alias(
     update: AliasUpdate,
     role: Role | None = None,
     allow_private: bool = False,
+    settings: Settings | None = None,
 ) -> AliasSaved:
     """Change an alias: `enabled` False refuses its mail with 550 until enabled again;
     `destinations` and `fallbacks` replace those of a forwarding alias (`secrets`: as
     `add_alias`)."""
     alias_id, _ = _find(db, org, address)
-    return _update(db, org, alias_id, update, role, allow_private=allow_private)
+    return _update(db, org, alias_id, update, role, allow_private=allow_private, settings=settings)
 
 
 def _domain_of(db: Database, alias_id: int) -> int:
@@ -431,10 +467,11 @@ def _update(
     role: Role | None,
     *,
     allow_private: bool = False,
+    settings: Settings | None = None,
 ) -> AliasSaved:
     _authorize(db, role, _domain_of(db, alias_id))
     with db.transaction():
-        targets = _apply(db, alias_id, update, allow_private=allow_private)
+        targets = _apply(db, org, alias_id, update, allow_private=allow_private, settings=settings)
         secrets = _url_rows(db, org, targets)
         after = _get(db, alias_id)
         changed = update.model_dump(exclude_none=True)
@@ -444,7 +481,13 @@ def _update(
 
 
 def _apply(
-    db: Database, alias_id: int, update: AliasUpdate, *, allow_private: bool = False
+    db: Database,
+    org: int,
+    alias_id: int,
+    update: AliasUpdate,
+    *,
+    allow_private: bool = False,
+    settings: Settings | None = None,
 ) -> tuple[str, ...]:
     """Write `update`; the destinations and fallbacks it set (none when it leaves them)."""
     targets: tuple[str, ...] = ()
@@ -486,6 +529,7 @@ def _apply(
                 "id": alias_id,
             },
         )
+        destinations.note_alias_destinations(db, org=org, destinations=targets, settings=settings)
     if update.enabled is not None:
         db.execute(
             "UPDATE aliases SET enabled = :e WHERE id = :id", {"e": update.enabled, "id": alias_id}
@@ -507,7 +551,7 @@ def _by_id(db: Database, org: int, alias_id: str | int) -> tuple[int, AliasPubli
     )
     if row is None:
         raise missing
-    return int(row["id"]), _public(row)
+    return int(row["id"]), _one(db, row)
 
 
 def get_alias(*, db: Database, org: int, alias_id: str | int) -> AliasPublic:
@@ -523,8 +567,17 @@ def update_alias_by_id(
     update: AliasUpdate,
     role: Role | None = None,
     allow_private: bool = False,
+    settings: Settings | None = None,
 ) -> AliasSaved:
-    return _update(db, org, _by_id(db, org, alias_id)[0], update, role, allow_private=allow_private)
+    return _update(
+        db,
+        org,
+        _by_id(db, org, alias_id)[0],
+        update,
+        role,
+        allow_private=allow_private,
+        settings=settings,
+    )
 
 
 def remove_alias_by_id(
@@ -551,7 +604,7 @@ def alias_page(
         f"{_SELECT} WHERE {where} ORDER BY a.created_at DESC, a.id DESC LIMIT :n",
         {**params, "d": did, "n": size + 1},
     )
-    return page_of([_public(r) for r in rows], size, key=lambda a: (a.created_at, a.id))
+    return page_of(_publics(db, rows), size, key=lambda a: (a.created_at, a.id))
 
 
 def domain_rules(db: Database, domain: str) -> DomainRules | None:
@@ -559,7 +612,7 @@ def domain_rules(db: Database, domain: str) -> DomainRules | None:
     added through the API and not verified yet)."""
     alabel = normalize_domain(domain)
     row = db.one(
-        "SELECT id, dmarc_reject FROM domains WHERE name = :name AND NOT pending",
+        "SELECT id, organization_id, dmarc_reject FROM domains WHERE name = :name AND NOT pending",
         {"name": alabel},
     )
     if row is None:
@@ -567,5 +620,8 @@ def domain_rules(db: Database, domain: str) -> DomainRules | None:
     rows = db.all(_SELECT + " WHERE a.domain_id = :d", {"d": row["id"]})
     dmarc_reject = None if row["dmarc_reject"] is None else bool(row["dmarc_reject"])
     return DomainRules.build(
-        alabel, (AliasRule.from_row(r, alabel) for r in rows), dmarc_reject=dmarc_reject
+        alabel,
+        (AliasRule.from_row(r, alabel) for r in rows),
+        dmarc_reject=dmarc_reject,
+        unconfirmed=destinations.unconfirmed_keys(db, int(row["organization_id"])),
     )

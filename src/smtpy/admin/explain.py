@@ -3,7 +3,8 @@
 Every answer comes from the code the daemon runs, never from a copy of it:
 
 - the RCPT decision and its exact reply: `recipients.decide` (SRS reversal,
-  served domain, alias rules, recursive expansion, loops);
+  served domain, alias rules, recursive expansion, loops, destinations awaiting
+  their owner's confirmation);
 - the rule that matched and how (exact, plus-tag, regex, catch-all):
   `route.resolve` on the recipient's domain;
 - the envelope sender of the forwarded copies: `srs.SRS.forward` with the
@@ -140,6 +141,9 @@ class Explanation:
     routes: tuple[DestinationRoute, ...] = field(default=())
     webhooks: tuple[str, ...] = field(default=())  # "webhook https://…" per URL destination
     fallbacks: tuple[str, ...] = ()  # in order, when a destination fails for good
+    # Destinations awaiting their owner's confirmation: mail for them waits in the queue
+    # (or, when no destination is confirmed, RCPT gets 450 4.2.1).
+    awaiting_confirmation: tuple[str, ...] = field(default=())
 
     def public(self) -> dict[str, Any]:
         return {
@@ -156,6 +160,7 @@ class Explanation:
             "routes": [r.public() for r in self.routes],
             "webhooks": list(self.webhooks),
             "fallbacks": list(self.fallbacks),
+            "awaiting_confirmation": list(self.awaiting_confirmation),
         }
 
 
@@ -190,8 +195,19 @@ async def explain(
     )
     rule = await _matched_rule(address, rules_for, settings.plus_separator)
     if not isinstance(decision, Accepted):
+        waiting = decision.detail.split(", ") if decision.reason == "unconfirmed" else []
         return Explanation(
-            address, sender, False, decision.reply, decision.reason, rule, False, (), None, None
+            address,
+            sender,
+            False,
+            decision.reply,
+            decision.reason,
+            rule,
+            False,
+            (),
+            None,
+            None,
+            awaiting_confirmation=tuple(waiting),
         )
 
     envelope_sender: str | None = None
@@ -218,6 +234,7 @@ async def explain(
             _webhook(d, settings.webhook_allow_private) for d in decision.destinations if is_url(d)
         ),
         fallbacks=decision.fallbacks,
+        awaiting_confirmation=tuple(d for d in decision.destinations if d in decision.held),
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
+from smtpy.admin.destinations import insert_destination
 from smtpy.admin.webhooks import check_url
 from smtpy.events.signing import new_secret
 from smtpy.store.db import Database
@@ -50,9 +51,7 @@ def ensure_url_destination(db: Database, *, org: int, url: str) -> UrlDestinatio
             {"secret": secret, "now": now, "org": org, "url": url},
         )
     else:
-        db.execute(
-            "INSERT INTO destinations (organization_id, kind, address, address_key, secret,"
-            " confirmed_at, created_at) VALUES (:org, 'url', :url, :url, :secret, :now, :now)",
-            {"org": org, "url": url, "secret": secret, "now": now},
+        insert_destination(
+            db, org=org, kind="url", address=url, key=url, secret=secret, confirmed=True, now=now
         )
     return UrlDestination(secret, created=True)

@@ -12,7 +12,12 @@ Decided during the SMTP session, never by accepting and bouncing later
    levels deep; a chain that comes back to itself → 554 5.4.6. A destination
    there that is unknown, disabled or rejecting is dropped; when that leaves
    nothing (and no discard rule was met) → 550 5.1.1, for accepting would
-   answer 250 for mail that then goes nowhere.
+   answer 250 for mail that then goes nowhere;
+5. a final destination the organization added through the API or dashboard and
+   whose owner has not confirmed it yet (`DomainRules.unconfirmed`) is held:
+   when every final destination is held → 450 4.2.1 (the sender retries); when
+   some are confirmed, the recipient is accepted and the held ones wait in the
+   queue (`Accepted.held`) until confirmed or the queue lifetime ends.
 
 An accepted recipient carries the fallbacks of the alias it matched, for all of
 its final destinations; aliases reached through it lend theirs to nobody.
@@ -46,6 +51,7 @@ class Accepted:
     srs_reversed: bool = False
     dmarc_reject: bool | None = None  # the served domain's DMARC switch; None: the default
     fallbacks: tuple[str, ...] = ()  # the matched alias's, in order (`smtpy.queue.fallbacks`)
+    held: frozenset[str] = frozenset()  # destinations awaiting confirmation: queued, not sent
 
 
 Refused = Refusal  # the reply, and a short key for logs and stats
@@ -77,6 +83,7 @@ async def decide(
 
     expanded = {address.key}
     destinations: dict[str, None] = {}
+    held: set[str] = set()
     first_how: How | None = None
     first_alias: str | None = None
     fallbacks: tuple[str, ...] = ()
@@ -117,6 +124,8 @@ async def decide(
             target_rules = await rules_for(target_address.domain)
             if target_rules is None:
                 destinations.setdefault(str(target_address), None)
+                if target_address.key in domain_rules.unconfirmed:
+                    held.add(str(target_address))
                 continue
             key = target_address.key
             if key in path or depth + 1 > MAX_DEPTH:
@@ -128,6 +137,8 @@ async def decide(
 
     if not destinations and not discarded:
         return Refused(replies.NO_DESTINATION, "no_destination")
+    if held and len(held) == len(destinations) and not discarded:
+        return Refused(replies.AWAITING_CONFIRMATION, "unconfirmed", detail=", ".join(sorted(held)))
     return Accepted(
         original,
         address.domain,
@@ -138,4 +149,5 @@ async def decide(
         # Those of the alias the sender addressed; one that is a destination already is not
         # a fallback for it.
         fallbacks=tuple(f for f in fallbacks if f not in destinations),
+        held=frozenset(held),
     )

@@ -22,6 +22,7 @@ from smtpy.cli import (
     billing,
     config,
     db,
+    destination,
     doctor,
     domain,
     key,
@@ -60,6 +61,7 @@ app.add_typer(apikey.app, name="apikey")
 app.add_typer(plan.app, name="plan")
 app.add_typer(billing.app, name="billing")
 app.add_typer(webhook.app, name="webhook")
+app.add_typer(destination.app, name="destination")
 app.command("serve")(serve.serve)
 app.command("api")(api.api)
 app.command("log")(log.log)

@@ -178,7 +178,11 @@ def list_(
             (
                 a.address,
                 a.kind,
-                "\n".join(a.destinations) or "-",
+                "\n".join(
+                    d + (" (pending confirmation)" if d in a.pending_destinations else "")
+                    for d in a.destinations
+                )
+                or "-",
                 "\n".join(a.fallbacks) or "-",
                 a.mode + (f": {a.reject_message}" if a.reject_message else ""),
                 yes_no(a.enabled),

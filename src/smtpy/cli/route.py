@@ -68,6 +68,18 @@ def _print(result: Explanation) -> None:
         summary.add_row("destinations", escape(destinations))
         if result.fallbacks:  # tried in order when a destination fails for good
             summary.add_row("fallbacks", escape(", then ".join(result.fallbacks)))
+    if result.awaiting_confirmation:
+        summary.add_row(
+            "pending confirmation",
+            escape(
+                ", ".join(result.awaiting_confirmation)
+                + (
+                    ": mail for them waits in the queue"
+                    if result.accepted
+                    else ": no destination is confirmed yet"
+                )
+            ),
+        )
     if result.envelope_sender is not None:
         summary.add_row("envelope sender", escape(result.envelope_sender or "<> (null sender)"))
     if result.from_rewrite is not None:

@@ -8,7 +8,9 @@ LOCKED`, so any number of nodes share one queue with no coordinator. A node
 that restarts releases its own leases at once, once it holds its name
 (`smtpy.queue.nodes`), matching lease owners exactly (`release_node`).
 
-Delivery rows: status queued (due or waiting), held (by an admin), and the
+Delivery rows: status queued (due or waiting), held (by an admin), unconfirmed
+(waiting for its destination's owner to confirm: never claimed to be sent;
+`claim_expired_unconfirmed` takes it once the queue lifetime ends), and the
 final ones, which remove the delivery: a message leaves the store when none of
 its deliveries is pending. What admins see of a pending delivery is its
 `DeliveryState` (active, deferred, held), computed by `state_sql` alone.
@@ -38,7 +40,8 @@ DeliveryState = Literal["active", "deferred", "held"]
 """A pending delivery as admins see it (`smtpy queue`, `smtpy status`, the API):
 
     active    due now or being delivered
-    deferred  tried at least once, waiting for its next attempt
+    deferred  tried at least once, waiting for its next attempt; or waiting for its
+              destination's confirmation (status `unconfirmed`, never attempted)
     held      kept aside by an admin until released
 """
 DELIVERY_STATES: tuple[DeliveryState, ...] = ("active", "deferred", "held")
@@ -54,6 +57,7 @@ def state_sql(table: str = "") -> str:
     p = f"{table}." if table else ""
     return (
         f"CASE WHEN {p}status = 'held' THEN 'held'"
+        f" WHEN {p}status = 'unconfirmed' THEN 'deferred'"
         f" WHEN {p}attempts > 0 AND {p}next_attempt_at > :now AND {p}lease_owner IS NULL"
         " THEN 'deferred' ELSE 'active' END"
     )
@@ -78,6 +82,12 @@ class NewDelivery:
     domain: str
     envelope_sender: str
     fallbacks: tuple[str, ...] = ()  # the alias's, in order (`smtpy.queue.fallbacks`)
+    # A destination awaiting its owner's confirmation: stored with status `unconfirmed`,
+    # never claimed, until confirmed (then due) or the queue lifetime ends (then failed).
+    unconfirmed: bool = False
+
+
+UNCONFIRMED_REPLY = "destination awaiting confirmation: not sent until its owner confirms it"
 
 
 @dataclass(slots=True)
@@ -116,6 +126,8 @@ class Claimed:
     def queued_at(self) -> float:
         """Where the queue lifetime of this delivery starts: a fallback has its own."""
         return self.received_at if self.created_at is None else self.created_at
+
+    unconfirmed: bool = False  # its destination never confirmed: fail it, never send it
 
 
 def enqueue(db: Database, message: NewMessage) -> int:
@@ -159,22 +171,27 @@ def _insert(
     for d in message.deliveries:
         delivery_id = db.insert(
             "INSERT INTO deliveries (message_id, original_recipient, recipient, domain,"
-            " envelope_sender, status, attempts, next_attempt_at, lease_owner, fallbacks,"
-            " created_at, updated_at) VALUES (:message_id, :original_recipient, :recipient,"
-            " :domain, :envelope_sender, 'queued', 0, :next_attempt_at, :lease_owner,"
-            " :fallbacks, :now, :now) RETURNING id",
+            " envelope_sender, status, attempts, next_attempt_at, lease_owner, last_error,"
+            " fallbacks, created_at, updated_at) VALUES (:message_id, :original_recipient,"
+            " :recipient, :domain, :envelope_sender, :status, 0, :next_attempt_at, :lease_owner,"
+            " :error, :fallbacks, :now, :now) RETURNING id",
             {
                 "message_id": message_id,
                 "original_recipient": d.original_recipient,
                 "recipient": d.recipient,
                 "domain": d.domain,
                 "envelope_sender": d.envelope_sender,
-                "next_attempt_at": next_attempt_at,
-                "lease_owner": lease_owner,
+                "status": "unconfirmed" if d.unconfirmed else "queued",
+                # Waiting for confirmation: due for expiry from its arrival on.
+                "next_attempt_at": message.received_at if d.unconfirmed else next_attempt_at,
+                "lease_owner": None if d.unconfirmed else lease_owner,
+                "error": UNCONFIRMED_REPLY if d.unconfirmed else None,
                 "fallbacks": json.dumps(list(d.fallbacks), ensure_ascii=False),
                 "now": message.received_at,
             },
         )
+        if d.unconfirmed:
+            continue  # nobody holds it: it waits in the store
         claimed.append(
             Claimed(
                 id=delivery_id,
@@ -262,6 +279,65 @@ def claim_due(
             )
         )
     return claimed
+
+
+def claim_expired_unconfirmed(
+    db: Database,
+    *,
+    node: str,
+    limit: int,
+    lifetime: float,
+    now: float | None = None,
+    lease: float = LEASE_SECONDS,
+) -> list[Claimed]:
+    """Take up to `limit` deliveries whose destination was not confirmed within the queue
+    `lifetime`, leased to this node so that it fails them (never sends them) and bounces."""
+    now = time.time() if now is None else now
+    lock = " FOR UPDATE SKIP LOCKED" if db.dialect == "postgresql" else ""
+    with db.transaction():
+        rows = db.all(
+            "UPDATE deliveries SET lease_owner = :node, next_attempt_at = :until WHERE id IN ("
+            " SELECT id FROM deliveries WHERE status = 'unconfirmed' AND next_attempt_at <= :before"
+            f" ORDER BY next_attempt_at LIMIT :limit{lock})"
+            " RETURNING id, message_id, original_recipient, recipient, domain, envelope_sender,"
+            " attempts",
+            # Kept on the arrival-time scale: a lease that runs out (its node died) makes
+            # the delivery claimable again, as a due one is.
+            {
+                "node": node,
+                "until": now + lease - lifetime,
+                "before": now - lifetime,
+                "limit": limit,
+            },
+        )
+        messages = {}
+        for mid in sorted({row["message_id"] for row in rows}):
+            found = db.one(
+                "SELECT id, queue_id, sender, received_at, smtputf8, auth_results FROM messages"
+                " WHERE id = :id",
+                {"id": mid},
+            )
+            if found is not None:
+                messages[mid] = found
+    return [
+        Claimed(
+            id=row["id"],
+            message_id=row["message_id"],
+            queue_id=messages[row["message_id"]]["queue_id"],
+            original_recipient=row["original_recipient"],
+            recipient=row["recipient"],
+            domain=row["domain"],
+            envelope_sender=row["envelope_sender"],
+            attempts=int(row["attempts"]),
+            sender=messages[row["message_id"]]["sender"],
+            received_at=float(messages[row["message_id"]]["received_at"]),
+            smtputf8=bool(messages[row["message_id"]]["smtputf8"]),
+            auth_results=messages[row["message_id"]]["auth_results"],
+            unconfirmed=True,
+        )
+        for row in rows
+        if row["message_id"] in messages
+    ]
 
 
 def message_data(db: Database, message_id: int) -> bytes | None:
@@ -512,7 +588,7 @@ def queue_depth(db: Database, *, now: float) -> tuple[dict[str, int], float | No
     """
     rows = db.all(
         f"SELECT {state_sql()} AS state, count(*) AS n, min(created_at) AS oldest"
-        " FROM deliveries WHERE status IN ('queued', 'held') GROUP BY 1",
+        " FROM deliveries WHERE status IN ('queued', 'held', 'unconfirmed') GROUP BY 1",
         {"now": now},
     )
     counts: dict[str, int] = dict.fromkeys(DELIVERY_STATES, 0)

@@ -32,11 +32,13 @@ from smtpy.outbound.target import Origin, Outcome, Target
 from smtpy.queue.message_log import delivery_events, write_events
 from smtpy.queue.queries import (
     LEASE_SECONDS,
+    UNCONFIRMED_REPLY,
     AttemptResult,
     Claimed,
     NewDelivery,
     NewMessage,
     claim_due,
+    claim_expired_unconfirmed,
     enqueue,
     enqueue_claimed,
     message_data,
@@ -59,6 +61,7 @@ __all__ = [
 logger = log.get(__name__)
 
 POLL_SECONDS = 1.0
+UNCONFIRMED_EVERY = 30.0  # seconds between looks for mail whose destination never confirmed
 HEARTBEAT_SECONDS = 30.0
 WAITING_DATA_MAX = 256 * 1024  # a waiting group keeps a message this small in memory
 
@@ -80,10 +83,11 @@ class WorkerSettings:
 
 def group_claims(claims: Sequence[Claimed]) -> list[list[Claimed]]:
     """Deliveries that can share one SMTP transaction: same message, domain, sender, signer."""
-    groups: dict[tuple[int, str, str, str], list[Claimed]] = defaultdict(list)
+    groups: dict[tuple[int, str, str, str, bool], list[Claimed]] = defaultdict(list)
     for claim in claims:
         sign_domain = split_address(claim.original_recipient)[1]
-        groups[(claim.message_id, claim.domain, claim.envelope_sender, sign_domain)].append(claim)
+        key = (claim.message_id, claim.domain, claim.envelope_sender, sign_domain)
+        groups[(*key, claim.unconfirmed)].append(claim)
     return list(groups.values())
 
 
@@ -164,6 +168,7 @@ class DeliveryWorker:
         # slot, or a message was queued without being handed over. A slot that
         # frees up then claims at once; otherwise the poll finds retries coming due.
         self._backlog = True
+        self._unconfirmed_at = -UNCONFIRMED_EVERY  # the last look for expired unconfirmed mail
 
     def wake(self) -> None:
         """New mail was queued here: look for due work now instead of at the next poll."""
@@ -241,6 +246,7 @@ class DeliveryWorker:
                     else:  # what was left out or did not fit is still waiting
                         self._backlog = bool(saturated) or len(claimed) == free
                 await self._start(group_claims(claimed))
+                await self._expire_unconfirmed()
                 if claimed and len(claimed) == free:
                     await asyncio.sleep(0)  # more may be due: go round again at once
                     continue
@@ -248,6 +254,30 @@ class DeliveryWorker:
                     await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
         finally:
             heartbeat.cancel()
+
+    async def _expire_unconfirmed(self) -> None:
+        """Now and then: fail (and bounce) the mail whose destination was not confirmed
+        within the queue lifetime; it was never sent."""
+        now = time.monotonic()
+        free = self.settings.concurrency - self._running - self._reserved
+        if free <= 0 or now - self._unconfirmed_at < UNCONFIRMED_EVERY:
+            return
+        self._unconfirmed_at = now
+        try:
+            expired = await self.store.write(
+                partial(
+                    claim_expired_unconfirmed,
+                    node=self.settings.node,
+                    limit=free,
+                    lifetime=self.settings.queue_lifetime,
+                    lease=self.settings.lease_seconds,
+                    now=self._clock(),
+                )
+            )
+        except Exception as exc:
+            logger.error("claim_failed", error=str(exc))
+            return
+        await self._start(group_claims(expired))
 
     def _saturated(self) -> list[str]:
         """Destinations with every slot taken: claiming more for them would only wait."""
@@ -359,31 +389,13 @@ class DeliveryWorker:
             sign_domain = split_address(first.original_recipient)[1]
             signer = await self.signers.get(sign_domain)
             started = time.monotonic()
-            try:
-                wire = outgoing(
-                    data,
-                    alias=first.original_recipient,
-                    signer=signer,
-                    sealer=await self._sealer(signer),
-                    auth_results=first.auth_results,
-                    from_display=self.settings.from_rewrite_name,
-                )
-            except InvalidInput as exc:  # it would fail the same way at every attempt: bounce
-                outcomes = unforwardable(group, str(exc))
+            if first.unconfirmed:  # never confirmed within the queue lifetime: never sent
+                outcomes = [
+                    Outcome(c.recipient, "deferred", None, UNCONFIRMED_REPLY, None, "4.2.1")
+                    for c in group
+                ]
             else:
-                outcomes = await self.deliverer.deliver(
-                    sender=first.envelope_sender,
-                    recipients=[c.recipient for c in group],
-                    message=wire,
-                    smtputf8=first.smtputf8,
-                    origin=Origin(
-                        first.queue_id,
-                        first.sender,
-                        tuple(c.original_recipient for c in group),
-                        first.received_at,
-                        first.auth_results,
-                    ),
-                )
+                outcomes = await self._send(group, data, signer)
             elapsed = time.monotonic() - started
             results = [
                 self._result(claim, outcome) for claim, outcome in zip(group, outcomes, strict=True)
@@ -424,6 +436,33 @@ class DeliveryWorker:
                 self._next_waiting(first.domain)
                 if self._backlog:
                     self._wake.set()  # a slot is free: claim waiting work now, not at the next poll
+
+    async def _send(self, group: list[Claimed], data: bytes, signer: Signer) -> list[Outcome]:
+        first = group[0]
+        try:
+            wire = outgoing(
+                data,
+                alias=first.original_recipient,
+                signer=signer,
+                sealer=await self._sealer(signer),
+                auth_results=first.auth_results,
+                from_display=self.settings.from_rewrite_name,
+            )
+        except InvalidInput as exc:  # it would fail the same way at every attempt: bounce
+            return unforwardable(group, str(exc))
+        return await self.deliverer.deliver(
+            sender=first.envelope_sender,
+            recipients=[c.recipient for c in group],
+            message=wire,
+            smtputf8=first.smtputf8,
+            origin=Origin(
+                first.queue_id,
+                first.sender,
+                tuple(c.original_recipient for c in group),
+                first.received_at,
+                first.auth_results,
+            ),
+        )
 
     async def _sealer(self, signer: Signer) -> Signer | None:
         """The keys that ARC-seal: the alias domain's, or the configured sealing domain's."""

@@ -105,10 +105,18 @@ class DomainRules:
     regex: tuple[tuple[Any, AliasRule], ...] = ()
     catchall: AliasRule | None = None
     dmarc_reject: bool | None = None  # the domain's DMARC policy switch; None: the default
+    # Keys (`Address.key`) of the owning organization's destinations awaiting confirmation:
+    # nothing is sent to them yet (smtpy.admin.destinations).
+    unconfirmed: frozenset[str] = frozenset()
 
     @classmethod
     def build(
-        cls, domain: str, rules: Iterable[AliasRule], *, dmarc_reject: bool | None = None
+        cls,
+        domain: str,
+        rules: Iterable[AliasRule],
+        *,
+        dmarc_reject: bool | None = None,
+        unconfirmed: frozenset[str] = frozenset(),
     ) -> DomainRules:
         exact: dict[str, AliasRule] = {}
         regex: list[tuple[Any, AliasRule]] = []
@@ -120,7 +128,7 @@ class DomainRules:
                 regex.append((compile_pattern(rule.local_part), rule))
             else:
                 catchall = rule
-        return cls(domain, exact, tuple(regex), catchall, dmarc_reject)
+        return cls(domain, exact, tuple(regex), catchall, dmarc_reject, unconfirmed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -344,6 +344,7 @@ class Handler(ScannedPerConnection):
                 sender if accepted.srs_reversed or not sender else self.srs.forward(sender)
             )
             for destination in accepted.destinations:
+                held = destination in accepted.held  # waits in the queue, never sent yet
                 if destination not in deliveries:
                     deliveries[destination] = NewDelivery(
                         original_recipient=accepted.original,
@@ -351,7 +352,10 @@ class Handler(ScannedPerConnection):
                         domain=destination_domain(destination),
                         envelope_sender=envelope_sender,
                         fallbacks=accepted.fallbacks,
+                        unconfirmed=held,
                     )
+                elif held:
+                    deliveries[destination] = replace(deliveries[destination], unconfirmed=True)
         return list(deliveries.values())
 
     def _discarded(self, session: Session, txn: Transaction, message: Message) -> str:

@@ -63,6 +63,9 @@ MAILBOX_DISABLED = "550 5.2.1 Recipient address rejected: mailbox disabled"
 ALIAS_REJECTED = "550 5.7.1 Recipient address rejected"
 ROUTING_LOOP = "554 5.4.6 Routing loop detected"
 NO_DESTINATION = "550 5.1.1 Recipient address rejected: no valid destination"
+AWAITING_CONFIRMATION = (
+    "450 4.2.1 Recipient address deferred: destination awaiting confirmation, try again later"
+)
 
 
 def alias_rejected(text: str | None) -> str:

@@ -13,4 +13,5 @@ MODULES = (
     "audit",
     "billing",
     "webhooks",
+    "destinations",
 )

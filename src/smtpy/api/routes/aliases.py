@@ -45,6 +45,7 @@ class AliasOut(BaseModel):
     kind: str  # exact | regex | catchall
     destinations: list[str]
     fallbacks: list[str]
+    pending_destinations: list[str]  # of `destinations`, those awaiting confirmation
     mode: str
     reject_message: str | None
     enabled: bool
@@ -71,6 +72,7 @@ def _out(a: aliases.AliasPublic) -> AliasOut:
         kind=a.kind,
         destinations=a.destinations,
         fallbacks=a.fallbacks,
+        pending_destinations=a.pending_destinations,
         mode=a.mode,
         reject_message=a.reject_message,
         enabled=a.enabled,
@@ -113,6 +115,7 @@ def add_alias(
             role=principal.role,
             catalog=Catalog.of(settings),
             allow_private=settings.webhook_allow_private,
+            settings=settings,
         )
     return _saved(added)
 
@@ -140,6 +143,7 @@ def update_alias(
             update=update,
             role=principal.role,
             allow_private=settings.webhook_allow_private,
+            settings=settings,
         )
     return _saved(changed)
 

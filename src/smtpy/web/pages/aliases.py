@@ -60,6 +60,7 @@ def alias_add(
                 ),
                 role=user.principal.role,
                 allow_private=settings.webhook_allow_private,
+                settings=settings,
             )
     except Forbidden as exc:  # a member, on a domain not verified yet: said on the form
         errors = FormErrors()
@@ -141,6 +142,7 @@ def alias_edit(
                 update=update,
                 role=user.principal.role,
                 allow_private=settings.webhook_allow_private,
+                settings=settings,
             )
     except InvalidInput as exc:
         errors = FormErrors()
