@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from smtpy.events.types import EVENT_TYPES, body_of, make_event
+from smtpy.events.types import EVENT_TYPES, render
 from smtpy.store.db import Database
 
 TTL = 2.0  # seconds a webhook change may take to reach a running process
@@ -126,7 +126,7 @@ def write(db: Database, events: Sequence[Pending], subs: Subscriptions | None = 
         if not targets:
             continue
         event_id = new_event_id(pending.at)
-        body = body_of(make_event(pending.type, pending.data, at=pending.at))
+        body = render(pending.type, pending.data, at=pending.at)
         event_rows.append(
             {
                 "id": event_id,

@@ -17,6 +17,7 @@ after `timeout` is given up.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import socket
@@ -128,6 +129,12 @@ def parse_url(url: str, *, allow_private: bool) -> Target:
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _parsed(url: str, allow_private: bool) -> Target:
+    """`parse_url`, remembered: the daemon posts to the same few URLs again and again."""
+    return parse_url(url, allow_private=allow_private)
+
+
 class Refused(Exception):
     """The URL resolves where a webhook may not go, or does not resolve."""
 
@@ -208,7 +215,11 @@ class Sender:
                 trust_env=False,  # no proxy from the environment between us and the endpoint
                 follow_redirects=False,
                 timeout=self.timeout,
-                limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
+                # Every connection is kept: one closed after each answer meant a new TLS
+                # handshake for the next post.
+                limits=httpx.Limits(
+                    max_connections=8, max_keepalive_connections=8, keepalive_expiry=15
+                ),
             )
         return client
 
@@ -228,7 +239,7 @@ class Sender:
         if len(data) > self.max_body:
             return Answer(None, 0, error=f"the event is {len(data)} bytes, over {self.max_body}")
         try:
-            target = parse_url(url, allow_private=self.allow_private)
+            target = _parsed(url, self.allow_private)
             address = await resolve(target, allow_private=self.allow_private, within=self.timeout)
         except (InvalidInput, Refused) as exc:
             return Answer(None, elapsed(), error=str(exc))

@@ -7,7 +7,7 @@ The message events carry what the message log records (never the body).
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import time
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -174,8 +174,17 @@ MODELS: dict[str, type[Event]] = {
 }
 
 
+DATA_MODELS: dict[str, type[_Data]] = {
+    type_: model.model_fields["data"].annotation  # type: ignore[misc]
+    for type_, model in MODELS.items()
+}
+
+
 def rfc3339(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """`at` (Unix seconds) as RFC 3339 UTC with milliseconds: 2027-01-15T08:00:00.250Z."""
+    us = round(at * 1_000_000)  # to the microsecond first, as datetime does; then cut
+    seconds, us = divmod(us, 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{us // 1000:03d}Z"
 
 
 def make_event(type_: str, data: BaseModel | dict[str, object], *, at: float) -> Event:
@@ -187,6 +196,20 @@ def make_event(type_: str, data: BaseModel | dict[str, object], *, at: float) ->
 
 def body_of(event: Event) -> str:
     """The JSON body sent: `{"type","timestamp","data"}`, compact, None fields left out."""
-    fields = event.model_dump(mode="json", exclude_none=True)
-    body = {"type": fields["type"], "timestamp": fields["timestamp"], "data": fields["data"]}
+    return _dumps(event.type, event.timestamp, event.data)
+
+
+def render(type_: str, data: BaseModel | dict[str, object], *, at: float) -> str:
+    """The body of an event of `type_` (what `body_of(make_event(…))` gives), validating
+    `data` once: data already of that type's model (`MessageData`, …) is not checked again.
+    This is what the outbox calls for every event it writes."""
+    model = DATA_MODELS[type_]
+    if not isinstance(data, model):
+        data = model.model_validate(data.model_dump() if isinstance(data, BaseModel) else data)
+    return _dumps(type_, rfc3339(at), data)
+
+
+def _dumps(type_: str, timestamp: str, data: BaseModel) -> str:
+    # The data models hold only str, int and float: model_dump's Python mode is JSON already.
+    body = {"type": type_, "timestamp": timestamp, "data": data.model_dump(exclude_none=True)}
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))

@@ -82,26 +82,37 @@ class WebhookWorker:
         self._inflight: set[int] = set()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._saturated = False  # the last claim took all it could: more may be due
         self.delivered = 0  # for tests and benchmarks
 
     def wake(self) -> None:
         self._wake.set()
 
     async def run(self) -> None:
+        """Claim due deliveries in batches and launch them; between batches, sleep.
+
+        A claim is a write, so it is not made for every free slot: with the
+        outbox drained (a claim found fewer than it could take), the worker
+        sleeps `poll_seconds` (or until `wake()`); with more due than it can
+        send, it claims again once a quarter of its slots are free.
+        """
+        batch = max(1, self.settings.concurrency // 4)
         while not self._stopping:
             self._wake.clear()
             free = self.settings.concurrency - len(self._inflight)
+            if free < batch and self._inflight:  # saturated: wait for slots to free up
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
+                continue
             claimed: list[Claimed] = []
-            if free > 0:
-                try:
-                    claimed = await self._claim(free)
-                except Exception as exc:
-                    logger.error("webhook_claim_failed", error=str(exc))
+            try:
+                claimed = await self._claim(free)
+            except Exception as exc:
+                logger.error("webhook_claim_failed", error=str(exc))
             for delivery in claimed:
                 self._launch(delivery)
-            if claimed and len(claimed) == free:
-                with contextlib.suppress(TimeoutError):  # a slot frees up: claim again
-                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
+            self._saturated = len(claimed) == free
+            if self._saturated:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
@@ -155,7 +166,8 @@ class WebhookWorker:
             )
         finally:
             self._inflight.discard(delivery.id)
-            self._wake.set()
+            if self._saturated:  # more is due: a freed slot may start the next batch
+                self._wake.set()
 
     async def send(self, delivery: Claimed) -> Answer:
         """Sign `delivery` now and post it."""
