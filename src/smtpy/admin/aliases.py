@@ -231,10 +231,7 @@ def _url_rows(db: Database, org: int, targets: Sequence[str]) -> dict[str, str]:
 
 def _identity(destination: str) -> str:
     """What makes two destinations the same: a mail address's key, anything else as given."""
-    try:
-        return parse_address(destination).key
-    except InvalidInput:
-        return destination
+    return destinations.address_key_or_none(destination) or destination
 
 
 def _fallbacks(
