@@ -8,7 +8,7 @@ once the plan is raised. Each accepted message counts once per organization,
 in memory; `QuotaSync` adds the counts to the store every interval in ONE
 transaction and takes the new states (`smtpy.billing.quota.sync_usage`), as
 `RateSync` does for the rate limits. Between syncs a process decides with its
-own counts on top of the shared ones, so the processes together may accept up
+own counts (those a sync in flight took included) on top of the shared ones, so the processes together may accept up
 to one interval's worth more than the quota; a failed sync is retried with the
 next one, counts kept.
 
@@ -52,7 +52,8 @@ class MessageQuota:
 
     def __init__(self) -> None:
         self._domains: dict[str, QuotaState] = {}
-        self._counted: dict[int, int] = {}  # since the last sync's read
+        self._counted: dict[int, int] = {}  # since the last sync took the counts
+        self._syncing: dict[int, int] = {}  # taken by the sync in flight, not in `used` yet
 
     def state(self, domain: str) -> QuotaState | None:
         return self._domains.get(domain)
@@ -61,7 +62,11 @@ class MessageQuota:
         state = self._domains.get(domain)
         if state is None or state.limit is None:
             return False
-        return state.used + self._counted.get(state.org, 0) >= state.limit
+        return self._used(state) >= state.limit
+
+    def _used(self, state: QuotaState) -> int:
+        org = state.org
+        return state.used + self._counted.get(org, 0) + self._syncing.get(org, 0)
 
     def count(self, domains: Iterable[str]) -> None:
         """One accepted message for these recipient domains: once per organization."""
@@ -70,10 +75,13 @@ class MessageQuota:
             self._counted[org] = self._counted.get(org, 0) + 1
 
     def take_counts(self) -> dict[int, int]:
-        counted, self._counted = self._counted, {}
-        return counted
+        """The counts for a sync to add to the store; they still count until it answers."""
+        self._syncing, self._counted = self._counted, {}
+        return dict(self._syncing)
 
     def give_back(self, counted: Mapping[int, int]) -> None:
+        """The sync failed: its counts wait for the next one."""
+        self._syncing = {}
         for org, n in counted.items():
             self._counted[org] = self._counted.get(org, 0) + n
 
@@ -84,6 +92,7 @@ class MessageQuota:
         or open again in this process (a plan raised, a new month)."""
         before = self.full()
         self._domains = states
+        self._syncing = {}  # the states hold them now
         after = self.full()
         for org in sorted(after - before):
             logger.info("quota_full", organization=org)
@@ -96,7 +105,7 @@ class MessageQuota:
         return {
             org
             for org, state in orgs.items()
-            if state.limit is not None and state.used + self._counted.get(org, 0) >= state.limit
+            if state.limit is not None and self._used(state) >= state.limit
         }
 
 
