@@ -25,6 +25,9 @@ fi
 echo "==> virtualenv .venv with smtpy[postgres,test]"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[postgres,test]'
+# Bytecode for the editable source too (PYTHONDONTWRITEBYTECODE may be set): each
+# `smtpy` process the tests start would compile it again.
+.venv/bin/python -m compileall -q src >/dev/null
 
 echo "==> PostgreSQL"
 version=$(ls /usr/lib/postgresql | sort -V | tail -1)

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from forkserver import ForkedProcess, popen
 from mailpeers import free_port
 
 
@@ -46,7 +47,7 @@ class ApiServer:
         self.port = free_port()
         self.env = {**env, "SMTPY_API_LISTEN": f"127.0.0.1:{self.port}", **settings}
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: ForkedProcess | None = None
         self.client = httpx.Client(base_url=self.base_url, timeout=30)
         self.returncode: int | None = None
         self.stderr = ""  # the server's log, read when it stops
@@ -67,12 +68,8 @@ class ApiServer:
                 )
         # Its log goes to a file: a pipe nobody reads would stop the server once full.
         self._log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "smtpy", "api"],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-        )
+        with open(os.devnull, "wb") as devnull:
+            self.proc = popen(["api"], env=self.env, stdout=devnull, stderr=self._log)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

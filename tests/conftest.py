@@ -14,15 +14,18 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
 from dnsserver import DNSServer
+from forkserver import fork_server
 
 POSTGRES_URL = os.environ.get("SMTPY_TEST_POSTGRES_URL", "")
 BACKENDS = ["sqlite", "postgresql"]
@@ -143,21 +146,47 @@ class Result:
 
 
 class Cli:
-    """Runs the installed `smtpy` entry point as a subprocess, as a user would."""
+    """Runs `python -m smtpy ARGS` in a process of its own, as a user would.
 
-    def __init__(self, env: dict[str, str]) -> None:
+    The process is forked from a warm interpreter (`forkserver`) that imported
+    smtpy once, instead of starting Python anew for each command.
+    """
+
+    def __init__(self, env: dict[str, str], *, fresh: bool = False) -> None:
         self.env = env
+        # A new interpreter for each command instead: for what runs at its start-up
+        # (sitecustomize, PYTHON* variables), which a fork of the warm one skips.
+        self.fresh = fresh
 
     def __call__(self, *args: str, input: str | None = None) -> Result:
-        proc = subprocess.run(
-            [sys.executable, "-m", "smtpy", *args],
-            env=self.env,
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        return Result(proc.returncode, proc.stdout, proc.stderr)
+        if self.fresh:
+            proc = subprocess.run(
+                [sys.executable, "-m", "smtpy", *args],
+                env=self.env,
+                input=input,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            return Result(proc.returncode, proc.stdout, proc.stderr)
+        with (
+            tempfile.TemporaryFile() as stdin,
+            tempfile.TemporaryFile() as stdout,
+            tempfile.TemporaryFile() as stderr,
+        ):
+            if input is not None:
+                stdin.write(input.encode())
+                stdin.seek(0)
+            code = fork_server().run(
+                list(args), env=self.env, stdin=stdin, stdout=stdout, stderr=stderr, timeout=60
+            )
+            return Result(code, _text(stdout), _text(stderr))
+
+
+def _text(file: IO[bytes]) -> str:
+    """What the command wrote, decoded as `subprocess.run(text=True)` does."""
+    file.seek(0)
+    return file.read().decode().replace("\r\n", "\n").replace("\r", "\n")
 
 
 @pytest.fixture

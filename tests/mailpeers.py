@@ -50,6 +50,7 @@ import dns.resolver
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from dnsserver import DNSServer
+from forkserver import ForkedProcess, popen
 
 T = TypeVar("T")
 
@@ -377,15 +378,19 @@ def greets(port: int, host: str = "127.0.0.1", *, timeout: float = 1.0) -> bool:
 
 @dataclass
 class Serve:
-    """`python -m smtpy serve` as a subprocess, logging JSON lines to `log_path`."""
+    """`python -m smtpy serve` in a process of its own (`forkserver`), logging JSON lines
+    to `log_path`."""
 
     env: dict[str, str]
     log_path: Path
     host: str = "127.0.0.1"
     port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
+    proc: ForkedProcess | subprocess.Popen[bytes] | None = None
     exit_codes: list[int] = field(default_factory=list)
     killed: bool = False  # by kill() and not started again
+    # A new interpreter instead of a fork of the warm one: for what a process
+    # loads (its imports, its memory maps), which a fork inherits.
+    fresh: bool = False
 
     def __post_init__(self) -> None:
         self.env = {**self.env, "SMTPY_LISTEN": f"{self.host}:{self.port}"}
@@ -400,13 +405,16 @@ class Serve:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.killed = False
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "smtpy", "serve"],
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
+            if self.fresh:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "smtpy", "serve"],
+                    env=self.env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                )
+            else:
+                self.proc = popen(["serve"], env=self.env, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -561,9 +569,10 @@ class Forwarder:
         flags = [part for name, value in options.items() for part in (f"--{name}", value)]
         self.run("alias", "add", address, *destinations, *flags)
 
-    def start(self, **settings: str) -> Serve:
+    def start(self, *, fresh: bool = False, **settings: str) -> Serve:
         """Start one more daemon (node-0, node-1, ...); `settings` as lower-case names."""
         daemon = self.serve(**settings)
+        daemon.fresh = fresh
         daemon.start()
         return daemon
 

@@ -151,7 +151,7 @@ def test_a_new_store_is_created_without_the_migration_tools(
     forwarder: Forwarder, tmp_path: Path
 ) -> None:
     url = f"sqlite:///{tmp_path / 'new' / 'smtpy.db'}"
-    daemon = forwarder.start(processes="2", database_url=url)
+    daemon = forwarder.start(processes="2", database_url=url, fresh=True)
     pids = wait_for_children(daemon, 2)
     with Database(url, check_schema=False) as db:
         assert db.schema_revision() == SCHEMA_REVISION

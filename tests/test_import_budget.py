@@ -136,6 +136,7 @@ def test_serving_processes_load_no_library_they_do_not_need(
     if not store_url.startswith("sqlite"):
         pytest.skip("the budget is for the embedded default: PostgreSQL needs psycopg")
     daemon = forwarder.serve(processes="2")
+    daemon.fresh = True  # its own imports, not those of a warm interpreter
     daemon.env["PYTHONPROFILEIMPORTTIME"] = "1"
     daemon.start()
     address = f"budget@{DOMAIN}"

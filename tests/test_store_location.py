@@ -78,6 +78,7 @@ def world(cli: Any, tmp_path: Path) -> Any:
     site = tmp_path / "site"
     site.mkdir()
     cli.env["PYTHONPATH"] = str(site)
+    cli.fresh = True  # sitecustomize runs when an interpreter starts
     (site / "sitecustomize.py").write_text(
         "import pathlib, smtpy.config\n"
         f"smtpy.config.SYSTEM_STATE_DIR = pathlib.Path({str(system)!r})\n"
