@@ -19,7 +19,7 @@ from smtpy.admin.organizations import scope
 from smtpy.errors import Conflict, InvalidInput, NotFound
 from smtpy.queue.message_log import EVENTS
 from smtpy.store.db import Database, Row
-from smtpy.store.pages import Page, check_limit, decode_cursor, page_of
+from smtpy.store.pages import Page, check_limit, decode_cursor, encode_cursor, page_of
 
 COLUMNS = (
     "id",
@@ -236,7 +236,15 @@ class MessageQuery:
             until=until,
         )
 
-    def where(self, db: Database, org: int) -> tuple[list[str], dict[str, Any]]:
+    @property
+    def reads_rows(self) -> bool:
+        """Free text other than a queue id: a substring no index answers."""
+        return self.text is not None and not _QUEUE_ID.fullmatch(self.text.upper())
+
+    def where(
+        self, db: Database, org: int, *, text: bool = True
+    ) -> tuple[list[str], dict[str, Any]]:
+        """SQL conditions and parameters; `text=False` leaves the free text out."""
         clauses, params = [], {}
         # On SQLite, `+domain` keeps the organization's list of domains from choosing the
         # domain index (which would sort every row of the organization): the newest-first
@@ -253,10 +261,12 @@ class MessageQuery:
         if self.status is not None:
             clauses.append("event = :event")
             params["event"] = self.status
-        if self.text is not None and _QUEUE_ID.fullmatch(self.text.upper()):
+        if not text or self.text is None:
+            pass
+        elif _QUEUE_ID.fullmatch(self.text.upper()):
             clauses.append("queue_id = :q_id")  # a queue id: one indexed lookup
             params["q_id"] = self.text.upper()
-        elif self.text is not None:
+        else:
             like = self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             clauses.append(
                 "(queue_id = :q_id OR lower(sender) LIKE :q_like ESCAPE '\\'"
@@ -294,6 +304,7 @@ def message_page(
     query: MessageQuery,
     limit: int | None = None,
     cursor: str | None = None,
+    window: int | None = None,
 ) -> Page[LogEntry]:
     """Matching log rows, newest first, a page at a time.
 
@@ -301,21 +312,62 @@ def message_page(
     older, so rows written meanwhile never shift it. The condition is written as a
     range on `at` (`at <= t AND (at < t OR id < i)`) so that both stores read the
     (…, at) indexes from the cursor on, however deep the page.
+
+    A free-text search (a substring, which no index answers) reads at most `window`
+    (`SEARCH_WINDOW`) rows of the log per page: when they hold fewer matches than a
+    page, the page is shorter, `has_more` is true and the cursor goes on from the
+    last row read. A search for text that no row holds thus costs the same bounded
+    time per page on a log of any size, instead of reading all of it at once.
     """
     size = check_limit(limit)
     clauses, params = query.where(db, org)
+    after: list[str] = []
     if cursor is not None:
         at, row_id = decode_cursor(cursor)
         if not isinstance(row_id, int):
             raise _field("cursor is not valid: pass the next_cursor of the previous page", "cursor")
-        clauses.append("at <= :cursor_at AND (at < :cursor_at OR id < :cursor_id)")
+        after.append("at <= :cursor_at AND (at < :cursor_at OR id < :cursor_id)")
         params.update({"cursor_at": at, "cursor_id": row_id})
-    where = " AND ".join(clauses) or "1 = 1"
+    end = None
+    if query.reads_rows:
+        end = _search_window(db, org, query, after, params, window or SEARCH_WINDOW)
+    if end is not None:
+        after.append("(at > :window_at OR (at = :window_at AND id >= :window_id))")
+        params.update({"window_at": end[0], "window_id": end[1]})
+    where = " AND ".join([*clauses, *after]) or "1 = 1"
     rows = db.all(
         f"{_SELECT} WHERE {where} ORDER BY at DESC, id DESC LIMIT :n",
         {**params, "n": size + 1},
     )
-    return page_of([_entry(r) for r in rows], size, key=lambda e: (e.at, e.id))
+    page = page_of([_entry(r) for r in rows], size, key=lambda e: (e.at, e.id))
+    if end is not None and not page.has_more:  # older rows are left to search
+        return Page[LogEntry](data=page.data, has_more=True, next_cursor=encode_cursor(*end))
+    return page
+
+
+SEARCH_WINDOW = 10_000  # log rows a free-text search reads for one page, at most
+
+
+def _search_window(
+    db: Database,
+    org: int,
+    query: MessageQuery,
+    after: list[str],
+    params: dict[str, Any],
+    window: int,
+) -> tuple[float, int] | None:
+    """(at, id) of the last row a free-text page may read; None when no more remain.
+
+    Found by walking the (…, at) index the other filters use, which is cheap next to
+    comparing text in every row."""
+    clauses, own = query.where(db, org, text=False)
+    where = " AND ".join([*clauses, *after]) or "1 = 1"
+    rows = db.all(  # the window's last row, and whether any is older
+        f"SELECT at, id FROM message_log WHERE {where}"  # noqa: S608
+        " ORDER BY at DESC, id DESC LIMIT 2 OFFSET :window",
+        {**params, **own, "window": window - 1},
+    )
+    return (float(rows[0]["at"]), int(rows[0]["id"])) if len(rows) == 2 else None
 
 
 class AttemptView(BaseModel):

@@ -123,7 +123,14 @@ def list_messages(
     domain: str | None = None,
     alias: str | None = None,
     status: str | None = None,
-    q: Annotated[str | None, Query(description="in the sender, recipients or queue id")] = None,
+    q: Annotated[
+        str | None,
+        Query(
+            description="in the sender, recipients or queue id; a text search reads at most"
+            f" {messages.SEARCH_WINDOW:,} log rows per page, so a page may hold fewer rows than `limit` (even none)"
+            " with `has_more`: follow `next_cursor` to search older rows"
+        ),
+    ] = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int | None = None,
