@@ -33,9 +33,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, TypedDict, cast
 
 HEADER = struct.Struct("!I")
+
+
+class Request(TypedDict):
+    """What the client sends with the three file descriptors."""
+
+    args: list[str]
+    env: dict[str, str]
+    cwd: str
 
 
 class ForkServer:
@@ -207,17 +215,17 @@ def _preload() -> None:
         importlib.import_module(module.name)
 
 
-def _receive(conn: socket.socket) -> tuple[dict[str, object], list[int]]:
+def _receive(conn: socket.socket) -> tuple[Request, list[int]]:
     data, fds, _flags, _addr = socket.recv_fds(conn, 1 << 16, 3)
     while len(data) < HEADER.size or len(data) < HEADER.size + HEADER.unpack_from(data)[0]:
         more = conn.recv(1 << 16)
         if not more:
             raise ConnectionError("the request was cut")
         data += more
-    return json.loads(data[HEADER.size :]), fds
+    return cast(Request, json.loads(data[HEADER.size :])), fds
 
 
-def _child(request: dict[str, object], fds: list[int]) -> None:
+def _child(request: Request, fds: list[int]) -> None:
     """In the forked child: become the command's process (then `__main__` runs smtpy)."""
     signal.set_wakeup_fd(-1)
     for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
@@ -226,11 +234,11 @@ def _child(request: dict[str, object], fds: list[int]) -> None:
         os.dup2(fd, target)
         os.close(fd)
     os.environ.clear()
-    os.environ.update(request["env"])  # type: ignore[arg-type]
-    os.chdir(str(request["cwd"]))
-    sys.argv = ["smtpy", *request["args"]]  # type: ignore[list-item]
+    os.environ.update(request["env"])
+    os.chdir(request["cwd"])
+    sys.argv = ["smtpy", *request["args"]]
     # What `python -m smtpy ARGS` would hold: a supervisor starts its processes again with it.
-    sys.orig_argv = [sys.executable, "-m", "smtpy", *request["args"]]  # type: ignore[list-item]
+    sys.orig_argv = [sys.executable, "-m", "smtpy", *request["args"]]
 
 
 def serve(path: str) -> bool:
@@ -257,8 +265,9 @@ def serve(path: str) -> bool:
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     selector.register(wake_r, selectors.EVENT_READ)
-    while True:
-        for key, _ in selector.select():
+    parent = os.getppid()
+    while os.getppid() == parent:  # a pytest worker that died leaves no server behind
+        for key, _ in selector.select(timeout=5):
             if key.fileobj is listener:
                 conn, _ = listener.accept()
                 try:
@@ -285,7 +294,10 @@ def serve(path: str) -> bool:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 512)
                 while waiting:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
+                    try:
+                        pid, status = os.waitpid(-1, os.WNOHANG)
+                    except ChildProcessError:
+                        break
                     if pid == 0:
                         break
                     done = waiting.pop(pid, None)
@@ -293,6 +305,7 @@ def serve(path: str) -> bool:
                         with contextlib.suppress(OSError):
                             done.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
                         done.close()
+    return False
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ once the plan is raised. Each accepted message counts once per organization,
 in memory; `QuotaSync` adds the counts to the store every interval in ONE
 transaction and takes the new states (`smtpy.billing.quota.sync_usage`), as
 `RateSync` does for the rate limits. Between syncs a process decides with its
-own counts (those a sync in flight took included) on top of the shared ones, so the processes together may accept up
-to one interval's worth more than the quota; a failed sync is retried with the
-next one, counts kept.
+own counts (those a sync in flight took included) on top of the shared ones, so
+the processes together may accept up to one interval's worth more than the
+quota; a failed sync is retried with the next one, counts kept.
 
 A plan's `max_message_size` is checked at the end of DATA (`PlanSize`).
 """

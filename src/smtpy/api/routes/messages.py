@@ -127,8 +127,8 @@ def list_messages(
         str | None,
         Query(
             description="in the sender, recipients or queue id; a text search reads at most"
-            f" {messages.SEARCH_WINDOW:,} log rows per page, so a page may hold fewer rows than `limit` (even none)"
-            " with `has_more`: follow `next_cursor` to search older rows"
+            f" {messages.SEARCH_WINDOW:,} log rows per page, so a page may hold fewer rows"
+            " than `limit` (even none) with `has_more`: follow `next_cursor` to search on"
         ),
     ] = None,
     since: datetime | None = None,
