@@ -71,8 +71,14 @@ def test_two_processes_share_the_work_and_stop_cleanly(forwarder: Forwarder) -> 
         "node-0.2",
     }
 
-    # Once the processes serve, the supervisor is a small program of its own.
+    # Once the processes serve, the supervisor becomes a small program of its own (it
+    # logs `started`, then replaces itself with the watcher: same pid, new image).
     assert daemon.proc is not None
+    cmdline = Path(f"/proc/{daemon.proc.pid}/cmdline")
+    deadline = time.monotonic() + 20
+    while b"smtpy.runtime.watcher" not in cmdline.read_bytes():
+        assert time.monotonic() < deadline, "the supervisor did not become the watcher"
+        time.sleep(0.02)
     status = Path(f"/proc/{daemon.proc.pid}/status").read_text()
     rss_kb = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
     assert rss_kb < 30_000, f"the supervisor holds {rss_kb} kB"
