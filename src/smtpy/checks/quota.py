@@ -54,6 +54,7 @@ class MessageQuota:
         self._domains: dict[str, QuotaState] = {}
         self._counted: dict[int, int] = {}  # since the last sync took the counts
         self._syncing: dict[int, int] = {}  # taken by the sync in flight, not in `used` yet
+        self._logged_full: set[int] = set()  # used up as of the last sync
 
     def state(self, domain: str) -> QuotaState | None:
         return self._domains.get(domain)
@@ -88,12 +89,12 @@ class MessageQuota:
     def apply(self, states: dict[str, QuotaState]) -> None:
         """The states every node reached together (what was counted since still counts).
 
-        Logs `quota_full` / `quota_open` when an organization's quota becomes used up
-        or open again in this process (a plan raised, a new month)."""
-        before = self.full()
+        Logs `quota_full` / `quota_open` when an organization's quota became used up
+        or open again in this process since the last sync (a plan raised, a new month)."""
         self._domains = states
         self._syncing = {}  # the states hold them now
-        after = self.full()
+        before, after = self._logged_full, self.full()
+        self._logged_full = after
         for org in sorted(after - before):
             logger.info("quota_full", organization=org)
         for org in sorted(before - after):
