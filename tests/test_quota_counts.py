@@ -5,10 +5,10 @@ when the sync fails, and is not counted twice once the store's answer holds it."
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import sys
 from collections.abc import Awaitable, Callable, Mapping
-
-import pytest
 
 from smtpy import log
 from smtpy.checks.quota import MessageQuota, QuotaState, QuotaSync
@@ -98,17 +98,21 @@ def test_a_message_counts_once_per_organization_and_unknown_domains_not_at_all()
     assert quota.take_counts() == {ORG: 1}
 
 
-def test_used_up_and_open_again_are_each_told_once_at_the_sync_that_sees_them(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    log.configure("info")
+def test_used_up_and_open_again_are_each_told_once_at_the_sync_that_sees_them() -> None:
     store = Store(limit=2)
     quota = started(store)
-    quota.count([DOMAIN])
-    quota.count([DOMAIN])  # used up in memory: told once a sync has carried it
-    assert asyncio.run(syncer(quota, store, lambda: None).sync())
-    assert asyncio.run(syncer(quota, store, lambda: None).sync())
-    store.limit = 10  # a plan raised
-    assert asyncio.run(syncer(quota, store, lambda: None).sync())
-    events = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
+    stderr = io.StringIO()
+    saved, sys.stderr = sys.stderr, stderr
+    try:
+        log.configure("info", json=True)  # as the daemon does, onto this stderr
+        quota.count([DOMAIN])
+        quota.count([DOMAIN])  # used up in memory: told once a sync has carried it
+        assert asyncio.run(syncer(quota, store, lambda: None).sync())
+        assert asyncio.run(syncer(quota, store, lambda: None).sync())
+        store.limit = 10  # a plan raised
+        assert asyncio.run(syncer(quota, store, lambda: None).sync())
+    finally:
+        sys.stderr = saved
+        log.configure()  # back onto the test session's stderr
+    events = [json.loads(line)["event"] for line in stderr.getvalue().splitlines() if line]
     assert [e for e in events if e.startswith("quota_")] == ["quota_full", "quota_open"]
