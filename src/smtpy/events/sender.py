@@ -9,9 +9,9 @@ connection goes to the address that was checked (the URL's host stays the
 `Host` header and the TLS server name, so the certificate is verified
 against it): a second answer from DNS cannot move the request elsewhere.
 Redirects are not followed; the answer's body is read up to `MAX_ANSWER`
-bytes. Connecting, sending and each read have `timeout` seconds (httpx's own
-timeouts, which close the connection cleanly), and a body still arriving
-after `timeout` is given up.
+bytes. The whole exchange (connecting, sending, reading the answer) has
+`timeout` seconds. Connections are HTTP/1.1 (h11) and kept alive between
+posts to the same endpoint.
 """
 
 from __future__ import annotations
@@ -19,26 +19,28 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
-import logging
 import socket
 import ssl
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+import h11
 
 from smtpy import __version__
 from smtpy.errors import InvalidInput
 from smtpy.events.deliveries import Answer, Claimed
 
-if TYPE_CHECKING:
-    import httpx
-
 MAX_URL = 2000
 MAX_BODY = 1024 * 1024  # bytes of an event body at most
 MAX_ANSWER = 64 * 1024  # bytes of an answer read at most
+MAX_CONNECTIONS = 8  # connections at once to one endpoint address
+MAX_ENDPOINTS = 256  # endpoint addresses with kept connections; beyond, they are closed
+KEEP_ALIVE = 15.0  # seconds an idle connection is kept for the next post
+READ_SIZE = 65536
+USER_AGENT = f"smtpy/{__version__} (webhooks)"
 ALLOW_HINT = "set SMTPY_WEBHOOK_ALLOW_PRIVATE=true to allow it (tests, intranets)"
 
 
@@ -182,8 +184,32 @@ def _retry_after(value: str | None, now: float) -> float | None:
         return None
 
 
+@dataclass(slots=True)
+class _Connection:
+    """One HTTP/1.1 connection to an endpoint, kept open between posts (keep-alive)."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    http: h11.Connection
+    idle_since: float = 0.0
+
+    def close(self) -> None:
+        """Close at once: no TLS close_notify to wait for (HTTP frames each answer itself)."""
+        self.writer.transport.abort()
+
+
+class _Dropped(Exception):
+    """A kept-alive connection was closed by the endpoint before it answered."""
+
+
 class Sender:
-    """Posts webhooks; one HTTP client per (host, address, port), kept for reuse."""
+    """Posts webhooks over HTTP/1.1 (h11 on asyncio streams), keeping connections alive.
+
+    Each endpoint address (host, address, port) gets at most `MAX_CONNECTIONS` at
+    once; a connection that answered cleanly waits for the next post for up to
+    `KEEP_ALIVE` seconds. A kept connection the endpoint closed meanwhile is
+    replaced once, without counting as an attempt.
+    """
 
     def __init__(
         self,
@@ -197,36 +223,15 @@ class Sender:
         self.timeout = timeout
         self.max_body = max_body  # a webhook destination's parsed message is larger
         self._tls = tls_context(ca_file)
-        self._clients: dict[tuple[str, str, int], httpx.AsyncClient] = {}
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # smtpy logs each delivery itself
-
-    def _client(self, target: Target, address: str) -> httpx.AsyncClient:
-        import httpx
-
-        key = (target.host, address, target.port)
-        client = self._clients.get(key)
-        if client is None:
-            if len(self._clients) >= 256:  # many endpoints: start again rather than grow
-                for old in list(self._clients.values()):
-                    asyncio.get_running_loop().create_task(old.aclose())
-                self._clients.clear()
-            client = self._clients[key] = httpx.AsyncClient(
-                verify=self._tls,
-                trust_env=False,  # no proxy from the environment between us and the endpoint
-                follow_redirects=False,
-                timeout=self.timeout,
-                # Every connection is kept: one closed after each answer meant a new TLS
-                # handshake for the next post.
-                limits=httpx.Limits(
-                    max_connections=8, max_keepalive_connections=8, keepalive_expiry=15
-                ),
-            )
-        return client
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._slots: dict[tuple[str, str, int], asyncio.Semaphore] = {}
 
     async def close(self) -> None:
-        clients = list(self._clients.values())
-        self._clients.clear()
-        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+        for connections in self._idle.values():
+            for connection in connections:
+                connection.close()
+        self._idle.clear()
+        await asyncio.sleep(0)  # the transports close on the loop's next turn
 
     async def post(self, url: str, *, body: str, headers: dict[str, str]) -> Answer:
         """POST `body` to `url`; the answer, or the error that stood in for one."""
@@ -243,53 +248,138 @@ class Sender:
             address = await resolve(target, allow_private=self.allow_private, within=self.timeout)
         except (InvalidInput, Refused) as exc:
             return Answer(None, elapsed(), error=str(exc))
-        import httpx
-
         try:
-            return await self._exchange(target, address, data, headers)
-        except (httpx.TimeoutException, TimeoutError):
-            return Answer(None, elapsed(), error=f"no answer within {self.timeout:g} s")
-        except Exception as exc:  # a refused connection, a TLS failure, a broken answer
-            reason = str(exc) or type(exc).__name__
-            return Answer(None, elapsed(), error=f"{type(exc).__name__}: {reason}"[:500])
+            request = h11.Request(
+                method="POST",
+                target=target.target,
+                headers=[
+                    ("Host", target.host_header),
+                    ("Content-Type", "application/json"),
+                    ("Content-Length", str(len(data))),
+                    ("User-Agent", USER_AGENT),
+                    *headers.items(),
+                ],
+            )
+        except h11.LocalProtocolError as exc:  # a path HTTP cannot carry as it is
+            return Answer(None, elapsed(), error=f"cannot send this request: {exc}"[:500])
+        key = (target.host, address, target.port)
+        slots = self._slots.get(key)
+        if slots is None:
+            slots = self._slots[key] = asyncio.Semaphore(MAX_CONNECTIONS)
+        async with slots:  # waiting for a connection of our own is not the endpoint's time
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    kept = self._take(key)
+                    if kept is not None:
+                        try:
+                            return await self._exchange(key, kept, request, data, started)
+                        except _Dropped:
+                            pass  # closed while idle: once more on a new connection
+                    connection = await self._connect(target, address)
+                    return await self._exchange(key, connection, request, data, started)
+            except TimeoutError:
+                return Answer(None, elapsed(), error=f"no answer within {self.timeout:g} s")
+            except Exception as exc:  # a refused connection, a TLS failure, a broken answer
+                reason = str(exc) or type(exc).__name__
+                return Answer(None, elapsed(), error=f"{type(exc).__name__}: {reason}"[:500])
+
+    def _take(self, key: tuple[str, str, int]) -> _Connection | None:
+        """A kept connection to `key` that has not idled too long, or None."""
+        idle = self._idle.get(key)
+        now = time.monotonic()
+        while idle:
+            connection = idle.pop()
+            if now - connection.idle_since < KEEP_ALIVE and not connection.reader.at_eof():
+                return connection
+            connection.close()
+        return None
+
+    def _keep(self, key: tuple[str, str, int], connection: _Connection) -> None:
+        if key not in self._idle and len(self._idle) >= MAX_ENDPOINTS:
+            for connections in self._idle.values():  # many endpoints: start again
+                for old in connections:
+                    old.close()
+            self._idle.clear()
+            self._slots = {k: v for k, v in self._slots.items() if v.locked()}
+        connection.idle_since = time.monotonic()
+        self._idle.setdefault(key, []).append(connection)
+
+    async def _connect(self, target: Target, address: str) -> _Connection:
+        """A new connection to the checked `address`; TLS verifies the URL's host name."""
+        https = target.scheme == "https"
+        reader, writer = await asyncio.open_connection(
+            address,
+            target.port,
+            ssl=self._tls if https else None,
+            server_hostname=target.host if https else None,
+            limit=MAX_ANSWER * 2,
+        )
+        return _Connection(reader, writer, h11.Connection(h11.CLIENT))
 
     async def _exchange(
-        self, target: Target, address: str, data: bytes, headers: dict[str, str]
+        self,
+        key: tuple[str, str, int],
+        connection: _Connection,
+        request: h11.Request,
+        data: bytes,
+        started: float,
     ) -> Answer:
-        client = self._client(target, address)
-        started = time.monotonic()
-        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-        async with client.stream(
-            "POST",
-            target.url_to(address),
-            content=data,
-            headers={
-                "Host": target.host_header,
-                "Content-Type": "application/json",
-                "User-Agent": f"smtpy/{__version__} (webhooks)",
-                **headers,
-            },
-            extensions=extensions,
-        ) as response:
+        """Send the request on `connection` and read the answer (its body up to MAX_ANSWER);
+        keep the connection if the endpoint allows, close it otherwise."""
+        http = connection.http
+        reused = connection.idle_since > 0  # it came from the kept connections
+        keep = False
+        try:
+            connection.writer.write(
+                http.send(request) + http.send(h11.Data(data=data)) + http.send(h11.EndOfMessage())
+            )
+            status: int | None = None
+            retry_after: str | None = None
             chunks: list[bytes] = []
             size = 0
-            async for chunk in response.aiter_raw():
-                chunks.append(chunk[: MAX_ANSWER - size])
-                size += len(chunks[-1])
-                if size >= MAX_ANSWER:
+            while True:
+                event = http.next_event()
+                if event is h11.NEED_DATA:
+                    try:
+                        received = await connection.reader.read(READ_SIZE)
+                    except OSError:  # reset
+                        received = b""
+                        if not (reused and status is None):
+                            raise
+                    if not received and reused and status is None:
+                        raise _Dropped
+                    http.receive_data(received)
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                    for name, value in event.headers:
+                        if name == b"retry-after":
+                            retry_after = value.decode("latin-1")
+                elif isinstance(event, h11.Data):
+                    chunks.append(bytes(event.data[: MAX_ANSWER - size]))
+                    size += len(chunks[-1])
+                    if size >= MAX_ANSWER:
+                        break  # the rest is not read: the connection closes
+                elif isinstance(event, h11.EndOfMessage):
+                    keep = http.our_state is h11.DONE and http.their_state is h11.DONE
                     break
-                if time.monotonic() - started > self.timeout:  # a body that trickles
-                    raise TimeoutError
-            text = b"".join(chunks).decode("utf-8", "replace")
-            retry_after = None
-            if response.status_code in (429, 503):
-                retry_after = _retry_after(response.headers.get("retry-after"), time.time())
-            return Answer(
-                response.status_code,
-                int((time.monotonic() - started) * 1000),
-                body=text,
-                retry_after=retry_after,
-            )
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise ConnectionError("the endpoint closed the connection")
+                # h11.InformationalResponse (1xx): the real answer follows
+            assert status is not None
+            if keep:
+                http.start_next_cycle()
+        finally:
+            if keep:
+                self._keep(key, connection)
+            else:
+                connection.close()
+        return Answer(
+            status,
+            int((time.monotonic() - started) * 1000),
+            body=b"".join(chunks).decode("utf-8", "replace"),
+            retry_after=_retry_after(retry_after, time.time()) if status in (429, 503) else None,
+        )
 
 
 async def send_delivery(sender: Sender, delivery: Claimed, *, now: float) -> Answer:

@@ -3,8 +3,15 @@
 It claims due deliveries (`smtpy.events.deliveries.claim_due`, leased like the
 mail queue, so each goes to one process of one node), signs each as Standard
 Webhooks at the moment it is sent, posts it (`smtpy.events.sender`), and
-records the answer through the writer's group commit. A cheap read through
+records the answers through the writer's group commit. A cheap read through
 the reader thread comes first, so an empty outbox costs no write.
+
+The store is the resource the mail shares, so the worker writes little: a
+claim takes a batch, and answers are recorded together, once a batch of them
+is in or `flush_seconds` after the first (a stop records those left). A
+delivery whose answer was not recorded yet is still leased: if the process
+dies meanwhile, it is sent again once the lease runs out (a receiver tells
+the two apart by `webhook-id`).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from smtpy.store.db import Database
 logger = log.get(__name__)
 
 POLL_SECONDS = 0.5
+FLUSH_SECONDS = 0.1  # an answer waits at most this long to be recorded with others
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class WebhookSettings:
     ca_file: Path | None = None
     disable_after: float = DISABLE_AFTER
     poll_seconds: float = POLL_SECONDS
+    flush_seconds: float = FLUSH_SECONDS
 
 
 OnDisabled = Callable[[Database, str, str], None]  # (db, webhook id, reason), in the transaction
@@ -83,6 +92,10 @@ class WebhookWorker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._saturated = False  # the last claim took all it could: more may be due
+        self._batch = max(1, settings.concurrency // 4)
+        self._answered: list[tuple[Claimed, Answer]] = []  # not recorded yet
+        self._have_answers = asyncio.Event()
+        self._batch_full = asyncio.Event()
         self.delivered = 0  # for tests and benchmarks
 
     def wake(self) -> None:
@@ -96,7 +109,16 @@ class WebhookWorker:
         sleeps `poll_seconds` (or until `wake()`); with more due than it can
         send, it claims again once a quarter of its slots are free.
         """
-        batch = max(1, self.settings.concurrency // 4)
+        batch = self._batch
+        recorder = asyncio.create_task(self._record_answers())
+        try:
+            await self._claim_loop(batch)
+        finally:
+            recorder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recorder
+
+    async def _claim_loop(self, batch: int) -> None:
         while not self._stopping:
             self._wake.clear()
             free = self.settings.concurrency - len(self._inflight)
@@ -134,29 +156,11 @@ class WebhookWorker:
     async def _deliver(self, delivery: Claimed) -> None:
         try:
             answer = await self.send(delivery)
-            settled = await self.store.write(
-                partial(self._record, delivery=delivery, answer=answer)
-            )
-            if settled.status == "delivered":
-                self.delivered += 1
-            logger.info(
-                "webhook_" + ("delivered" if answer.ok else "failed"),
-                webhook=delivery.webhook_id,
-                event_id=delivery.event_id,
-                type=delivery.type,
-                status=answer.status_code,
-                error=answer.error,
-                attempt=delivery.attempts + 1,
-                ms=answer.duration_ms,
-                next=settled.status,
-            )
-            if settled.disabled:
-                logger.warning(
-                    "webhook_disabled", webhook=delivery.webhook_id, reason=settled.disabled
-                )
         except asyncio.CancelledError:
+            self._inflight.discard(delivery.id)
             raise
         except Exception as exc:  # the lease runs out and the delivery is tried again
+            self._inflight.discard(delivery.id)
             logger.error(
                 "webhook_delivery_error",
                 webhook=delivery.webhook_id,
@@ -164,14 +168,76 @@ class WebhookWorker:
                 error_type=type(exc).__name__,
                 error=str(exc)[:300],
             )
+            return
+        self._answered.append((delivery, answer))  # its slot is freed once it is recorded
+        self._have_answers.set()
+        if len(self._answered) >= self._batch:
+            self._batch_full.set()
+
+    async def _record_answers(self) -> None:
+        """Record the answers in batches: once `batch` are in, or `flush_seconds` after the first."""
+        while True:
+            await self._have_answers.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._batch_full.wait(), self.settings.flush_seconds)
+            self._have_answers.clear()
+            self._batch_full.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        answered, self._answered = self._answered, []
+        if not answered:
+            return
+        settled: list[Settled | None]
+        try:
+            settled = await self.store.write(partial(self._record_all, answered=answered))
+        except Exception as exc:  # the leases run out and the deliveries are tried again
+            logger.error("webhook_record_failed", deliveries=len(answered), error=str(exc))
+            settled = [None] * len(answered)
         finally:
-            self._inflight.discard(delivery.id)
-            if self._saturated:  # more is due: a freed slot may start the next batch
+            for delivery, _ in answered:
+                self._inflight.discard(delivery.id)
+            if self._saturated:  # more is due: the freed slots may start the next batch
                 self._wake.set()
+        for (delivery, answer), result in zip(answered, settled, strict=True):
+            if result is not None:
+                self._report(delivery, answer, result)
+
+    def _report(self, delivery: Claimed, answer: Answer, settled: Settled) -> None:
+        if settled.status == "delivered":
+            self.delivered += 1
+        logger.info(
+            "webhook_" + ("delivered" if answer.ok else "failed"),
+            webhook=delivery.webhook_id,
+            event_id=delivery.event_id,
+            type=delivery.type,
+            status=answer.status_code,
+            error=answer.error,
+            attempt=delivery.attempts + 1,
+            ms=answer.duration_ms,
+            next=settled.status,
+        )
+        if settled.disabled:
+            logger.warning("webhook_disabled", webhook=delivery.webhook_id, reason=settled.disabled)
 
     async def send(self, delivery: Claimed) -> Answer:
         """Sign `delivery` now and post it."""
         return await send_delivery(self.sender, delivery, now=self._clock())
+
+    def _record_all(
+        self, db: Database, *, answered: list[tuple[Claimed, Answer]]
+    ) -> list[Settled | None]:
+        """Record each answer in its own savepoint: one that fails leaves the others."""
+        settled: list[Settled | None] = []
+        for delivery, answer in answered:
+            try:
+                settled.append(self._record(db, delivery=delivery, answer=answer))
+            except Exception as exc:  # its lease runs out and it is tried again
+                logger.error(
+                    "webhook_record_failed", event_id=delivery.event_id, error=str(exc)[:300]
+                )
+                settled.append(None)
+        return settled
 
     def _record(self, db: Database, *, delivery: Claimed, answer: Answer) -> Settled:
         settled = record(
@@ -197,6 +263,7 @@ class WebhookWorker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self._flush()  # the answers that came in: recorded, not sent again
         if self._inflight:
             try:
                 await self.store.call(partial(release, owners=[self.settings.node]))
