@@ -20,6 +20,12 @@ smtp-sink, the smtpy stack with SPF/DMARC-publishing sender DNS). Loopback only.
    ratios is compared against the target: at most 5 % slower. Pairing the runs
    of a round keeps a machine whose load changes from skewing the comparison.
    Every event must reach the receiver.
+
+   What it costs is printed too: smtpy's CPU per message (its processes, during
+   the run) with and without, and so per event; the receiver's CPU per event
+   (on a 2-core machine the far end shares the cores: its work slows smtpy's
+   mail as much as smtpy's own); the share of the run's events delivered before
+   its last message was, and how long after that the last event was.
 """
 
 from __future__ import annotations
@@ -223,6 +229,10 @@ def forwarding(work: Path, smtpy: str, count: int, rounds: int) -> dict[str, Any
     receiver = Receiver(work / "fwd")
     receiver.start()
     rates: dict[str, list[float]] = {"smtpy": [], "smtpy+webhook": []}
+    cpu: dict[str, list[float]] = {"smtpy": [], "smtpy+webhook": []}  # ms per message
+    receiver_cpu: list[float] = []  # ms per event, during the measured runs
+    in_run: list[float] = []  # share of the run's events delivered before its mail was all out
+    after: list[float] = []  # seconds from the last message out to the last event delivered
     events_ok = True
     try:
         stacks = []
@@ -239,16 +249,31 @@ def forwarding(work: Path, smtpy: str, count: int, rounds: int) -> dict[str, Any
                 try:
                     bf.warm_up(stack, sink)
                     before = stack.outbox()[0] if stack.receiver else 0
+                    wait_delivered(stack, before, 60)  # the warm-up's events are out
+                    heard = receiver.count.value
+                    receiver_before = bf.cpu_seconds([receiver.proc.pid])
                     result = bf.measure(stack, sink, 2048, count, 600)
+                    mail_out = time.monotonic()
                     if result.error or result.lost:
                         raise bf.BenchError(f"{stack.name}: {result.error or 'lost mail'}")
                     rates[stack.name].append(result.rate)
-                    bf.log(f"round {round_no + 1}: {stack.name} {result.rate:.1f} msg/s")
+                    cpu[stack.name].append(result.cpu / count * 1000)
+                    line = f"round {round_no + 1}: {stack.name} {result.rate:.1f} msg/s, "
+                    line += f"smtpy CPU {cpu[stack.name][-1]:.2f} ms/msg"
                     if stack.receiver:
-                        want = before + 2 * count  # received + forwarded per message
-                        if wait_delivered(stack, want, 300) is None:
+                        want = 2 * count  # received + forwarded per message
+                        in_run.append((receiver.count.value - heard) / want)
+                        receiver_cpu.append(
+                            (bf.cpu_seconds([receiver.proc.pid]) - receiver_before) / want * 1000
+                        )
+                        done = wait_delivered(stack, before + want, 300)
+                        if done is None:
                             events_ok = False
                             bf.log(f"  events not all delivered: {stack.outbox()} of {want}")
+                        else:
+                            after.append(max(0.0, done - mail_out))
+                        line += f", events during the run {in_run[-1] * 100:.0f} %"
+                    bf.log(line)
                 finally:
                     stack.stop()
                     sink.stop()
@@ -258,6 +283,8 @@ def forwarding(work: Path, smtpy: str, count: int, rounds: int) -> dict[str, Any
     hooked = statistics.median(rates["smtpy+webhook"])
     ratios = [h / p for p, h in zip(rates["smtpy"], rates["smtpy+webhook"], strict=True)]
     slower = 1 - statistics.median(ratios)
+    cpu_plain = statistics.median(cpu["smtpy"])
+    cpu_hooked = statistics.median(cpu["smtpy+webhook"])
     return {
         "messages": count,
         "rounds": rounds,
@@ -267,6 +294,11 @@ def forwarding(work: Path, smtpy: str, count: int, rounds: int) -> dict[str, Any
         "slower": f"{slower * 100:.1f} % (median of the rounds' ratios)",
         "target": f"at most {TARGET * 100:.0f} % slower",
         "met": slower <= TARGET,
+        "smtpy_cpu_ms_per_message": {"without": round(cpu_plain, 2), "with": round(cpu_hooked, 2)},
+        "smtpy_cpu_ms_per_event": round((cpu_hooked - cpu_plain) / 2, 3),
+        "receiver_cpu_ms_per_event": round(statistics.median(receiver_cpu), 3),
+        "events_delivered_during_the_run": f"{statistics.median(in_run) * 100:.0f} %",
+        "last_event_after_last_message_s": round(statistics.median(after), 2) if after else None,
         "every_event_delivered": events_ok,
         "receiver_requests": receiver.count.value,
     }
