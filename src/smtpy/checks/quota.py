@@ -80,11 +80,11 @@ class MessageQuota:
         self._syncing, self._counted = self._counted, {}
         return dict(self._syncing)
 
-    def give_back(self, counted: Mapping[int, int]) -> None:
-        """The sync failed: its counts wait for the next one."""
-        self._syncing = {}
-        for org, n in counted.items():
+    def give_back(self) -> None:
+        """The sync failed: the counts it took wait for the next one."""
+        for org, n in self._syncing.items():
             self._counted[org] = self._counted.get(org, 0) + n
+        self._syncing = {}
 
     def apply(self, states: dict[str, QuotaState]) -> None:
         """The states every node reached together (what was counted since still counts).
@@ -178,7 +178,7 @@ class QuotaSync:
             states = await self._call(write)
         except Exception as exc:
             logger.warning("quota_sync_failed", organizations=len(counted), error=str(exc)[:200])
-            self.quota.give_back(counted)
+            self.quota.give_back()
             return False
         self.quota.apply(states)
         return True
