@@ -261,19 +261,10 @@ class MessageQuery:
         if self.status is not None:
             clauses.append("event = :event")
             params["event"] = self.status
-        if not text or self.text is None:
-            pass
-        elif _QUEUE_ID.fullmatch(self.text.upper()):
-            clauses.append("queue_id = :q_id")  # a queue id: one indexed lookup
-            params["q_id"] = self.text.upper()
-        else:
-            like = self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            clauses.append(
-                "(queue_id = :q_id OR lower(sender) LIKE :q_like ESCAPE '\\'"
-                " OR lower(alias) LIKE :q_like ESCAPE '\\'"
-                " OR lower(recipient) LIKE :q_like ESCAPE '\\')"
-            )
-            params.update({"q_id": self.text.upper(), "q_like": f"%{like}%"})
+        if text:
+            more, more_params = self.text_condition()
+            clauses += more
+            params.update(more_params)
         if self.since is not None:
             clauses.append("at >= :since")
             params["since"] = self.since
@@ -281,6 +272,19 @@ class MessageQuery:
             clauses.append("at < :until")
             params["until"] = self.until
         return clauses, params
+
+    def text_condition(self) -> tuple[list[str], dict[str, Any]]:
+        """The free text's condition (none without text): a queue id, or a substring."""
+        if self.text is None:
+            return [], {}
+        if _QUEUE_ID.fullmatch(self.text.upper()):
+            return ["queue_id = :q_id"], {"q_id": self.text.upper()}  # one indexed lookup
+        like = self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return [
+            "(queue_id = :q_id OR lower(sender) LIKE :q_like ESCAPE '\\'"
+            " OR lower(alias) LIKE :q_like ESCAPE '\\'"
+            " OR lower(recipient) LIKE :q_like ESCAPE '\\')"
+        ], {"q_id": self.text.upper(), "q_like": f"%{like}%"}
 
 
 class _FieldInvalid(InvalidInput):
@@ -320,7 +324,9 @@ def message_page(
     time per page on a log of any size, instead of reading all of it at once.
     """
     size = check_limit(limit)
-    clauses, params = query.where(db, org)
+    clauses, params = query.where(db, org, text=False)
+    text, text_params = query.text_condition()
+    params.update(text_params)
     after: list[str] = []
     if cursor is not None:
         at, row_id = decode_cursor(cursor)
@@ -330,11 +336,11 @@ def message_page(
         params.update({"cursor_at": at, "cursor_id": row_id})
     end = None
     if query.reads_rows:
-        end = _search_window(db, org, query, after, params, window or SEARCH_WINDOW)
+        end = _search_window(db, [*clauses, *after], params, window or SEARCH_WINDOW)
     if end is not None:
         after.append("(at > :window_at OR (at = :window_at AND id >= :window_id))")
         params.update({"window_at": end[0], "window_id": end[1]})
-    where = " AND ".join([*clauses, *after]) or "1 = 1"
+    where = " AND ".join([*clauses, *text, *after]) or "1 = 1"
     rows = db.all(
         f"{_SELECT} WHERE {where} ORDER BY at DESC, id DESC LIMIT :n",
         {**params, "n": size + 1},
@@ -349,23 +355,17 @@ SEARCH_WINDOW = 10_000  # log rows a free-text search reads for one page, at mos
 
 
 def _search_window(
-    db: Database,
-    org: int,
-    query: MessageQuery,
-    after: list[str],
-    params: dict[str, Any],
-    window: int,
+    db: Database, clauses: list[str], params: dict[str, Any], window: int
 ) -> tuple[float, int] | None:
     """(at, id) of the last row a free-text page may read; None when no more remain.
 
-    Found by walking the (…, at) index the other filters use, which is cheap next to
-    comparing text in every row."""
-    clauses, own = query.where(db, org, text=False)
-    where = " AND ".join([*clauses, *after]) or "1 = 1"
+    Found with the page's other conditions (`clauses`, without the text) by walking
+    the (…, at) index they use, which is cheap next to comparing text in every row."""
+    where = " AND ".join(clauses) or "1 = 1"
     rows = db.all(  # the window's last row, and whether any is older
         f"SELECT at, id FROM message_log WHERE {where}"  # noqa: S608
         " ORDER BY at DESC, id DESC LIMIT 2 OFFSET :window",
-        {**params, **own, "window": window - 1},
+        {**params, "window": window - 1},
     )
     return (float(rows[0]["at"]), int(rows[0]["id"])) if len(rows) == 2 else None
 
