@@ -21,7 +21,6 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -42,6 +41,7 @@ from mailpeers import (
     make_message,
     smtp_client,
 )
+from waiting import wait_until
 
 pytestmark = [
     pytest.mark.slow,
@@ -177,13 +177,6 @@ def rude_client(port: int) -> list[bytes]:
     return replies
 
 
-def wait_until(check: Any, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what} within {timeout}s"
-        time.sleep(0.2)
-
-
 def test_stderr_is_json_lines_under_load_failures_and_a_rude_client(
     forwarder: Forwarder, tls_mx: Recorder
 ) -> None:
@@ -211,7 +204,7 @@ def test_stderr_is_json_lines_under_load_failures_and_a_rude_client(
     per_kind = MESSAGES // 20
     team_ids = [mid for to, mid in plan if to == f"team@{DOMAIN}"]
     forwarder.peers.wait_for_ids(team_ids, timeout=180)
-    wait_until(lambda: tls_mx.count() >= per_kind, "the TLS MX got its mail in clear")
+    wait_until(lambda: tls_mx.count() >= per_kind, "the TLS MX got its mail in clear", timeout=120)
     bounces = forwarder.peers.wait_for(
         lambda got: [r for r in got if r.host == SENDER_MX][per_kind - 1 :], timeout=120
     )
@@ -221,7 +214,11 @@ def test_stderr_is_json_lines_under_load_failures_and_a_rude_client(
         queued = json.loads(forwarder.run("queue", "list", "--json"))
         return sum(1 for m in queued if m["state"] == "deferred")
 
-    wait_until(lambda: deferred() == per_kind, "every message for the unreachable MX deferred")
+    wait_until(
+        lambda: deferred() == per_kind,
+        "every message for the unreachable MX deferred",
+        timeout=120,
+    )
     assert daemon.stop() == 0
 
     raw = daemon.log_path.read_bytes()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from mailpeers import (
 from smtpy.store.db import SCHEMA_REVISION, Database
 from test_e2e_queue import Stream
 from test_metrics import samples, scrape, value
+from waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -51,13 +51,14 @@ def children(daemon: Serve) -> list[int]:
 def wait_for_children(
     daemon: Serve, count: int, *, other_than: frozenset[int] = frozenset(), timeout: float = 20
 ) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def found() -> list[int]:
         pids = children(daemon)
-        if len(pids) == count and not set(pids) & other_than:
-            return pids
-        time.sleep(0.05)
-    raise AssertionError(f"expected {count} serving processes:\n{daemon.log_tail()}")
+        return pids if len(pids) == count and not set(pids) & other_than else []
+
+    try:
+        return wait_until(found, f"{count} serving processes", timeout=timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}:\n{daemon.log_tail()}") from None
 
 
 @pytest.mark.parametrize("store_url", ["sqlite", "postgresql"], indirect=True)
@@ -75,10 +76,11 @@ def test_two_processes_share_the_work_and_stop_cleanly(forwarder: Forwarder) -> 
     # logs `started`, then replaces itself with the watcher: same pid, new image).
     assert daemon.proc is not None
     cmdline = Path(f"/proc/{daemon.proc.pid}/cmdline")
-    deadline = time.monotonic() + 20
-    while b"smtpy.runtime.watcher" not in cmdline.read_bytes():
-        assert time.monotonic() < deadline, "the supervisor did not become the watcher"
-        time.sleep(0.02)
+    wait_until(
+        lambda: b"smtpy.runtime.watcher" in cmdline.read_bytes(),
+        "the supervisor became the watcher",
+        interval=0.02,
+    )
     status = Path(f"/proc/{daemon.proc.pid}/status").read_text()
     rss_kb = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
     assert rss_kb < 30_000, f"the supervisor holds {rss_kb} kB"
@@ -92,9 +94,7 @@ def test_two_processes_share_the_work_and_stop_cleanly(forwarder: Forwarder) -> 
     assert {counts[mid] for mid in accepted} == {1}  # each delivered once
 
     daemon.signal(signal.SIGHUP)  # reaches every process
-    deadline = time.monotonic() + 10
-    while len(daemon.events("reloaded")) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(daemon.events("reloaded")) >= 2, "both processes reloaded", timeout=10)
     assert len(daemon.events("reloaded")) == 2
     assert daemon.stop() == 0
     assert len(daemon.events("stopped")) == 3  # two processes, then the supervisor
@@ -113,11 +113,15 @@ def test_metrics_add_up_every_process(forwarder: Forwarder) -> None:
 
     found = samples(scrape(metrics_port)[2])
     assert value(found, "smtpy_messages_total", result="received", reason="queued") == 40
-    deadline = time.monotonic() + 10
-    while value(found, "smtpy_deliveries_total", result="delivered") < 40:
-        assert time.monotonic() < deadline, "deliveries never added up to 40"
-        time.sleep(0.2)
-        found = samples(scrape(metrics_port)[2])
+    wait_until(
+        lambda: (
+            value(samples(scrape(metrics_port)[2]), "smtpy_deliveries_total", result="delivered")
+            >= 40
+        ),
+        "deliveries added up to 40",
+        timeout=10,
+        interval=0.2,
+    )
     assert daemon.stop() == 0
 
 
