@@ -11,6 +11,7 @@ Three levels, each on SQLite and PostgreSQL:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -66,6 +67,27 @@ def test_only_when_every_fallback_failed_does_the_failure_bounce() -> None:
     chain = ["f1@backup.test", "f2@backup.test"]
     assert next_step(chain, {"f1@backup.test": "failed", "f2@backup.test": "failed"}, set()) is None
     assert next_step([], {}, set()) is None
+
+
+def test_route_explain_names_the_fallbacks_awaiting_confirmation() -> None:
+    from smtpy.admin.explain import fallbacks_awaiting_confirmation
+    from smtpy.route.aliases import AliasRule, DomainRules
+
+    chain = ("f1@backup.test", "F2@Backup.test", "https://hook.example/in")
+    rules = DomainRules.build(
+        "example.test",
+        [AliasRule(1, "example.test", "exact", "team", ("p@dest.test",), fallbacks=chain)],
+        unconfirmed=frozenset({"f2@backup.test"}),
+    )
+
+    async def rules_for(domain: str) -> DomainRules | None:
+        return rules if domain == "example.test" else None
+
+    async def waiting(address: str) -> tuple[str, ...]:
+        return await fallbacks_awaiting_confirmation(address, chain, rules_for)
+
+    assert asyncio.run(waiting("team@example.test")) == ("F2@Backup.test",)
+    assert asyncio.run(waiting("team@elsewhere.test")) == ()
 
 
 # -- the delivery worker over a real store ------------------------------------------------
@@ -127,6 +149,51 @@ def test_a_550_goes_to_the_first_fallback_and_the_sender_hears_nothing(store_url
     ]
     assert rows[0]["reply"].endswith("(next: fallback f1@backup.test)")
     assert all(r["alias"] == ALIAS for r in rows)
+
+
+def test_a_fallback_awaiting_confirmation_is_held_until_its_owner_confirms(
+    store_url: str,
+) -> None:
+    from smtpy.admin.destinations import confirm_address, insert_destination
+    from smtpy.admin.domains import DomainCreate, add_domain
+    from smtpy.admin.organizations import resolve_organization
+    from smtpy.store.db import Database
+
+    with Database(store_url) as db:  # a user added the alias: f1 was never confirmed
+        org = resolve_organization(db=db).id
+        add_domain(db=db, org=org, domain=DomainCreate(name=DOMAIN))
+        insert_destination(
+            db,
+            org=org,
+            kind="address",
+            address="f1@backup.test",
+            key="f1@backup.test",
+            confirmed=False,
+            now=T,
+        )
+    target = ScriptedTarget(script=script(p=["failed"]))
+
+    async def scenario() -> list[dict[str, Any]]:
+        chain = ("f1@backup.test",)
+        async with running(
+            store_url, target, before=[fallback_message("p@dest.test", fallbacks=chain)]
+        ) as h:
+            await h.until(lambda: _statuses(h, ["unconfirmed"]), "the fallback's delivery held")
+            held = await h.query("SELECT recipient, attempts FROM deliveries")
+            await h.writer.call(
+                lambda db: confirm_address(db=db, address="F1@backup.test", org=org)
+            )
+            await h.until(h.queue_empty, "the confirmed fallback got the message")
+            return held
+
+    held = run(scenario())
+    assert [(d["recipient"], d["attempts"]) for d in held] == [("f1@backup.test", 0)]
+    assert [c.recipients for c in target.calls] == [["p@dest.test"], ["f1@backup.test"]]
+    assert dsns(target) == []
+
+
+async def _statuses(h: Harness, want: list[str]) -> bool:
+    return [d["status"] for d in await h.query("SELECT status FROM deliveries")] == want
 
 
 def test_only_the_last_fallback_failing_bounces_and_once(store_url: str) -> None:
@@ -444,11 +511,21 @@ def test_the_api_takes_and_shows_fallbacks(cli_env: dict[str, str], store_url: s
         alias = made.json()
         assert alias["fallbacks"] == ["backup@mailbox.test", "last@other.test"]
         assert w.admin.get(f"{API}/aliases/{alias['id']}").json() == alias
+        # Added by a user, the fallbacks await their owners' confirmation like destinations.
+        waiting = {
+            d["address"]: d["status"] for d in w.admin.get(f"{API}/destinations").json()["data"]
+        }
+        assert waiting == dict.fromkeys(
+            ("sales@mailbox.test", "backup@mailbox.test", "last@other.test"),
+            "pending confirmation",
+        )
         listed = w.admin.get(url).json()["data"]
         assert [a["fallbacks"] for a in listed] == [alias["fallbacks"]]
 
         changed = w.admin.patch(f"{API}/aliases/{alias['id']}", json={"fallbacks": ["x@y.test"]})
         assert changed.status_code == 200, changed.text
+        listed_now = w.admin.get(f"{API}/destinations").json()["data"]
+        assert {d["address"]: d["status"] for d in listed_now}["x@y.test"] == "pending confirmation"
         assert changed.json()["fallbacks"] == ["x@y.test"]
         assert changed.json()["destinations"] == ["sales@mailbox.test"]
         page = w.member().get("/domains/acme.test")  # the dashboard lists them with the alias

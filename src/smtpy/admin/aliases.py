@@ -348,7 +348,7 @@ def add_alias(
                 },
             )
             destinations.note_alias_destinations(
-                db, org=org, destinations=targets, settings=settings
+                db, org=org, destinations=(*targets, *fallbacks), settings=settings
             )
             created = _get(db, new_id)
             secrets = _url_rows(db, org, (*targets, *fallbacks))
@@ -526,7 +526,9 @@ def _apply(
                 "id": alias_id,
             },
         )
-        destinations.note_alias_destinations(db, org=org, destinations=targets, settings=settings)
+        destinations.note_alias_destinations(
+            db, org=org, destinations=(*targets, *fallbacks), settings=settings
+        )
     if update.enabled is not None:
         db.execute(
             "UPDATE aliases SET enabled = :e WHERE id = :id", {"e": update.enabled, "id": alias_id}

@@ -234,8 +234,23 @@ async def explain(
             _webhook(d, settings.webhook_allow_private) for d in decision.destinations if is_url(d)
         ),
         fallbacks=decision.fallbacks,
-        awaiting_confirmation=tuple(d for d in decision.destinations if d in decision.held),
+        awaiting_confirmation=(
+            *(d for d in decision.destinations if d in decision.held),
+            *await fallbacks_awaiting_confirmation(address, decision.fallbacks, rules_for),
+        ),
     )
+
+
+async def fallbacks_awaiting_confirmation(
+    address: str, fallbacks: tuple[str, ...], rules_for: RulesFor
+) -> tuple[str, ...]:
+    """The fallbacks the owner of `address`'s domain has not confirmed: a message handed
+    to one waits in the queue until it is (`smtpy.queue.fallbacks`)."""
+    if not fallbacks:
+        return ()
+    rules = await rules_for(split_address(address)[1])
+    unconfirmed = rules.unconfirmed if rules is not None else frozenset()
+    return tuple(f for f in fallbacks if not is_url(f) and parse_address(f).key in unconfirmed)
 
 
 def _webhook(url: str, allow_private: bool) -> str:

@@ -131,19 +131,43 @@ def settle(
 
 
 def _queue(db: Database, failed: Claimed, address: str, chain: Sequence[str], now: float) -> None:
-    """A delivery to `address` in place of `failed`, due now, reckoned from now."""
+    """A delivery to `address` in place of `failed`, due now, reckoned from now; held
+    (status `unconfirmed`, never sent) while its owner has not confirmed `address`, like
+    a destination's (`smtpy.admin.destinations.release_waiting` makes it due)."""
+    from smtpy.queue.queries import UNCONFIRMED_REPLY
+
+    waiting = _awaiting_confirmation(db, failed.original_recipient, address)
     db.execute(
         "INSERT INTO deliveries (message_id, original_recipient, recipient, domain,"
-        " envelope_sender, status, attempts, next_attempt_at, lease_owner, fallbacks,"
-        " created_at, updated_at) VALUES (:message_id, :original_recipient, :recipient,"
-        " :domain, :envelope_sender, 'queued', 0, :now, NULL, :fallbacks, :now, :now)",
+        " envelope_sender, status, attempts, next_attempt_at, lease_owner, last_error,"
+        " fallbacks, created_at, updated_at) VALUES (:message_id, :original_recipient,"
+        " :recipient, :domain, :envelope_sender, :status, 0, :now, NULL, :error, :fallbacks,"
+        " :now, :now)",
         {
             "message_id": failed.message_id,
             "original_recipient": failed.original_recipient,
             "recipient": address,
             "domain": destination_domain(address),
             "envelope_sender": failed.envelope_sender,
+            "status": "unconfirmed" if waiting else "queued",
+            "error": UNCONFIRMED_REPLY if waiting else None,
             "fallbacks": json.dumps(list(chain), ensure_ascii=False),
             "now": now,
         },
+    )
+
+
+def _awaiting_confirmation(db: Database, original_recipient: str, address: str) -> bool:
+    """Whether the organization of the alias's domain holds `address` as a destination
+    its owner has not confirmed yet (a URL is confirmed by the admin who adds it)."""
+    if is_url(address):
+        return False
+    return (
+        db.scalar(
+            "SELECT 1 FROM destinations d JOIN domains m ON m.organization_id = d.organization_id"
+            " WHERE m.name = :domain AND d.kind = 'address' AND d.address_key = :key"
+            " AND d.confirmed_at IS NULL",
+            {"domain": split_address(original_recipient)[1], "key": key(address)},
+        )
+        is not None
     )
