@@ -65,6 +65,27 @@ def test_cli_and_api_see_the_same_webhooks(
         two = next(h for h in page["data"] if h["url"] == receiver.url("/two"))
         assert len(two["events"]) == 9
 
+        # A member reads them (as on the dashboard's pages) and changes none of them.
+        seeded = seed_org(store_url, org="acme", role="member")
+        member = api.browser()  # signed in: an API key acts as an admin
+        signed_in = member.post(
+            "/api/v1/auth/login", json={"email": seeded["email"], "password": seeded["password"]}
+        )
+        assert signed_in.status_code == 200, signed_in.text
+        member.headers["X-CSRF-Token"] = signed_in.json()["csrf_token"]
+        assert {h["id"] for h in member.get("/api/v1/webhooks").json()["data"]} == {
+            hook_id,
+            two["id"],
+        }
+        assert member.get(f"/api/v1/webhooks/{hook_id}").json()["url"] == receiver.url()
+        assert member.get(f"/api/v1/webhooks/{hook_id}/deliveries").status_code == 200
+        assert member.delete(f"/api/v1/webhooks/{hook_id}").status_code == 403
+        assert member.post(f"/api/v1/webhooks/{hook_id}/rotate-secret").status_code == 403
+        made_by_member = member.post(
+            "/api/v1/webhooks", json={"url": receiver.url("/three"), "events": ["message.bounced"]}
+        )
+        assert made_by_member.status_code == 403
+
         # Another organization sees none of them; its id answers 404 there.
         assert api.as_key(other["key"]).get("/api/v1/webhooks").json()["data"] == []
         assert api.as_key(other["key"]).delete(f"/api/v1/webhooks/{hook_id}").status_code == 404

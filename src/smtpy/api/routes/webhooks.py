@@ -1,6 +1,7 @@
 """/api/v1 routes: the acting organization's webhook endpoints and their deliveries (API.md).
 
-Admins manage them (`manage`). The answer to a create, and to a rotation, holds
+Every member reads them (`read`, as on the dashboard's pages); owners and admins change
+them (`manage`). The answer to a create, and to a rotation, holds
 the endpoint's `secret` (`whsec_…`) that once; lists never do.
 """
 
@@ -128,7 +129,7 @@ def list_webhooks(
     db: Db, principal: Auth, limit: Limit = None, cursor: Cursor = None
 ) -> Page[WebhookOut]:
     """The organization's webhook endpoints, newest first (never a secret)."""
-    principal.require("manage")
+    principal.require("read")
     page = webhooks.page_webhooks(db=db, org=principal.org, limit=limit, cursor=cursor)
     return Page[WebhookOut](
         data=[WebhookOut.model_validate(_out(h)) for h in page.data],
@@ -157,7 +158,7 @@ def create_webhook(
 
 @router.get("/webhooks/{webhook_id}")
 def get_webhook(webhook_id: str, db: Db, principal: Auth) -> WebhookOut:
-    principal.require("manage")
+    principal.require("read")
     return WebhookOut.model_validate(
         _out(webhooks.get_webhook(db=db, org=principal.org, webhook_id=webhook_id))
     )
@@ -221,7 +222,7 @@ def list_deliveries(
     webhook_id: str, db: Db, principal: Auth, limit: Limit = None, cursor: Cursor = None
 ) -> Page[DeliveryOut]:
     """The endpoint's deliveries, newest first, each with every attempt."""
-    principal.require("manage")
+    principal.require("read")
     page = webhooks.page_deliveries(
         db=db, org=principal.org, webhook_id=webhook_id, limit=limit, cursor=cursor
     )
