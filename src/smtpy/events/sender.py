@@ -205,6 +205,9 @@ class _Dropped(Exception):
 class Sender:
     """Posts webhooks over HTTP/1.1 (h11 on asyncio streams), keeping connections alive.
 
+    Our own connection handling in httpx's place, measured: 0.3 ms of CPU per post
+    where httpx took 1.3 to 2 ms (`bench/bench_webhook_post.py`).
+
     Each endpoint address (host, address, port) gets at most `MAX_CONNECTIONS` at
     once; a connection that answered cleanly waits for the next post for up to
     `KEEP_ALIVE` seconds. A kept connection the endpoint closed meanwhile is
