@@ -139,6 +139,7 @@ def test_what_each_answer_means(
     assert (outcome.status, outcome.enhanced, outcome.code) == (status, enhanced, None)
     assert outcome.reply.startswith(f"HTTP {reply.status}")
     assert outcome.remote_host == "127.0.0.1"
+    assert outcome.retry_after == (120.0 if reply.status == 429 else None)
     if reply.status == 422:
         assert outcome.reply == "HTTP 422: bad payload"
     assert len(receiver.received()) == 1, "redirects are not followed"

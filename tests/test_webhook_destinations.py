@@ -147,6 +147,22 @@ def test_500_then_200_is_delivered_on_retry_with_the_same_event_id(
     assert world.peers.received == [], "no DSN"
 
 
+def test_a_429_is_retried_after_what_its_retry_after_asked_not_the_schedule(
+    world: Forwarder, receiver: WebhookReceiver
+) -> None:
+    add_url_alias(world, receiver, receiver.url())
+    receiver.script(Reply(429, headers={"Retry-After": "4"}, body="slow down"))
+    daemon = world.start()  # SMTPY_RETRY_SCHEDULE=1: the schedule alone retries after 1 s
+
+    assert send(daemon.port, SENDER, [f"orders@{DOMAIN}"], order_message(new_id())) == {}
+
+    first, second = receiver.wait_for(lambda hits: hits if len(hits) >= 2 else None)
+    world.wait_settled()
+    assert [h.status for h in receiver.received()] == [429, 200]
+    assert second.at - first.at >= 3.9, "the second POST came before Retry-After allowed it"
+    assert daemon.wait_event("deferred")["reply"] == "HTTP 429: slow down"
+
+
 @pytest.mark.parametrize("status", [400, 410])
 def test_a_4xx_answer_bounces_to_the_sender_at_once(
     world: Forwarder, receiver: WebhookReceiver, status: int

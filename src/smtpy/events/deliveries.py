@@ -26,6 +26,7 @@ from smtpy.store.db import Database
 SCHEDULE: tuple[int, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
 JITTER = 0.1  # each delay is moved by up to this share either way
 MAX_RETRY_AFTER = 86400.0  # a Retry-After longer than this is cut to it
+MIN_RETRY_AFTER = 1.0  # a Retry-After of 0 must not make a loop of attempts
 DISABLE_AFTER = 5 * 86400.0  # an endpoint failing this long is disabled
 RESPONSE_KEPT = 1000  # characters of an answer's body kept with the attempt
 PRUNE_BATCH = 2000  # finished deliveries deleted per transaction
@@ -85,6 +86,11 @@ class Settled:
     disabled: str | None = None  # the reason, when this answer disabled the endpoint
 
 
+def asked_delay(retry_after: float) -> float:
+    """The wait a `Retry-After` asked for, as honoured: at least a second, at most a day."""
+    return min(max(retry_after, MIN_RETRY_AFTER), MAX_RETRY_AFTER)
+
+
 def next_delay(
     schedule: Sequence[int], attempts: int, *, rng: random.Random | None = None
 ) -> float | None:
@@ -115,7 +121,7 @@ def decide(
     if delay is None:
         return Settled("failed", None)
     if answer.status_code in (429, 503) and answer.retry_after is not None:
-        delay = min(max(answer.retry_after, 0.0), MAX_RETRY_AFTER)
+        delay = asked_delay(answer.retry_after)
     return Settled("pending", now + delay)
 
 

@@ -21,8 +21,10 @@ What the answer means for the queue (the same retry schedule and DSNs as SMTP):
                                  401/403 5.7.1, 413 5.3.4, others 5.0.0)
     URL refused by the SSRF rules failed (5.7.1)
 
-Retry-After is not honoured here: the queue's own schedule decides when the
-next attempt is. Each URL gets its own POST, even when given several.
+A 429 or 503 with a Retry-After sets when the next attempt is (at least a
+second, at most a day: `smtpy.events.deliveries.asked_delay`), in place of the
+queue's schedule; the queue lifetime still ends the delivery. Each URL gets its
+own POST, even when given several.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from smtpy.errors import InvalidInput
@@ -202,4 +205,5 @@ class HttpsTarget:
             return outcome("delivered", reply, "2.0.0", host)
         if 400 <= code < 500 and code not in (408, 429):
             return outcome("failed", reply, _failed_status(code), host)
-        return outcome("deferred", reply, "4.7.0" if code == 429 else "4.0.0", host)
+        deferred = outcome("deferred", reply, "4.7.0" if code == 429 else "4.0.0", host)
+        return replace(deferred, retry_after=answer.retry_after)  # set on 429 and 503 only

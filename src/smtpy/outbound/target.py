@@ -51,6 +51,8 @@ class Outcome:
     """`mx1.example.test[127.0.0.2]`, or None when no host was reached."""
     enhanced: str
     """RFC 3463 status for DSNs: from the reply when it has one, derived otherwise."""
+    retry_after: float | None = None
+    """Seconds a deferring receiver asked to wait (an HTTP 429 or 503's Retry-After)."""
 
 
 @dataclass(frozen=True)

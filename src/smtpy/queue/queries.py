@@ -25,6 +25,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from smtpy.events.deliveries import asked_delay
 from smtpy.outbound.target import Status
 from smtpy.queue import fallbacks
 from smtpy.queue.fallbacks import Step
@@ -463,11 +464,18 @@ class AttemptResult:
     reply: str
     remote_host: str | None
     enhanced: str
+    retry_after: float | None = None  # seconds the receiver asked to wait, if it said
 
 
 def next_delay(schedule: Sequence[int], attempts: int) -> int:
     """Seconds until the next attempt after `attempts` attempts (the last delay repeats)."""
     return schedule[min(max(attempts, 1), len(schedule)) - 1]
+
+
+def _delay(schedule: Sequence[int], attempts: int, retry_after: float | None) -> float:
+    """The wait before the next attempt: a receiver's Retry-After replaces the schedule's
+    (the queue lifetime still ends the delivery)."""
+    return next_delay(schedule, attempts) if retry_after is None else asked_delay(retry_after)
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,7 +528,7 @@ def record_results(
                 " WHERE id = :id AND lease_owner = :node",
                 {
                     "id": d.id,
-                    "next": now + next_delay(schedule, d.attempts + 1),
+                    "next": now + _delay(schedule, d.attempts + 1, r.retry_after),
                     "code": r.code,
                     "reply": r.reply[:1000],
                     "now": now,

@@ -481,6 +481,7 @@ class DeliveryWorker:
             reply=outcome.reply,
             remote_host=outcome.remote_host,
             enhanced=outcome.enhanced,
+            retry_after=outcome.retry_after,
         )
 
     def _settle(self, db: Database, results: list[AttemptResult], original: bytes) -> bool:
