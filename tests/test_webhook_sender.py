@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from smtpy.events.deliveries import Answer
 from smtpy.events.sender import MAX_ANSWER, MAX_CONNECTIONS, Sender
@@ -71,12 +72,14 @@ class Endpoint:
 
 
 @contextlib.asynccontextmanager
-async def serving(tmp_path: Path, **options: object) -> AsyncIterator[tuple[Endpoint, Sender]]:
+async def serving(
+    tmp_path: Path, host: str = "127.0.0.1", **options: object
+) -> AsyncIterator[tuple[Endpoint, Sender]]:
     ca = TestCA(tmp_path / "ca")
-    cert, key = ca.issue(["127.0.0.1"])
+    cert, key = ca.issue([host])
     endpoint = Endpoint(**options)  # type: ignore[arg-type]  # the test's own keywords
     server = await asyncio.start_server(
-        endpoint.handle, "127.0.0.1", 0, ssl=TestCA.server_context(cert, key)
+        endpoint.handle, host, 0, ssl=TestCA.server_context(cert, key)
     )
     endpoint.port = server.sockets[0].getsockname()[1]
     sender = Sender(allow_private=True, timeout=10.0, ca_file=ca.ca_file)
@@ -157,3 +160,24 @@ def test_a_path_http_cannot_carry_is_an_answer_with_an_error_not_a_crash(tmp_pat
     assert answer.status_code is None
     assert "cannot send this request" in (answer.error or "")
     assert endpoint.connections == 0
+
+
+def test_a_host_name_is_looked_up_once_for_many_posts(tmp_path: Path) -> None:
+    async def main() -> tuple[list[str], list[Answer]]:
+        async with serving(tmp_path, host="localhost") as (endpoint, sender):
+            loop = asyncio.get_running_loop()
+            real = loop.getaddrinfo
+            looked_up: list[str] = []
+
+            async def counted(host: str, *args: Any, **kwargs: Any) -> Any:
+                looked_up.append(host)  # a spy: the real lookup still answers
+                return await real(host, *args, **kwargs)
+
+            loop.getaddrinfo = counted  # type: ignore[method-assign]
+            url = f"https://localhost:{endpoint.port}/hook"
+            answers = [await sender.post(url, body="{}", headers={}) for _ in range(3)]
+            return looked_up, answers
+
+    looked_up, answers = asyncio.run(main())
+    assert [a.status_code for a in answers] == [200] * 3, [a.error for a in answers]
+    assert looked_up == ["localhost"]

@@ -4,8 +4,9 @@ Server-side request forgery is refused: a URL must be `https` (plain `http`
 only with SMTPY_WEBHOOK_ALLOW_PRIVATE), and its host must resolve only to
 public addresses: loopback, private, link-local (cloud metadata at
 169.254.169.254 among them), shared, reserved and multicast addresses are
-refused unless that setting is on. The name is resolved once and the
-connection goes to the address that was checked (the URL's host stays the
+refused unless that setting is on. The name is resolved (then at most once
+every `RESOLVED_FOR` seconds) and the connection goes to the address that
+was checked (the URL's host stays the
 `Host` header and the TLS server name, so the certificate is verified
 against it): a second answer from DNS cannot move the request elsewhere.
 Redirects are not followed; the answer's body is read up to `MAX_ANSWER`
@@ -39,6 +40,7 @@ MAX_ANSWER = 64 * 1024  # bytes of an answer read at most
 MAX_CONNECTIONS = 8  # connections at once to one endpoint address
 MAX_ENDPOINTS = 256  # endpoint addresses with kept connections; beyond, they are closed
 KEEP_ALIVE = 15.0  # seconds an idle connection is kept for the next post
+RESOLVED_FOR = 60.0  # seconds a checked address stands for its host name (no lookup per post)
 READ_SIZE = 65536
 USER_AGENT = f"smtpy/{__version__} (webhooks)"
 ALLOW_HINT = "set SMTPY_WEBHOOK_ALLOW_PRIVATE=true to allow it (tests, intranets)"
@@ -228,6 +230,7 @@ class Sender:
         self._tls = tls_context(ca_file)
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._slots: dict[tuple[str, str, int], asyncio.Semaphore] = {}
+        self._resolved: dict[tuple[str, int], tuple[str, float]] = {}  # → (address, until)
 
     async def close(self) -> None:
         for connections in self._idle.values():
@@ -248,7 +251,7 @@ class Sender:
             return Answer(None, 0, error=f"the event is {len(data)} bytes, over {self.max_body}")
         try:
             target = _parsed(url, self.allow_private)
-            address = await resolve(target, allow_private=self.allow_private, within=self.timeout)
+            address = await self._address(target)
         except (InvalidInput, Refused) as exc:
             return Answer(None, elapsed(), error=str(exc))
         try:
@@ -286,6 +289,23 @@ class Sender:
             except Exception as exc:  # a refused connection, a TLS failure, a broken answer
                 reason = str(exc) or type(exc).__name__
                 return Answer(None, elapsed(), error=f"{type(exc).__name__}: {reason}"[:500])
+
+    async def _address(self, target: Target) -> str:
+        """The checked address of `target`'s host, looked up again once `RESOLVED_FOR` old.
+
+        An address is remembered only once every address of the name passed the
+        checks (`resolve`), and the connection goes to it: remembering it lets no
+        other address in. A refused name is looked up again at the next post."""
+        name = (target.host, target.port)
+        hit = self._resolved.get(name)
+        now = time.monotonic()
+        if hit is not None and now < hit[1]:
+            return hit[0]
+        address = await resolve(target, allow_private=self.allow_private, within=self.timeout)
+        if len(self._resolved) >= MAX_ENDPOINTS:  # many endpoints: start again
+            self._resolved.clear()
+        self._resolved[name] = (address, now + RESOLVED_FOR)
+        return address
 
     def _take(self, key: tuple[str, str, int]) -> _Connection | None:
         """A kept connection to `key` that has not idled too long, or None."""
