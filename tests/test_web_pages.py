@@ -304,6 +304,27 @@ def test_a_member_sees_no_delete_button_and_is_refused_anyway(world: dict[str, A
     assert "once the domain is verified" in refused.text and 'role="alert"' in refused.text
 
 
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_a_page_that_does_not_exist_is_a_page_and_the_api_keeps_its_problem(
+    browser: Browser,  # noqa: F811
+    world: dict[str, Any],
+) -> None:
+    api: ApiServer = world["api"]
+    page = new_page(browser)
+    answer = page.goto(api.base_url + "/no/such/page")
+    assert answer is not None and answer.status == 404
+    assert page.locator("h1").inner_text() == "Not found"
+    assert "There is no page at /no/such/page" in page.locator('[role="alert"]').inner_text()
+    assert_accessible(page)
+    page.context.close()
+
+    with httpx.Client(base_url=api.base_url) as client:  # a script asking the API
+        missing = client.get("/api/v1/no/such/path", headers={"Accept": "text/html"})
+        assert missing.status_code == 404
+        assert missing.headers["content-type"].startswith("application/problem+json")
+        assert client.get("/no/such/page").json()["code"] == "not_found"
+
+
 PAGES = ("/", "/domains", f"/domains/{DOMAIN}", "/messages", f"/messages/{QUEUE_ID}", "/stats")
 
 
