@@ -183,3 +183,48 @@ def test_api_refuses_over_the_plan_with_a_402_problem(
             api.as_key(other["key"]).post("/api/v1/domains", json={"name": "o.test"}).status_code
             == 201
         )
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+def test_creates_at_once_never_pass_the_limit_together(store_url: str, tmp_path: Path) -> None:
+    """Six aliases created at the same moment on PostgreSQL (six connections, as six API
+    requests): the plan allows two, so exactly two are made and four refused."""
+    import threading
+
+    from smtpy.admin.aliases import AliasCreate, add_alias
+    from smtpy.admin.domains import DomainCreate, add_domain
+    from smtpy.admin.organizations import resolve_organization
+    from smtpy.billing.plans import Catalog
+    from smtpy.errors import PlanLimit
+    from smtpy.store.db import Database
+
+    settings = load(_config(tmp_path, PLANS_TOML), environ={"HOME": str(tmp_path)}).settings
+    catalog = Catalog.of(settings)
+    with Database(store_url) as db:
+        org = resolve_organization(db=db).id
+        add_domain(db=db, org=org, domain=DomainCreate(name="example.test"), catalog=catalog)
+    start = threading.Barrier(6)
+    results: list[str] = []
+
+    def create(n: int) -> None:
+        with Database(store_url) as db:
+            start.wait(timeout=30)
+            try:
+                add_alias(
+                    db=db,
+                    org=org,
+                    alias=AliasCreate(address=f"a{n}@example.test", destinations=["x@dest.test"]),
+                    catalog=catalog,
+                )
+                results.append("made")
+            except PlanLimit:
+                results.append("refused")
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(results) == ["made"] * 2 + ["refused"] * 4
+    with Database(store_url) as db:
+        assert db.scalar("SELECT count(*) FROM aliases") == 2

@@ -239,6 +239,7 @@ def check_plan_limit(*, db: Database, org: int, key: str, catalog: Catalog | Non
     """Refuse a new destination beyond the plan's `destinations` limit (PlanLimit; counted as
     the distinct addresses of the aliases and the destinations together), and in any case
     beyond `MAX_DESTINATIONS` rows."""
+    billing.hold_organization(db, org)
     keys, rows = _count(db, org)
     if key.lower() not in keys:
         billing.check_limit(db, org, "destinations", catalog=catalog, used=len(keys))

@@ -140,6 +140,7 @@ def check_url(url: str, *, allow_private: bool) -> Target:
 def check_plan_limit(*, db: Database, org: int, catalog: Catalog | None) -> None:
     """Refuse another endpoint beyond the plan's `webhooks` limit (PlanLimit), and in any
     case beyond `MAX_WEBHOOKS`."""
+    billing.hold_organization(db, org)
     count = int(
         db.scalar("SELECT count(*) FROM webhooks WHERE organization_id = :org", {"org": org}) or 0
     )

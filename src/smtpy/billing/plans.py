@@ -308,6 +308,15 @@ def limit_message(kind: str, limit: int, plan: PlanPublic, used: int | None = No
     )
 
 
+def hold_organization(db: Database, org: int) -> None:
+    """Make what counts against `org`'s limits wait for the caller's transaction: on
+    PostgreSQL its row is locked until that transaction ends (two creates at once would
+    each count one below the limit, and both pass); SQLite's write transaction holds the
+    whole store already. Call it before counting."""
+    if db.dialect == "postgresql":
+        db.execute("SELECT id FROM organizations WHERE id = :org FOR UPDATE", {"org": org})
+
+
 def check_limit(
     db: Database,
     org: int,
@@ -337,6 +346,8 @@ def check_limit(
                 limit_message(kind, limit, effective.plan), limit=kind, plan=effective.plan.id
             )
         return
+    if used is None:
+        hold_organization(db, org)
     current = used if used is not None else count(db, org, kind)
     if current is None:
         return
@@ -357,6 +368,7 @@ def check_destinations(
     wanted = {d.lower() for d in destinations}
     if not wanted:
         return
+    hold_organization(db, org)
     existing = destinations_of(db, org)
     new = wanted - existing
     check_limit(db, org, "destinations", catalog=catalog, adding=len(new), used=len(existing))
