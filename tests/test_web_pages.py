@@ -325,6 +325,19 @@ def test_a_page_that_does_not_exist_is_a_page_and_the_api_keeps_its_problem(
         assert client.get("/no/such/page").json()["code"] == "not_found"
 
 
+def test_a_stop_does_not_wait_for_an_open_event_stream(world: dict[str, Any]) -> None:
+    api: ApiServer = world["api"]
+    client, _ = session(api, world["owner"])
+    with client.stream("GET", "/events/messages") as events:
+        assert events.status_code == 200
+        assert next(events.iter_text()).startswith("retry:")  # the stream is open
+        started = time.monotonic()
+        code = api.stop()  # SIGTERM, as systemd stops smtpy-api.service
+        took = time.monotonic() - started
+    # A stream lasts 25 s, as long as the stop may wait for requests: it must end at once.
+    assert code == 0 and took < 10, f"exit {code} after {took:.1f} s\n{api.stderr[-2000:]}"
+
+
 PAGES = ("/", "/domains", f"/domains/{DOMAIN}", "/messages", f"/messages/{QUEUE_ID}", "/stats")
 
 
