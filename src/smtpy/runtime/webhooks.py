@@ -35,6 +35,7 @@ from smtpy.events.deliveries import (
     claim_due,
     has_due,
     record,
+    record_delivered,
     release,
 )
 from smtpy.events.sender import Sender, send_delivery
@@ -227,17 +228,25 @@ class WebhookWorker:
     def _record_all(
         self, db: Database, *, answered: list[tuple[Claimed, Answer]]
     ) -> list[Settled | None]:
-        """Record each answer in its own savepoint: one that fails leaves the others."""
-        settled: list[Settled | None] = []
+        """Record the answers: those that delivered together (`record_delivered`), each
+        other one in its own savepoint; a part that fails leaves the others."""
+        settled: dict[int, Settled | None] = {}
+        delivered = [(delivery, answer) for delivery, answer in answered if answer.ok]
+        try:
+            record_delivered(db, delivered, now=self._clock())
+            settled.update((delivery.id, Settled("delivered", None)) for delivery, _ in delivered)
+        except Exception as exc:  # their leases run out and they are sent again
+            logger.error("webhook_record_failed", deliveries=len(delivered), error=str(exc)[:300])
         for delivery, answer in answered:
+            if answer.ok:
+                continue
             try:
-                settled.append(self._record(db, delivery=delivery, answer=answer))
+                settled[delivery.id] = self._record(db, delivery=delivery, answer=answer)
             except Exception as exc:  # its lease runs out and it is tried again
                 logger.error(
                     "webhook_record_failed", event_id=delivery.event_id, error=str(exc)[:300]
                 )
-                settled.append(None)
-        return settled
+        return [settled.get(delivery.id) for delivery, _ in answered]
 
     def _record(self, db: Database, *, delivery: Claimed, answer: Answer) -> Settled:
         settled = record(
