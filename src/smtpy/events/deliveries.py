@@ -203,6 +203,9 @@ def record(
     """
     now = time.time() if now is None else now
     settled = decide(answer, attempts=claimed.attempts, schedule=schedule, now=now, rng=rng)
+    if answer.ok:
+        record_delivered(db, [(claimed, answer)], now=now)
+        return settled
     with db.transaction():
         db.execute(
             "INSERT INTO webhook_attempts (delivery_id, at, status_code, duration_ms,"
@@ -229,13 +232,6 @@ def record(
                 "id": claimed.id,
             },
         )
-        if answer.ok:
-            db.execute(
-                "UPDATE webhooks SET failing_since = NULL WHERE id = :id"
-                " AND failing_since IS NOT NULL",
-                {"id": claimed.webhook_id},
-            )
-            return settled
         db.execute(
             "UPDATE webhooks SET failing_since = :now WHERE id = :id AND failing_since IS NULL",
             {"id": claimed.webhook_id, "now": now},

@@ -62,10 +62,6 @@ class Target:
         default = 443 if self.scheme == "https" else 80
         return host if self.port == default else f"{host}:{self.port}"
 
-    def url_to(self, address: str) -> str:
-        host = f"[{address}]" if ":" in address else address
-        return f"{self.scheme}://{host}:{self.port}{self.target}"
-
 
 def forbidden(address: str) -> str | None:
     """Why a webhook may not reach `address` (loopback, private, …), or None if it may."""

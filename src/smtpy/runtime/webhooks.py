@@ -110,20 +110,19 @@ class WebhookWorker:
         sleeps `poll_seconds` (or until `wake()`); with more due than it can
         send, it claims again once a quarter of its slots are free.
         """
-        batch = self._batch
         recorder = asyncio.create_task(self._record_answers())
         try:
-            await self._claim_loop(batch)
+            await self._claim_loop()
         finally:
             recorder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await recorder
 
-    async def _claim_loop(self, batch: int) -> None:
+    async def _claim_loop(self) -> None:
         while not self._stopping:
             self._wake.clear()
             free = self.settings.concurrency - len(self._inflight)
-            if free < batch and self._inflight:  # saturated: wait for slots to free up
+            if free < self._batch and self._inflight:  # saturated: wait for slots to free up
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
                 continue
@@ -176,7 +175,7 @@ class WebhookWorker:
             self._batch_full.set()
 
     async def _record_answers(self) -> None:
-        """Record the answers in batches: once `batch` are in, or `flush_seconds` after the first."""
+        """Record the answers in batches: once `_batch` are in, or `flush_seconds` after the first."""
         while True:
             await self._have_answers.wait()
             with contextlib.suppress(TimeoutError):
