@@ -256,6 +256,21 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return ticks / _CLK_TCK
 
 
+def written_bytes(pids: Iterable[int]) -> int:
+    """Bytes each process caused to be written to storage (`write_bytes` of /proc/PID/io):
+    for SQLite, the WAL's pages and what checkpoints copy into the database."""
+    total = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/io").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("write_bytes:"):
+                total += int(line.split()[1])
+    return total
+
+
 class Sampler(threading.Thread):
     """Samples the summed PSS of a process tree until stopped; keeps the peak."""
 
@@ -801,6 +816,7 @@ class Result:
     process_names: dict[str, int] = field(default_factory=dict)
     round: int = 0
     cpu: float = 0.0
+    written: int = 0  # bytes the stack's processes wrote to storage during the run
     left_in_queue: int = 0
     error: str = ""
 
@@ -861,6 +877,7 @@ def measure(
     sampler = Sampler(stack.roots)
     sampler.sample()
     cpu_before = cpu_seconds(process_tree(stack.roots()))
+    written_before = written_bytes(process_tree(stack.roots()))
     profiler = start_profiler(stack, size, profile)
     sampler.start()
     started = time.monotonic()
@@ -881,6 +898,7 @@ def measure(
     try:
         done = sink.wait_for(base + count, deadline)
         cpu_after = cpu_seconds(process_tree(stack.roots()))
+        written_after = written_bytes(process_tree(stack.roots()))
         reaper.join(timeout=max(1.0, deadline - time.monotonic()))
         if reaper.is_alive():
             stop_process(source, grace=2)
@@ -911,6 +929,7 @@ def measure(
     result.processes = sampler.processes
     result.process_names = sampler.names
     result.cpu = cpu_after - cpu_before
+    result.written = written_after - written_before
     return result
 
 

@@ -22,7 +22,10 @@ smtp-sink, the smtpy stack with SPF/DMARC-publishing sender DNS). Loopback only.
    Every event must reach the receiver.
 
    What it costs is printed too: smtpy's CPU per message (its processes, during
-   the run) with and without, and so per event; the receiver's CPU per event
+   the run) with and without, and so per event; what its processes wrote to
+   storage per message (the store's WAL and checkpoints: an event's rows are
+   written in the commit of the mail that caused it, whose durability every
+   SMTP reply waits for); the receiver's CPU per event
    (on a 2-core machine the far end shares the cores: its work slows smtpy's
    mail as much as smtpy's own); the share of the run's events delivered before
    its last message was, and how long after that the last event was.
@@ -230,6 +233,7 @@ def forwarding(work: Path, smtpy: str, count: int, rounds: int) -> dict[str, Any
     receiver.start()
     rates: dict[str, list[float]] = {"smtpy": [], "smtpy+webhook": []}
     cpu: dict[str, list[float]] = {"smtpy": [], "smtpy+webhook": []}  # ms per message
+    disk: dict[str, list[float]] = {"smtpy": [], "smtpy+webhook": []}  # KB written per message
     receiver_cpu: list[float] = []  # ms per event, during the measured runs
     in_run: list[float] = []  # share of the run's events delivered before its mail was all out
     after: list[float] = []  # seconds from the last message out to the last event delivered
@@ -258,8 +262,10 @@ def forwarding(work: Path, smtpy: str, count: int, rounds: int) -> dict[str, Any
                         raise bf.BenchError(f"{stack.name}: {result.error or 'lost mail'}")
                     rates[stack.name].append(result.rate)
                     cpu[stack.name].append(result.cpu / count * 1000)
+                    disk[stack.name].append(result.written / count / 1024)
                     line = f"round {round_no + 1}: {stack.name} {result.rate:.1f} msg/s, "
-                    line += f"smtpy CPU {cpu[stack.name][-1]:.2f} ms/msg"
+                    line += f"smtpy CPU {cpu[stack.name][-1]:.2f} ms/msg, "
+                    line += f"writes {disk[stack.name][-1]:.1f} KB/msg"
                     if stack.receiver:
                         want = 2 * count  # received + forwarded per message
                         in_run.append((receiver.count.value - heard) / want)
@@ -296,6 +302,10 @@ def forwarding(work: Path, smtpy: str, count: int, rounds: int) -> dict[str, Any
         "met": slower <= TARGET,
         "smtpy_cpu_ms_per_message": {"without": round(cpu_plain, 2), "with": round(cpu_hooked, 2)},
         "smtpy_cpu_ms_per_event": round((cpu_hooked - cpu_plain) / 2, 3),
+        "smtpy_disk_kb_per_message": {
+            "without": round(statistics.median(disk["smtpy"]), 1),
+            "with": round(statistics.median(disk["smtpy+webhook"]), 1),
+        },
         "receiver_cpu_ms_per_event": round(statistics.median(receiver_cpu), 3),
         "events_delivered_during_the_run": f"{statistics.median(in_run) * 100:.0f} %",
         "last_event_after_last_message_s": round(statistics.median(after), 2) if after else None,
