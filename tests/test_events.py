@@ -303,8 +303,12 @@ def test_pruning_removes_finished_deliveries_and_keeps_pending_ones(db: Database
         " VALUES (:id, 100, 200, 5)",
         {"id": first},
     )
+    with db.transaction():  # an event made after `before`, whose delivery is gone already
+        later = outbox.emit(db, org=org, type_="domain.verified", data={"domain": "e.test"}, at=300)
+    db.execute("DELETE FROM webhook_deliveries WHERE event_id = :id", {"id": later})
     assert prune(db, before=50) == 0  # nothing that old
+    assert _rows(db) == (4, 3)
     assert prune(db, before=200) == 2
-    assert _rows(db) == (1, 1)  # the pending one and its event stay
+    assert _rows(db) == (2, 1)  # the pending one and its event stay, and the later event
     assert db.scalar("SELECT status FROM webhook_deliveries") == "pending"
     assert db.scalar("SELECT count(*) FROM webhook_attempts") == 0

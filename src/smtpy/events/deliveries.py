@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from smtpy.events import outbox
 from smtpy.store.db import Database
 
 SCHEDULE: tuple[int, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
@@ -342,9 +343,9 @@ def prune(db: Database, *, before: float, batch: int = PRUNE_BATCH) -> int:
             names = ", ".join(f":i{n}" for n in range(len(ids)))
             db.execute("DELETE FROM webhook_attempts WHERE delivery_id IN (" + names + ")", params)  # noqa: S608 - placeholders only
             db.execute("DELETE FROM webhook_deliveries WHERE id IN (" + names + ")", params)  # noqa: S608 - placeholders only
-        db.execute(
-            "DELETE FROM webhook_events WHERE created_at < :before AND id NOT IN"
+        db.execute(  # the ids sort by time: this reads the primary key, not every event
+            "DELETE FROM webhook_events WHERE id < :floor AND id NOT IN"
             " (SELECT event_id FROM webhook_deliveries)",
-            {"before": before},
+            {"floor": outbox.id_floor(before)},
         )
     return len(ids)

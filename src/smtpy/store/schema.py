@@ -20,6 +20,7 @@ from sqlalchemy import (
     LargeBinary,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
@@ -505,9 +506,10 @@ class WebhookEvent(SQLModel, table=True):
     """The outbox: one event, its body as sent (`{"type","timestamp","data"}`)."""
 
     __tablename__ = "webhook_events"
-    __table_args__ = (Index("ix_webhook_events_created_at", "created_at"),)
 
-    id: str = Field(primary_key=True, max_length=40)  # the `webhook-id` header
+    # The `webhook-id` header; it sorts by time (`smtpy.events.outbox.new_event_id`), so
+    # pruning by age reads this key and `created_at` needs no index of its own.
+    id: str = Field(primary_key=True, max_length=40)
     organization_id: int = Field(index=True)
     type: str = Field(max_length=40)
     created_at: float
@@ -525,7 +527,13 @@ class WebhookDelivery(SQLModel, table=True):
     __table_args__ = (
         Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
         Index("ix_webhook_deliveries_webhook", "webhook_id", "created_at"),
-        Index("ix_webhook_deliveries_lease", "lease_owner"),
+        # Only leased deliveries: a new one (not leased) is written without touching it.
+        Index(
+            "ix_webhook_deliveries_lease",
+            "lease_owner",
+            sqlite_where=text("lease_owner IS NOT NULL"),
+            postgresql_where=text("lease_owner IS NOT NULL"),
+        ),
     )
 
     id: int | None = Field(
