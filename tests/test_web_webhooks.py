@@ -111,6 +111,36 @@ def test_an_endpoint_is_added_tested_rotated_retried_disabled_and_removed(
     expect(first).to_contain_text("delivered")
     expect(first).to_contain_text("200")
 
+    # The URL and events change in the endpoint's page; what the core refuses changes nothing.
+    page.get_by_label("Endpoint URL").fill("http://127.0.0.1/plain")
+    page.get_by_label("message.bounced").uncheck()
+    page.get_by_label("domain.verified").uncheck()
+    page.get_by_role("button", name="Save the URL and events").click()
+    expect(page.locator("#f-events-error")).to_contain_text("at least one event type")
+    expect(page.get_by_label("Endpoint URL")).to_have_value("http://127.0.0.1/plain")
+    with Database(site.store_url) as db:
+        [stored] = webhooks.list_webhooks(db=db, org=site.user["org"])
+    assert (stored.url, stored.events) == (receiver.url(), ["message.bounced", "domain.verified"])
+    page.get_by_label("Endpoint URL").fill(receiver.url("/changed"))
+    page.get_by_label("message.forwarded").check()
+    page.get_by_label("message.bounced").check()
+    page.get_by_role("button", name="Save the URL and events").click()
+    expect(page.locator(".flash")).to_have_text(
+        f"Saved: {receiver.url('/changed')} gets 2 event types."
+    )
+    expect(page.locator("h1")).to_have_text(receiver.url("/changed"))
+    expect(page.get_by_label("message.forwarded")).to_be_checked()
+    expect(page.get_by_label("message.bounced")).to_be_checked()
+    expect(page.get_by_label("domain.verified")).not_to_be_checked()
+    page.get_by_role("button", name="Send a test event").click()  # the same secret signs
+    expect(page.locator(".flash")).to_have_text("The test event was delivered (HTTP 200).")
+    changed = _last_hit(receiver, 2)
+    assert changed.path == "/changed" and changed.verified_by == (0,)
+    with Database(site.store_url) as db:
+        [stored] = webhooks.list_webhooks(db=db, org=site.user["org"])
+    assert stored.events == ["message.forwarded", "message.bounced"]
+    assert_accessible(page)
+
     # Rotation: the new secret is shown once; the old one goes on signing for the overlap.
     page.get_by_role("button", name="Rotate the secret").click()
     expect(page.locator("#rotated")).to_contain_text("previous secret goes on signing")
@@ -118,14 +148,14 @@ def test_an_endpoint_is_added_tested_rotated_retried_disabled_and_removed(
     assert rotated.startswith("whsec_") and rotated != secret
     receiver.secrets.append(rotated)
     page.reload()  # shown once: the page's address shows the endpoint again, without it
-    expect(page.locator("h1")).to_have_text(receiver.url())
+    expect(page.locator("h1")).to_have_text(receiver.url("/changed"))
     assert rotated not in page.content()
 
     # A failing endpoint: the delivery shows its HTTP status and the answer's body.
     receiver.script(Reply(503, body="down for maintenance"))
     page.get_by_role("button", name="Send a test event").click()
     expect(page.locator(".flash")).to_contain_text("not delivered: HTTP 503")
-    hit = _last_hit(receiver, 2)
+    hit = _last_hit(receiver, 3)
     assert hit.verified_by == (0, 1)  # both secrets sign during the overlap
     failed = page.locator("#deliveries tbody tr").first
     expect(failed).to_contain_text("failed")
@@ -149,7 +179,9 @@ def test_an_endpoint_is_added_tested_rotated_retried_disabled_and_removed(
     expect(page.get_by_role("button", name="Remove the endpoint")).to_be_hidden()
     page.get_by_text("Remove this endpoint…").click()
     page.get_by_role("button", name="Remove the endpoint").click()
-    expect(page.locator(".flash")).to_have_text(f"The endpoint {receiver.url()} was removed.")
+    expect(page.locator(".flash")).to_have_text(
+        f"The endpoint {receiver.url('/changed')} was removed."
+    )
     expect(page.get_by_text("No endpoint yet.")).to_be_visible()
     with Database(site.store_url) as db:
         assert webhooks.list_webhooks(db=db, org=site.user["org"]) == []
@@ -208,7 +240,14 @@ def test_a_member_sees_webhooks_read_only_on_a_phone_in_both_themes(
             site.url(f"/webhooks/{hook_id}/disable"), headers={"X-CSRF-Token": token or ""}
         )
         assert answer.status == 403
+        answer = page.request.post(
+            site.url(f"/webhooks/{hook_id}/edit"),
+            headers={"X-CSRF-Token": token or ""},
+            form={"url": "https://127.0.0.1:9/other", "events": "message.bounced"},
+        )
+        assert answer.status == 403
         page.context.close()
         assert csp_violations(page) == []
     with Database(site.store_url) as db:
-        assert webhooks.get_webhook(db=db, org=site.user["org"], webhook_id=hook_id).enabled
+        hook = webhooks.get_webhook(db=db, org=site.user["org"], webhook_id=hook_id)
+    assert hook.enabled and hook.url == "https://127.0.0.1:9/hook"

@@ -161,3 +161,51 @@ def test_private_urls_are_refused_by_both_shells_without_the_setting(
         assert answer.headers["content-type"].startswith("application/problem+json")
         assert "loopback" in answer.json()["detail"]
     assert json.loads(cli("webhook", "list", "--json").stdout) == []
+
+
+def test_the_cli_changes_an_endpoints_url_and_events_and_keeps_its_secret(
+    private_env: dict[str, str], receiver: WebhookReceiver
+) -> None:
+    cli = Cli(private_env)
+    assert cli("db", "upgrade").code == 0
+    added = cli("webhook", "add", receiver.url(), "-e", "message.bounced", "--json")
+    assert added.code == 0, added.stderr
+    hook = json.loads(added.stdout)
+
+    def stored() -> tuple[str, list[str]]:
+        [row] = json.loads(cli("webhook", "list", "--json").stdout)
+        return row["url"], row["events"]
+
+    asked_nothing = cli("webhook", "update", hook["id"])
+    assert asked_nothing.code == 2 and "--url" in asked_nothing.stderr
+    # A refused event type changes nothing, not even the URL given with it.
+    bad = cli("webhook", "update", hook["id"], "--url", receiver.url("/new"), "-e", "message.sent")
+    assert bad.code == 2 and "unknown event type" in bad.stderr
+    refused = cli("webhook", "update", hook["id"], "--url", "ftp://example.net/hook")
+    assert refused.code == 2 and "https://" in refused.stderr
+    assert stored() == (receiver.url(), ["message.bounced"])
+
+    changed = cli(
+        "webhook", "update", hook["id"], "--url", receiver.url("/new"),
+        "-e", "message.bounced", "-e", "message.forwarded", "--json",
+    )  # fmt: skip
+    assert changed.code == 0, changed.stderr
+    body = json.loads(changed.stdout)
+    assert (body["url"], body["events"]) == (
+        receiver.url("/new"),
+        ["message.forwarded", "message.bounced"],
+    )
+    assert "secret" not in body and hook["secret"] not in changed.stdout
+    assert stored() == (receiver.url("/new"), ["message.forwarded", "message.bounced"])
+
+    # The secret stays: a test event goes to the new URL, signed as before.
+    receiver.secrets.append(hook["secret"])
+    tested = cli("webhook", "test", hook["id"])
+    assert tested.code == 0, tested.stdout + tested.stderr
+    [hit] = receiver.received()
+    assert hit.path == "/new" and hit.verified_by == (0,)
+
+    every = cli("webhook", "update", hook["id"], "-e", "*")  # the URL stays
+    assert every.code == 0 and "message.received" in every.stdout
+    url, events = stored()
+    assert url == receiver.url("/new") and len(events) == 9

@@ -44,23 +44,27 @@ def _owner(db: Database, webhook_id: str, org: str | None) -> int:
     )
 
 
+EventsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--event",
+        "-e",
+        help="An event type to send (repeat the option; * for every type).",
+        show_default=False,
+    ),
+]
+
+
 @app.command("add")
 def add(
     ctx: typer.Context,
     url: Annotated[str, typer.Argument(help="Where events are posted: an https:// URL.")],
-    events: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--event",
-            "-e",
-            help="An event type to send (repeat the option); default: every type.",
-            show_default=False,
-        ),
-    ] = None,
+    events: EventsOption = None,
     org: OrgOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Add a webhook endpoint and print its signing secret: this once."""
+    """Add a webhook endpoint (for every event type unless --event says which) and print
+    its signing secret: this once."""
     from smtpy.admin.webhooks import create_webhook
     from smtpy.billing.plans import Catalog
 
@@ -132,6 +136,41 @@ def remove(
     with state(ctx).database() as db:
         hook = remove_webhook(db=db, org=_owner(db, webhook_id, org), webhook_id=webhook_id)
     done(f"removed webhook {hook.id} ({hook.url})")
+
+
+@app.command("update")
+def update(
+    ctx: typer.Context,
+    webhook_id: IdArgument,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="A new https:// URL to post to.", show_default=False),
+    ] = None,
+    events: EventsOption = None,
+    org: OrgOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Change where a webhook endpoint posts, or the event types it gets (--event replaces
+    the list); its secret and deliveries stay."""
+    from smtpy.admin.webhooks import update_webhook
+    from smtpy.errors import InvalidInput
+
+    if url is None and events is None:
+        raise InvalidInput("say what to change: --url URL, or --event TYPE (repeat the option)")
+    settings = state(ctx).settings
+    with state(ctx).database() as db:
+        hook = update_webhook(
+            db=db,
+            org=_owner(db, webhook_id, org),
+            webhook_id=webhook_id,
+            url=url,
+            events=events,
+            allow_private=settings.webhook_allow_private,
+        )
+    if json:
+        print_json(hook)
+        return
+    done(f"webhook {hook.id} posts {', '.join(hook.events)} to {hook.url}")
 
 
 def _enabled(ctx: typer.Context, webhook_id: str, org: str | None, enabled: bool) -> None:

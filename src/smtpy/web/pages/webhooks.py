@@ -1,5 +1,6 @@
-"""Webhooks: the organization's endpoints (add, enable/disable, remove, rotate the secret,
-send a test event) and each endpoint's recent deliveries with a retry per delivery.
+"""Webhooks: the organization's endpoints (add, change the URL and events, enable/disable,
+remove, rotate the secret, send a test event) and each endpoint's recent deliveries with a
+retry per delivery.
 
 A thin shell over `smtpy.admin.webhooks`: every rule (the URL, the event types, the plan's
 limit, rotation overlap, when a retry is allowed) is the core's. Every member reads these
@@ -81,16 +82,7 @@ def webhook_add(
     user.principal.require("manage")
     settings = settings_of(request)
     chosen = events or []
-    errors = FormErrors()
-    # The core's own checks, one per field, so that each error shows at its field.
-    try:
-        webhooks.check_url(url, allow_private=settings.webhook_allow_private)
-    except InvalidInput as exc:
-        errors.error(exc, "url")
-    try:
-        webhooks.check_events(chosen)
-    except InvalidInput as exc:
-        errors.error(exc, "events")
+    errors = _check_fields(url, chosen, allow_private=settings.webhook_allow_private)
     if not errors:
         try:
             with as_user(user):
@@ -109,6 +101,20 @@ def webhook_add(
     return _list(request, db, user, errors=errors, url=url, events=chosen, status_code=422)
 
 
+def _check_fields(url: str, events: list[str], *, allow_private: bool) -> FormErrors:
+    """The core's own checks, one per field, so that each error shows at its field."""
+    errors = FormErrors()
+    try:
+        webhooks.check_url(url, allow_private=allow_private)
+    except InvalidInput as exc:
+        errors.error(exc, "url")
+    try:
+        webhooks.check_events(events)
+    except InvalidInput as exc:
+        errors.error(exc, "events")
+    return errors
+
+
 # -- one endpoint: its state, actions and deliveries ------------------------------------------
 
 
@@ -120,8 +126,11 @@ def _detail(
     *,
     errors: FormErrors | None = None,
     rotated: webhooks.WebhookCreated | None = None,
+    url: str | None = None,
+    events: list[str] | None = None,
     status_code: int = 200,
 ) -> Response:
+    """The endpoint's page; `url` and `events` fill its change form (default: the endpoint's)."""
     cursor = request.query_params.get("cursor") or None
     hook = webhooks.get_webhook(db=db, org=user.principal.org, webhook_id=webhook_id)
     deliveries = webhooks.page_deliveries(
@@ -141,6 +150,9 @@ def _detail(
             "older": cursor is not None,
             "now": time.time(),
             "overlap_hours": round(webhooks.ROTATION_OVERLAP / 3600),
+            "event_types": EVENT_TYPES,
+            "url": hook.url if url is None else url,
+            "chosen": hook.events if events is None else events,
             "errors": errors or FormErrors(),
         },
         user=user,
@@ -160,6 +172,47 @@ def _refused(
     status = 409 if isinstance(exc, Conflict) else 422
     return _detail(
         request, db, user, webhook_id, errors=FormErrors().error(exc), status_code=status
+    )
+
+
+@router.post("/webhooks/{webhook_id}/edit")
+def webhook_edit(
+    request: Request,
+    db: Db,
+    user: PageUser,
+    webhook_id: str,
+    url: Text = "",
+    events: Events = None,
+) -> Response:
+    """Change where the endpoint posts and which events it gets; its secret stays."""
+    user.principal.require("manage")
+    settings = settings_of(request)
+    chosen = events or []
+    errors = _check_fields(url, chosen, allow_private=settings.webhook_allow_private)
+    if not errors:
+        try:
+            with as_user(user):
+                hook = webhooks.update_webhook(
+                    db=db,
+                    org=user.principal.org,
+                    webhook_id=webhook_id,
+                    url=url,
+                    events=chosen,
+                    allow_private=settings.webhook_allow_private,
+                )
+        except NotFound:
+            raise
+        except SmtpyError as exc:
+            errors.error(exc)
+        else:
+            return done(
+                request,
+                hook_url(hook.id),
+                f"Saved: {hook.url} gets {len(hook.events)} event"
+                f" type{'' if len(hook.events) == 1 else 's'}.",
+            )
+    return _detail(
+        request, db, user, webhook_id, errors=errors, url=url, events=chosen, status_code=422
     )
 
 
