@@ -12,7 +12,8 @@ redirect, a cookie or a list.
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Form, Request
 from fastapi.responses import RedirectResponse, Response
@@ -28,6 +29,7 @@ from smtpy.web.session import PageUser, SignedIn
 from smtpy.web.templating import FormErrors, done, render
 
 router = page_router()
+T = TypeVar("T")
 
 Text = Annotated[str, Form(max_length=4096)]
 Events = Annotated[list[str] | None, Form(max_length=len(EVENT_TYPES) + 1)]
@@ -83,21 +85,20 @@ def webhook_add(
     settings = settings_of(request)
     chosen = events or []
     errors = _check_fields(url, chosen, allow_private=settings.webhook_allow_private)
-    if not errors:
-        try:
-            with as_user(user):
-                created = webhooks.create_webhook(
-                    db=db,
-                    org=user.principal.org,
-                    url=url,
-                    events=chosen,
-                    allow_private=settings.webhook_allow_private,
-                    catalog=Catalog.of(settings),
-                )
-        except SmtpyError as exc:  # the plan's limit, the most endpoints, ...
-            errors.error(exc)
-        else:
-            return _list(request, db, user, created=created)
+    created = _change(
+        user,
+        errors,
+        lambda: webhooks.create_webhook(
+            db=db,
+            org=user.principal.org,
+            url=url,
+            events=chosen,
+            allow_private=settings.webhook_allow_private,
+            catalog=Catalog.of(settings),
+        ),
+    )
+    if created is not None:
+        return _list(request, db, user, created=created)
     return _list(request, db, user, errors=errors, url=url, events=chosen, status_code=422)
 
 
@@ -113,6 +114,22 @@ def _check_fields(url: str, events: list[str], *, allow_private: bool) -> FormEr
     except InvalidInput as exc:
         errors.error(exc, "events")
     return errors
+
+
+def _change(user: SignedIn, errors: FormErrors, make: Callable[[], T]) -> T | None:
+    """The core's change, made as `user` unless a field was refused already; what the core
+    refuses (the plan's limit, the most endpoints, …) joins `errors` and gives None. An
+    endpoint that is not there is the page's 404."""
+    if errors:
+        return None
+    try:
+        with as_user(user):
+            return make()
+    except NotFound:
+        raise
+    except SmtpyError as exc:
+        errors.error(exc)
+        return None
 
 
 # -- one endpoint: its state, actions and deliveries ------------------------------------------
@@ -189,28 +206,21 @@ def webhook_edit(
     settings = settings_of(request)
     chosen = events or []
     errors = _check_fields(url, chosen, allow_private=settings.webhook_allow_private)
-    if not errors:
-        try:
-            with as_user(user):
-                hook = webhooks.update_webhook(
-                    db=db,
-                    org=user.principal.org,
-                    webhook_id=webhook_id,
-                    url=url,
-                    events=chosen,
-                    allow_private=settings.webhook_allow_private,
-                )
-        except NotFound:
-            raise
-        except SmtpyError as exc:
-            errors.error(exc)
-        else:
-            return done(
-                request,
-                hook_url(hook.id),
-                f"Saved: {hook.url} gets {len(hook.events)} event"
-                f" type{'' if len(hook.events) == 1 else 's'}.",
-            )
+    hook = _change(
+        user,
+        errors,
+        lambda: webhooks.update_webhook(
+            db=db,
+            org=user.principal.org,
+            webhook_id=webhook_id,
+            url=url,
+            events=chosen,
+            allow_private=settings.webhook_allow_private,
+        ),
+    )
+    if hook is not None:
+        kinds = f"{len(hook.events)} event type{'' if len(hook.events) == 1 else 's'}"
+        return done(request, hook_url(hook.id), f"Saved: {hook.url} gets {kinds}.")
     return _detail(
         request, db, user, webhook_id, errors=errors, url=url, events=chosen, status_code=422
     )
