@@ -18,10 +18,18 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser
+from playwright.sync_api import Browser, expect
 
 from apiserver import ApiServer, seed_org
-from browser import Dashboard, assert_accessible, browser, dashboard, new_page  # noqa: F401
+from browser import (  # noqa: F401
+    Dashboard,
+    assert_accessible,
+    browser,
+    csp_violations,
+    dashboard,
+    new_page,
+    sign_in,
+)
 
 DOMAIN = "example.test"
 QUEUE_ID = "4F2A9C1B7D"
@@ -182,17 +190,32 @@ def test_forms_work_without_javascript_and_errors_show_at_their_field(
     assert f"team@{DOMAIN}" in found.text and "all@dest1.test" not in found.text
 
     [team_id] = re.findall(rf'/aliases/(\d+)/edit" aria-label="Edit team@{DOMAIN}"', page.text)
-    edited = client.post(
-        f"/aliases/{team_id}/edit",
-        data={"destinations": "dave@dest1.test", "enabled": "on", "csrf_token": csrf},
-    )
+
+    def edit(fallbacks: str) -> httpx.Response:
+        form = {"destinations": "dave@dest1.test", "fallbacks": fallbacks, "enabled": "on"}
+        return client.post(f"/aliases/{team_id}/edit", data={**form, "csrf_token": csrf})
+
+    # A fallback that is also a destination is refused at its field, and nothing changes.
+    same = edit("erin@dest2.test\ndave@dest1.test")
+    assert same.status_code == 422
+    assert "dave@dest1.test" in (field_error(same, "fallbacks") or "")
+    assert client.get(f"/api/v1/aliases/{team_id}").json()["destinations"] == [
+        "bob@dest1.test",
+        "carol@dest2.test",
+    ]
+    edited = edit("erin@dest2.test, frank@dest3.test")
     assert edited.status_code == 303
+    page = client.get(f"/domains/{DOMAIN}")
+    assert "fallback: erin@dest2.test, then frank@dest3.test" in page.text
+    form = client.get(f"/aliases/{team_id}/edit").text  # the form shows them, in order
+    assert re.search(r'id="f-fallbacks"[^>]*>erin@dest2.test\nfrank@dest3.test<', form)
     disabled = client.post(f"/aliases/{team_id}/disable", data={"csrf_token": csrf})
     assert disabled.status_code == 303
     page = client.get(disabled.headers["location"].split("#")[0])
     assert f"Alias team@{DOMAIN} is disabled" in (flash(page) or "")
     api_view = client.get(f"/api/v1/aliases/{team_id}").json()
     assert api_view["destinations"] == ["dave@dest1.test"] and api_view["enabled"] is False
+    assert api_view["fallbacks"] == ["erin@dest2.test", "frank@dest3.test"]
 
     gone = client.post(f"/aliases/{team_id}/delete", data={"csrf_token": csrf})
     assert gone.status_code == 303
@@ -201,6 +224,43 @@ def test_forms_work_without_javascript_and_errors_show_at_their_field(
     # A change without the CSRF token is refused, as in the API.
     assert client.post(f"/domains/{DOMAIN}/delete", data={}).status_code == 403
     assert client.get(f"/domains/{DOMAIN}").status_code == 200
+
+
+def test_an_alias_gets_its_fallbacks_in_the_browser(
+    browser: Browser,  # noqa: F811
+    dashboard: Dashboard,  # noqa: F811
+) -> None:
+    add_domain(dashboard.store_url, dashboard.user["org"])
+    page = new_page(browser)
+    sign_in(page, dashboard, dashboard.user["email"], dashboard.user["password"])
+    expect(page).to_have_url(dashboard.url("/"))
+    page.goto(dashboard.url(f"/domains/{DOMAIN}"))
+    page.get_by_label("Address before @").fill("team")
+    page.get_by_label("Destinations").fill("bob@dest1.test")
+    page.get_by_role("button", name="Add alias").click()
+    page.get_by_role("link", name=f"Edit team@{DOMAIN}").click()
+
+    fallbacks = page.get_by_label("Fallbacks")
+    fallbacks.fill("bob@dest1.test")  # a destination cannot be its own fallback
+    page.get_by_role("button", name="Save alias").click()
+    expect(fallbacks).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#f-fallbacks-error")).to_contain_text("bob@dest1.test")
+    assert_accessible(page)
+
+    fallbacks.fill("erin@dest2.test\nfrank@dest3.test")
+    page.get_by_role("button", name="Save alias").click()
+    expect(page.locator(".flash")).to_have_text(f"Alias team@{DOMAIN} was saved.")
+    expect(page.locator("#aliases")).to_contain_text(
+        "fallback: erin@dest2.test, then frank@dest3.test"
+    )
+    page.get_by_role("link", name=f"Edit team@{DOMAIN}").click()
+    expect(page.get_by_label("Fallbacks")).to_have_value("erin@dest2.test\nfrank@dest3.test")
+    page.get_by_label("Fallbacks").fill("")  # an empty box removes them
+    page.get_by_role("button", name="Save alias").click()
+    expect(page.locator(".flash")).to_have_text(f"Alias team@{DOMAIN} was saved.")
+    expect(page.locator("#aliases")).not_to_contain_text("fallback:")
+    page.context.close()
+    assert csp_violations(page) == []
 
 
 def test_messages_and_statistics_pages_read_the_log(world: dict[str, Any]) -> None:

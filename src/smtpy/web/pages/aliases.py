@@ -1,5 +1,5 @@
 """Aliases on a domain's page: add (exact or catch-all `*`, several destinations), edit
-the destinations, enable or disable, delete. The core decides who may (a member only on
+the destinations and the ordered fallbacks, enable or disable, delete. The core decides who may (a member only on
 verified domains) and what is valid; errors are shown at their field."""
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ def alias_edit_form(request: Request, db: Db, user: PageUser, alias_id: str) -> 
         {
             "alias": alias,
             "destinations": "\n".join(alias.destinations),
+            "fallbacks": "\n".join(alias.fallbacks),
             "back": _back(alias, db, user),
         },
         user=user,
@@ -126,12 +127,15 @@ def alias_edit(
     settings: SettingsDep,
     alias_id: str,
     destinations: Annotated[str, Form()] = "",
+    fallbacks: Annotated[str, Form()] = "",
     enabled: Annotated[str | None, Form()] = None,
 ) -> Response:
     alias = _alias(db, user, alias_id)
+    forward = alias.mode == "forward"
     update = aliases.AliasUpdate(
         enabled=enabled is not None,
-        destinations=destination_list(destinations) if alias.mode == "forward" else None,
+        destinations=destination_list(destinations) if forward else None,
+        fallbacks=destination_list(fallbacks) if forward else None,
     )
     try:
         with as_user(user):
@@ -153,6 +157,7 @@ def alias_edit(
             {
                 "alias": alias,
                 "destinations": destinations,
+                "fallbacks": fallbacks,
                 "back": _back(alias, db, user),
                 "errors": errors,
             },
