@@ -1,6 +1,7 @@
 """Aliases on a domain's page: add (exact or catch-all `*`, several destinations), edit
-the destinations and the ordered fallbacks, enable or disable, delete. The core decides who may (a member only on
-verified domains) and what is valid; errors are shown at their field."""
+the destinations and the ordered fallbacks, enable or disable, delete. The core decides
+who may (a member only on verified domains) and what is valid; errors are shown at their
+field."""
 
 from __future__ import annotations
 
