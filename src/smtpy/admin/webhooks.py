@@ -25,7 +25,8 @@ from smtpy.billing import plans as billing
 from smtpy.billing.plans import Catalog
 from smtpy.errors import Conflict, InvalidInput, NotFound
 from smtpy.events import outbox
-from smtpy.events.deliveries import DeliveryStatus, load
+from smtpy.events.deliveries import PRUNE_BATCH, DeliveryStatus, load
+from smtpy.events.deliveries import delete as delete_deliveries
 from smtpy.events.deliveries import record as record_answer
 from smtpy.events.sender import Target, forbidden, parse_url
 from smtpy.events.signing import new_secret
@@ -293,18 +294,14 @@ def remove_webhook(*, db: Database, org: int, webhook_id: str) -> WebhookPublic:
     """Remove an endpoint with its deliveries; events nobody else wants go too."""
     with db.transaction():
         hook = get_webhook(db=db, org=org, webhook_id=webhook_id)
-        params = {"id": hook.id}
-        db.execute(
-            "DELETE FROM webhook_attempts WHERE delivery_id IN"
-            " (SELECT id FROM webhook_deliveries WHERE webhook_id = :id)",
-            params,
-        )
-        db.execute("DELETE FROM webhook_deliveries WHERE webhook_id = :id", params)
-        db.execute(
-            "DELETE FROM webhook_events WHERE organization_id = :org AND id NOT IN"
-            " (SELECT event_id FROM webhook_deliveries)",
-            {"org": org},
-        )
+        params = {"id": hook.id, "batch": PRUNE_BATCH}
+        while ids := [
+            int(r["id"])
+            for r in db.all(
+                "SELECT id FROM webhook_deliveries WHERE webhook_id = :id LIMIT :batch", params
+            )
+        ]:
+            delete_deliveries(db, ids)  # and the events no other endpoint still has
         db.execute("DELETE FROM webhooks WHERE id = :id", params)
         record(db, org=org, action="webhook.remove", target=f"webhook {hook.url} ({hook.id})")
     outbox.invalidate(db.url)

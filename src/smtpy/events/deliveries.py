@@ -21,8 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from smtpy.events import outbox
-from smtpy.store.db import Database
+from smtpy.store.db import Database, in_list
 
 SCHEDULE: tuple[int, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
 JITTER = 0.1  # each delay is moved by up to this share either way
@@ -159,8 +158,7 @@ def load(db: Database, ids: Sequence[int]) -> list[Claimed]:
     """The deliveries `ids` with their event and endpoint."""
     if not ids:
         return []
-    params: dict[str, Any] = {f"i{n}": i for n, i in enumerate(ids)}
-    names = ", ".join(f":i{n}" for n in range(len(ids)))
+    names, params = in_list("i", ids)
     rows = db.all(
         "SELECT d.id, d.event_id, d.webhook_id, d.attempts, e.organization_id, e.type, e.body,"  # noqa: S608
         " w.url, w.secret, w.previous_secret, w.previous_secret_until"
@@ -323,6 +321,31 @@ def owners_of(db: Database, *, prefix: str) -> list[str]:
     ]
 
 
+def delete(db: Database, ids: Sequence[int]) -> None:
+    """Delete the deliveries `ids` with their attempts, and the events they leave without
+    any delivery (in the caller's transaction). Only keys are read: the events' primary
+    key and the deliveries' `event_id` index, never a scan of either table."""
+    if not ids:
+        return
+    names, params = in_list("i", ids)
+    events = [
+        str(r["event_id"])
+        for r in db.all(
+            "SELECT DISTINCT event_id FROM webhook_deliveries WHERE id IN (" + names + ")",  # noqa: S608 - placeholders only
+            params,
+        )
+    ]
+    db.execute("DELETE FROM webhook_attempts WHERE delivery_id IN (" + names + ")", params)  # noqa: S608 - placeholders only
+    db.execute("DELETE FROM webhook_deliveries WHERE id IN (" + names + ")", params)  # noqa: S608 - placeholders only
+    if events:
+        names, params = in_list("e", events)
+        db.execute(
+            "DELETE FROM webhook_events WHERE id IN (" + names + ") AND NOT EXISTS"  # noqa: S608 - placeholders only
+            " (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = webhook_events.id)",
+            params,
+        )
+
+
 def prune(db: Database, *, before: float, batch: int = PRUNE_BATCH) -> int:
     """Delete up to `batch` finished deliveries made before `before` with their attempts,
     and the events left with no delivery, in one short transaction; the deliveries deleted.
@@ -338,14 +361,5 @@ def prune(db: Database, *, before: float, batch: int = PRUNE_BATCH) -> int:
                 {"before": before, "batch": batch},
             )
         ]
-        if ids:
-            params: dict[str, Any] = {f"i{n}": i for n, i in enumerate(ids)}
-            names = ", ".join(f":i{n}" for n in range(len(ids)))
-            db.execute("DELETE FROM webhook_attempts WHERE delivery_id IN (" + names + ")", params)  # noqa: S608 - placeholders only
-            db.execute("DELETE FROM webhook_deliveries WHERE id IN (" + names + ")", params)  # noqa: S608 - placeholders only
-        db.execute(  # the ids sort by time: this reads the primary key, not every event
-            "DELETE FROM webhook_events WHERE id < :floor AND id NOT IN"
-            " (SELECT event_id FROM webhook_deliveries)",
-            {"floor": outbox.id_floor(before)},
-        )
+        delete(db, ids)
     return len(ids)

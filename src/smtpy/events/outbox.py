@@ -108,13 +108,8 @@ def invalidate(url: str | None = None) -> None:
 
 def new_event_id(at: float | None = None) -> str:
     """`evt_` + milliseconds in hex + 64 random bits: unique, and sorts by time."""
-    return id_floor(time.time() if at is None else at) + secrets.token_hex(8)
-
-
-def id_floor(at: float) -> str:
-    """What every event id made at or after `at` starts with or sorts above, and every
-    one made before sorts below: `evt_` + milliseconds in hex."""
-    return f"evt_{int(at * 1000):011x}"
+    ms = int((time.time() if at is None else at) * 1000)
+    return f"evt_{ms:011x}{secrets.token_hex(8)}"
 
 
 def write(db: Database, events: Sequence[Pending], subs: Subscriptions | None = None) -> list[str]:

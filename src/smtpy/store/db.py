@@ -41,6 +41,16 @@ SCHEMA_REVISION = "0013"
 Row = dict[str, Any]
 Params = Mapping[str, Any]
 
+
+def in_list(prefix: str, values: Sequence[object]) -> tuple[str, dict[str, Any]]:
+    """The placeholders of an `IN (…)` list of `values` (`:p0, :p1, …`) and their
+    parameters: values are always bound, never written into the SQL."""
+    return (
+        ", ".join(f":{prefix}{n}" for n in range(len(values))),
+        {f"{prefix}{n}": value for n, value in enumerate(values)},
+    )
+
+
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
