@@ -23,7 +23,7 @@ from smtpy.accounts.audit import record
 from smtpy.admin.organizations import Scope, scope
 from smtpy.errors import InvalidInput, NotFound
 from smtpy.queue.queries import DELIVERY_STATES, DeliveryState, state_sql
-from smtpy.store.db import Database
+from smtpy.store.db import Database, in_list
 
 
 class QueuedDelivery(BaseModel):
@@ -218,8 +218,7 @@ def _ids(
     seen = scope(db=db, org=org)
     ids: list[tuple[int, str]] = []
     for chunk in _chunks([q.strip().upper() for q in queue_ids], 500):
-        params = {f"q{n}": q for n, q in enumerate(chunk)}
-        placeholders = ", ".join(f":q{n}" for n in range(len(chunk)))
+        placeholders, params = in_list("q", chunk)
         domains: dict[str, tuple[int, set[str]]] = {}
         for row in db.all(
             "SELECT m.id, m.queue_id, d.original_recipient FROM messages m"  # noqa: S608

@@ -31,7 +31,7 @@ from smtpy.events.deliveries import record as record_answer
 from smtpy.events.sender import Target, forbidden, parse_url
 from smtpy.events.signing import new_secret
 from smtpy.events.types import EVENT_TYPES, TEST_TYPE, TestData, body_of, make_event
-from smtpy.store.db import Database
+from smtpy.store.db import Database, in_list
 from smtpy.store.pages import Page, check_limit, keyset, page_of
 
 ROTATION_OVERLAP = 24 * 3600.0  # seconds the previous secret goes on signing
@@ -294,15 +294,15 @@ def remove_webhook(*, db: Database, org: int, webhook_id: str) -> WebhookPublic:
     """Remove an endpoint with its deliveries; events nobody else wants go too."""
     with db.transaction():
         hook = get_webhook(db=db, org=org, webhook_id=webhook_id)
-        params = {"id": hook.id, "batch": PRUNE_BATCH}
+        batch = {"id": hook.id, "batch": PRUNE_BATCH}
         while ids := [
             int(r["id"])
             for r in db.all(
-                "SELECT id FROM webhook_deliveries WHERE webhook_id = :id LIMIT :batch", params
+                "SELECT id FROM webhook_deliveries WHERE webhook_id = :id LIMIT :batch", batch
             )
         ]:
             delete_deliveries(db, ids)  # and the events no other endpoint still has
-        db.execute("DELETE FROM webhooks WHERE id = :id", params)
+        db.execute("DELETE FROM webhooks WHERE id = :id", {"id": hook.id})
         record(db, org=org, action="webhook.remove", target=f"webhook {hook.url} ({hook.id})")
     outbox.invalidate(db.url)
     return hook
@@ -344,8 +344,7 @@ _DELIVERIES = (
 def _deliveries(db: Database, rows: list[dict[str, Any]]) -> list[DeliveryPublic]:
     tries: dict[int, list[AttemptPublic]] = {int(r["id"]): [] for r in rows}
     if rows:
-        params = {f"i{n}": int(r["id"]) for n, r in enumerate(rows)}
-        names = ", ".join(f":i{n}" for n in range(len(rows)))
+        names, params = in_list("i", [int(r["id"]) for r in rows])
         for a in db.all(
             "SELECT delivery_id, at, status_code, duration_ms, response_body, error"  # noqa: S608
             " FROM webhook_attempts WHERE delivery_id IN (" + names + ") ORDER BY at, id",

@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from smtpy.store.db import Database, in_list
 
@@ -299,9 +299,8 @@ def release(db: Database, *, owners: Sequence[str], now: float | None = None) ->
     """Make the deliveries leased to exactly `owners` due now (a stop, or a start after a crash)."""
     if not owners:
         return 0
-    params: dict[str, Any] = {f"o{n}": owner for n, owner in enumerate(owners)}
+    names, params = in_list("o", owners)
     params["now"] = time.time() if now is None else now
-    names = ", ".join(f":o{n}" for n in range(len(owners)))
     return db.execute(
         "UPDATE webhook_deliveries SET lease_owner = NULL, next_attempt_at = :now"  # noqa: S608
         " WHERE status = 'pending' AND lease_owner IN (" + names + ")",

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from smtpy.events.types import EVENT_TYPES, render
-from smtpy.store.db import Database
+from smtpy.store.db import Database, in_list
 
 TTL = 2.0  # seconds a webhook change may take to reach a running process
 
@@ -68,9 +68,7 @@ def load(db: Database) -> Subscriptions:
                 hooks[int(row["organization_id"])][type_].append(str(row["id"]))
     domains: dict[str, int] = {}
     if hooks:
-        orgs = sorted(hooks)
-        params = {f"o{n}": org for n, org in enumerate(orgs)}
-        names = ", ".join(f":o{n}" for n in range(len(orgs)))
+        names, params = in_list("o", sorted(hooks))
         for row in db.all(
             f"SELECT name, organization_id FROM domains WHERE organization_id IN ({names})",  # noqa: S608
             params,

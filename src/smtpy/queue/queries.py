@@ -30,7 +30,7 @@ from smtpy.outbound.target import Status
 from smtpy.queue import fallbacks
 from smtpy.queue.fallbacks import Step
 from smtpy.queue.message_log import LogEvent, write_events
-from smtpy.store.db import Database
+from smtpy.store.db import Database, in_list
 
 LEASE_SECONDS = 90.0  # the default of the `lease_seconds` setting; daemons pass theirs
 
@@ -233,10 +233,9 @@ def claim_due(
     params: dict[str, Any] = {"node": node, "until": now + lease, "now": now, "limit": limit}
     excluded = ""
     if exclude_domains:
-        params.update({f"x{n}": domain for n, domain in enumerate(exclude_domains)})
-        excluded = (
-            " AND domain NOT IN (" + ", ".join(f":x{n}" for n in range(len(exclude_domains))) + ")"
-        )
+        names, bound = in_list("x", exclude_domains)
+        params.update(bound)
+        excluded = " AND domain NOT IN (" + names + ")"
     with db.transaction():
         rows = db.all(
             "UPDATE deliveries SET lease_owner = :node, next_attempt_at = :until WHERE id IN ("
@@ -358,9 +357,8 @@ def renew_leases(
     if not ids:
         return
     now = time.time() if now is None else now
-    params: dict[str, Any] = {f"i{n}": i for n, i in enumerate(ids)}
+    placeholders, params = in_list("i", ids)
     params.update({"node": node, "until": now + lease})
-    placeholders = ", ".join(f":i{n}" for n in range(len(ids)))
     db.execute(
         f"UPDATE deliveries SET next_attempt_at = :until WHERE lease_owner = :node AND status = 'queued'"
         f" AND id IN ({placeholders})",
@@ -382,8 +380,9 @@ def release_leases(
     if ids is not None:
         if not ids:
             return 0
-        params.update({f"i{n}": i for n, i in enumerate(ids)})
-        where += " AND id IN (" + ", ".join(f":i{n}" for n in range(len(ids))) + ")"
+        names, bound = in_list("i", ids)
+        params.update(bound)
+        where += " AND id IN (" + names + ")"
     return db.execute(
         f"UPDATE deliveries SET lease_owner = NULL, next_attempt_at = :now WHERE {where}",
         params,
@@ -434,9 +433,8 @@ def release_node(db: Database, *, node: str, now: float | None = None) -> int:
         )
         if owner_node(owner := str(row["lease_owner"]), {node} | others) == node
     ]
-    params: dict[str, Any] = {f"o{n}": owner for n, owner in enumerate(owners)}
+    names, params = in_list("o", owners)
     params["now"] = now
-    names = ", ".join(f":o{n}" for n in range(len(owners)))
     return db.execute(
         "UPDATE deliveries SET lease_owner = NULL, next_attempt_at = :now"
         f" WHERE status = 'queued' AND lease_owner IN ({names})",

@@ -20,7 +20,7 @@ import contextlib
 import errno
 import re
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,13 +42,11 @@ Row = dict[str, Any]
 Params = Mapping[str, Any]
 
 
-def in_list(prefix: str, values: Sequence[object]) -> tuple[str, dict[str, Any]]:
+def in_list(prefix: str, values: Iterable[object]) -> tuple[str, dict[str, Any]]:
     """The placeholders of an `IN (…)` list of `values` (`:p0, :p1, …`) and their
     parameters: values are always bound, never written into the SQL."""
-    return (
-        ", ".join(f":{prefix}{n}" for n in range(len(values))),
-        {f"{prefix}{n}": value for n, value in enumerate(values)},
-    )
+    params = {f"{prefix}{n}": value for n, value in enumerate(values)}
+    return ", ".join(f":{name}" for name in params), params
 
 
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
