@@ -256,6 +256,14 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return ticks / _CLK_TCK
 
 
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine spent busy, all cores (/proc/stat: every state but idle
+    and iowait): what smtpy, the load generator, the sink and anything else used."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
+
+
 def written_bytes(pids: Iterable[int]) -> int:
     """Bytes each process caused to be written to storage (`write_bytes` of /proc/PID/io):
     for SQLite, the WAL's pages and what checkpoints copy into the database."""
@@ -817,6 +825,7 @@ class Result:
     round: int = 0
     cpu: float = 0.0
     written: int = 0  # bytes the stack's processes wrote to storage during the run
+    machine_cpu: float = 0.0  # CPU seconds the whole machine was busy during the run
     left_in_queue: int = 0
     error: str = ""
 
@@ -878,6 +887,7 @@ def measure(
     sampler.sample()
     cpu_before = cpu_seconds(process_tree(stack.roots()))
     written_before = written_bytes(process_tree(stack.roots()))
+    machine_before = machine_busy_seconds()
     profiler = start_profiler(stack, size, profile)
     sampler.start()
     started = time.monotonic()
@@ -899,6 +909,7 @@ def measure(
         done = sink.wait_for(base + count, deadline)
         cpu_after = cpu_seconds(process_tree(stack.roots()))
         written_after = written_bytes(process_tree(stack.roots()))
+        machine_after = machine_busy_seconds()
         reaper.join(timeout=max(1.0, deadline - time.monotonic()))
         if reaper.is_alive():
             stop_process(source, grace=2)
@@ -930,6 +941,7 @@ def measure(
     result.process_names = sampler.names
     result.cpu = cpu_after - cpu_before
     result.written = written_after - written_before
+    result.machine_cpu = machine_after - machine_before
     return result
 
 

@@ -8,6 +8,11 @@ receiver (bench_webhooks.py's: a test CA, keep-alive, answers 200 at once), with
 the same number of posts in flight, over kept connections; the figure is this
 process's CPU time per post (the receiver runs in its own process). Loopback only;
 the load is bounded by --posts.
+
+A third line is the floor under any sender in Python: the same request as fixed
+bytes, written on 8 kept TLS connections (asyncio streams, as the sender uses) and
+its answer read up to its end, no HTTP library, no signing, no checks. What is left
+is asyncio, TLS and the kernel's loopback: what each event posted costs at least.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -78,9 +84,45 @@ async def run(receiver: Receiver, posts: int, concurrency: int) -> dict[str, Any
             "concurrency": concurrency,
             "smtpy_sender_h11": await measure(smtpy_post, posts, concurrency),
             "httpx": await measure(httpx_post, posts, concurrency),
+            "floor_raw_bytes_on_asyncio_tls": await floor(receiver, context, posts, concurrency),
         }
     await sender.close()
     return report
+
+
+async def floor(
+    receiver: Receiver, context: ssl.SSLContext, posts: int, concurrency: int
+) -> dict[str, float]:
+    """The request as fixed bytes on 8 kept TLS streams; the answer read to its end."""
+    url = urlsplit(receiver.url)
+    host, port = url.hostname or "127.0.0.1", url.port or 443
+    data = BODY.encode()
+    head = [f"POST {url.path} HTTP/1.1", f"Host: {host}:{port}"]
+    head += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
+    head += [f"{name}: {value}" for name, value in HEADERS.items()]
+    request = ("\r\n".join(head) + "\r\n\r\n").encode() + data
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    for _ in range(8):
+        idle.append(await asyncio.open_connection(host, port, ssl=context))
+    free = asyncio.Semaphore(len(idle))
+
+    async def post() -> int:
+        async with free:
+            reader, writer = idle.pop()
+            try:
+                writer.write(request)
+                answer = await reader.readuntil(b"\r\n\r\n")
+                length = answer.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0]
+                await reader.readexactly(int(length))
+            finally:
+                idle.append((reader, writer))
+        return int(answer[9:12])
+
+    try:
+        return await measure(post, posts, concurrency)
+    finally:
+        for _, writer in idle:
+            writer.close()
 
 
 def main() -> int:

@@ -22,13 +22,16 @@ smtp-sink, the smtpy stack with SPF/DMARC-publishing sender DNS). Loopback only.
    Every event must reach the receiver.
 
    What it costs is printed too: smtpy's CPU per message (its processes, during
-   the run) with and without, and so per event; what its processes wrote to
-   storage per message (the store's WAL and checkpoints: an event's rows are
-   written in the commit of the mail that caused it, whose durability every
-   SMTP reply waits for); the receiver's CPU per event
-   (on a 2-core machine the far end shares the cores: its work slows smtpy's
-   mail as much as smtpy's own); the share of the run's events delivered before
-   its last message was, and how long after that the last event was.
+   the run) with and without, and so per event; the whole machine's CPU per
+   message and how busy its cores were (a saturated machine forwards at a rate
+   inverse to the CPU a message costs it, whoever spends it); what smtpy wrote
+   to storage per message (the store's WAL and checkpoints: the mail's commits,
+   and the feed's, which makes the message log's rows into events after them);
+   the receiver's CPU per event (on a 2-core machine the far end shares the
+   cores: its work slows smtpy's mail as much as smtpy's own), and what it alone
+   costs against the machine's CPU per message without webhooks; the share of
+   the run's events delivered before its last message was, and how long after
+   that the last event was.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import shutil
 import sqlite3
 import ssl
@@ -56,6 +60,7 @@ import bench_forward as bf  # noqa: E402
 from testca import TestCA  # noqa: E402
 
 TARGET = 0.05  # forwarding with webhooks at most this much slower
+CORES = os.cpu_count() or 1
 
 
 # -- the receiver: a minimal keep-alive HTTPS server in its own process ----------------
@@ -163,6 +168,15 @@ class HookedStack(bf.SmtpyStack):
             self.receiver.secret.value = created["secret"].encode()
             time.sleep(3)  # a running daemon reads subscriptions at most every 2 s
 
+    def log_read(self) -> bool:
+        """Whether the webhook feed has read the message log to its end."""
+        with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10) as conn:
+            (done,) = conn.execute(
+                "SELECT (SELECT log_id FROM webhook_feed)"
+                " >= (SELECT coalesce(max(id), 0) FROM message_log)"
+            ).fetchone()
+        return bool(done)
+
     def outbox(self) -> tuple[int, int]:
         """(deliveries, delivered) in the store."""
         with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10) as conn:
@@ -234,6 +248,8 @@ def forwarding(work: Path, smtpy: str, count: int, rounds: int) -> dict[str, Any
     rates: dict[str, list[float]] = {"smtpy": [], "smtpy+webhook": []}
     cpu: dict[str, list[float]] = {"smtpy": [], "smtpy+webhook": []}  # ms per message
     disk: dict[str, list[float]] = {"smtpy": [], "smtpy+webhook": []}  # KB written per message
+    machine: dict[str, list[float]] = {"smtpy": [], "smtpy+webhook": []}  # ms per message
+    busy: dict[str, list[float]] = {"smtpy": [], "smtpy+webhook": []}  # share of all cores
     receiver_cpu: list[float] = []  # ms per event, during the measured runs
     in_run: list[float] = []  # share of the run's events delivered before its mail was all out
     after: list[float] = []  # seconds from the last message out to the last event delivered
@@ -252,6 +268,9 @@ def forwarding(work: Path, smtpy: str, count: int, rounds: int) -> dict[str, Any
                 stack.start()
                 try:
                     bf.warm_up(stack, sink)
+                    deadline = time.monotonic() + 60
+                    while stack.receiver and not stack.log_read() and time.monotonic() < deadline:
+                        time.sleep(0.05)  # the warm-up's events are made
                     before = stack.outbox()[0] if stack.receiver else 0
                     wait_delivered(stack, before, 60)  # the warm-up's events are out
                     heard = receiver.count.value
@@ -263,9 +282,12 @@ def forwarding(work: Path, smtpy: str, count: int, rounds: int) -> dict[str, Any
                     rates[stack.name].append(result.rate)
                     cpu[stack.name].append(result.cpu / count * 1000)
                     disk[stack.name].append(result.written / count / 1024)
+                    machine[stack.name].append(result.machine_cpu / count * 1000)
+                    busy[stack.name].append(result.machine_cpu / (result.seconds * CORES))
                     line = f"round {round_no + 1}: {stack.name} {result.rate:.1f} msg/s, "
                     line += f"smtpy CPU {cpu[stack.name][-1]:.2f} ms/msg, "
-                    line += f"writes {disk[stack.name][-1]:.1f} KB/msg"
+                    line += f"writes {disk[stack.name][-1]:.1f} KB/msg, "
+                    line += f"machine busy {busy[stack.name][-1] * 100:.0f} %"
                     if stack.receiver:
                         want = 2 * count  # received + forwarded per message
                         in_run.append((receiver.count.value - heard) / want)
@@ -291,6 +313,8 @@ def forwarding(work: Path, smtpy: str, count: int, rounds: int) -> dict[str, Any
     slower = 1 - statistics.median(ratios)
     cpu_plain = statistics.median(cpu["smtpy"])
     cpu_hooked = statistics.median(cpu["smtpy+webhook"])
+    receiver_ms = statistics.median(receiver_cpu)
+    machine_plain = statistics.median(machine["smtpy"])
     return {
         "messages": count,
         "rounds": rounds,
@@ -306,7 +330,19 @@ def forwarding(work: Path, smtpy: str, count: int, rounds: int) -> dict[str, Any
             "without": round(statistics.median(disk["smtpy"]), 1),
             "with": round(statistics.median(disk["smtpy+webhook"]), 1),
         },
-        "receiver_cpu_ms_per_event": round(statistics.median(receiver_cpu), 3),
+        "receiver_cpu_ms_per_event": round(receiver_ms, 3),
+        "machine_cpu_ms_per_message": {
+            "without": round(machine_plain, 2),
+            "with": round(statistics.median(machine["smtpy+webhook"]), 2),
+        },
+        "machine_busy": {
+            name: f"{statistics.median(shares) * 100:.0f} % of {CORES} cores"
+            for name, shares in busy.items()
+        },
+        "the_receiver_alone": (
+            f"{2 * receiver_ms / machine_plain * 100:.1f} % of the machine's CPU per message"
+            " without webhooks"
+        ),
         "events_delivered_during_the_run": f"{statistics.median(in_run) * 100:.0f} %",
         "last_event_after_last_message_s": round(statistics.median(after), 2) if after else None,
         "every_event_delivered": events_ok,

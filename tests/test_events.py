@@ -1,15 +1,17 @@
-"""Events: their shape and signature, the outbox written in the transaction of what caused
-them (only for organizations that subscribed), and end to end through the real `smtpy serve`:
-a message sent through it reaches a real HTTPS receiver as message.received and
-message.forwarded, nothing is lost to `kill -9`, and several serving processes or nodes
-deliver each event once."""
+"""Events: their shape and signature, the outbox (only for organizations that subscribed)
+and the feed that fills it from the message log in the order of commits, and end to end
+through the real `smtpy serve`: a message sent through it reaches a real HTTPS receiver
+as message.received and message.forwarded, nothing is lost to `kill -9`, and several
+serving processes or nodes deliver each event once."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,8 +25,10 @@ from smtpy.admin.organizations import resolve_organization
 from smtpy.errors import StoreError
 from smtpy.events import outbox, signing
 from smtpy.events.types import EVENT_TYPES, DomainData, body_of, make_event
+from smtpy.queue import event_feed
 from smtpy.queue.message_log import LogEvent, write_events
 from smtpy.store.db import Database
+from waiting import wait_until
 from webhook_receiver import Hit, Reply, WebhookReceiver
 
 ALIAS = f"team@{DOMAIN}"
@@ -101,9 +105,30 @@ def _log(domain: str, event: str = "received") -> LogEvent:
     )
 
 
-def test_the_outbox_holds_only_what_an_endpoint_wants_in_the_same_transaction(
-    db: Database,
-) -> None:
+def _feed(db: Database, *, node: str = "n1", now: float | None = None) -> list[str]:
+    """Passes of the feed, as `smtpy serve` makes them, until it has read the whole log;
+    the ids of the events it made, leased to `node`.
+
+    On PostgreSQL a row waits for the write transactions older than its own to end,
+    anywhere in the cluster (other tests' databases among them): hence the passes."""
+    made: list[str] = []
+
+    def read_to_the_end() -> bool:
+        fed = event_feed.feed(db, node=node, lease=60, now=time.time() if now is None else now)
+        made.extend(claimed.event_id for claimed in fed.claimed)
+        last = db.one(
+            "SELECT coalesce(txid, 0) AS txid, id FROM message_log"
+            " ORDER BY coalesce(txid, 0) DESC, id DESC LIMIT 1"
+        )
+        cursor = event_feed.read_cursor(db)
+        assert cursor is not None
+        return last is None or (cursor.txid, cursor.log_id) >= (last["txid"], last["id"])
+
+    wait_until(read_to_the_end, "the feed read the whole message log")
+    return made
+
+
+def test_the_feed_makes_only_what_an_endpoint_wants_from_the_log(db: Database) -> None:
     org = resolve_organization(db=db).id
     other = db.insert(
         "INSERT INTO organizations (name, created_at) VALUES ('other', 0) RETURNING id"
@@ -114,7 +139,7 @@ def test_the_outbox_holds_only_what_an_endpoint_wants_in_the_same_transaction(
     # No webhook anywhere: the message log is written, the outbox is not.
     with db.transaction():
         write_events(db, [_log("example.test"), _log("example.test", "delivered")])
-    assert _rows(db) == (0, 0)
+    assert _feed(db) == [] and _rows(db) == (0, 0)
 
     hook = webhooks.create_webhook(
         db=db, org=org, url="https://hooks.example.net/in", events=["message.received"]
@@ -129,7 +154,9 @@ def test_the_outbox_holds_only_what_an_endpoint_wants_in_the_same_transaction(
                 _log("unserved.test", "rejected"),  # nobody's
             ],
         )
-    assert _rows(db) == (1, 1)
+    assert _rows(db) == (0, 0)  # the mail's commit wrote no event
+    made = _feed(db)
+    assert len(made) == 1 and _rows(db) == (1, 1)
     body = json.loads(db.scalar("SELECT body FROM webhook_events"))
     assert body["type"] == "message.received"
     assert body["data"] == {
@@ -140,19 +167,129 @@ def test_the_outbox_holds_only_what_an_endpoint_wants_in_the_same_transaction(
         "domain": "example.test",
         "size": 123,
     }
-    assert db.scalar("SELECT webhook_id FROM webhook_deliveries") == hook.id
+    delivery = db.one("SELECT webhook_id, lease_owner, status FROM webhook_deliveries")
+    assert delivery == {"webhook_id": hook.id, "lease_owner": "n1", "status": "pending"}
+    assert _feed(db) == []  # each row once
 
-    # A transaction undone takes its events with it.
+    # A transaction undone takes its rows with it: nothing to make events of.
     with pytest.raises(StoreError), db.transaction():
         write_events(db, [_log("example.test")])
         raise StoreError("the commit failed")
-    assert _rows(db) == (1, 1)
+    assert _feed(db) == [] and _rows(db) == (1, 1)
 
     # A disabled endpoint gets nothing new.
     webhooks.update_webhook(db=db, org=org, webhook_id=hook.id, enabled=False)
     with db.transaction():
         write_events(db, [_log("example.test")])
-    assert _rows(db) == (1, 1)
+    idle = time.time() + event_feed.IDLE_SKIP + 1  # nobody wants the log: it is skipped
+    assert _feed(db, now=idle) == [] and _rows(db) == (1, 1)
+
+
+def test_an_endpoint_gets_the_events_of_what_happened_after_it_was_created(
+    db: Database,
+) -> None:
+    org = resolve_organization(db=db).id
+    _domain(db, "example.test", org)
+    before = replace(_log("example.test"), at=time.time() - 3600, queue_id="OLD")
+    with db.transaction():
+        write_events(db, [before])
+    webhooks.create_webhook(db=db, org=org, url="https://hooks.example.net/in")
+    with db.transaction():
+        write_events(db, [_log("example.test")])
+    _feed(db)
+    bodies = [json.loads(r["body"]) for r in db.all("SELECT body FROM webhook_events")]
+    assert [b["data"]["queue_id"] for b in bodies] == ["Q1"]
+
+
+def test_processes_feeding_in_turn_make_each_row_into_events_once(db: Database) -> None:
+    org = resolve_organization(db=db).id
+    _domain(db, "example.test", org)
+    webhooks.create_webhook(db=db, org=org, url="https://hooks.example.net/in")
+    made: list[str] = []
+    for n in range(3):
+        with db.transaction():
+            write_events(db, [_log("example.test"), _log("example.test", "delivered")])
+        wait_until(lambda: event_feed.waiting(db, now=time.time()), "the rows are visible")
+        fed = event_feed.feed(db, node=f"p{n % 2}", lease=60, now=time.time(), limit=1)
+        assert len(fed.claimed) == 1 and fed.more  # one of two rows: more wait
+        made += [c.event_id for c in fed.claimed]
+        made += _feed(db, node=f"p{(n + 1) % 2}")  # the other process takes the rest
+    assert len(made) == len(set(made)) == 6 == _rows(db)[0]
+    assert _feed(db) == []
+    assert not event_feed.waiting(db, now=time.time())
+
+
+def test_the_feed_waits_for_a_transaction_that_commits_out_of_order(store_url: str) -> None:
+    """Two nodes on PostgreSQL: a row that commits after a later row must not be passed
+    over (on SQLite one writer at a time makes ids the order of commits)."""
+    if not store_url.startswith("postgresql"):
+        pytest.skip("only PostgreSQL commits log rows out of id order")
+    with Database(store_url) as db, Database(store_url) as other:
+        org = resolve_organization(db=db).id
+        _domain(db, "example.test", org)
+        webhooks.create_webhook(db=db, org=org, url="https://hooks.example.net/in")
+        with other.transaction():
+            write_events(other, [replace(_log("example.test"), queue_id="FIRST")])  # id n
+            with db.transaction():
+                write_events(db, [replace(_log("example.test"), queue_id="SECOND")])  # id n+1
+            assert not event_feed.waiting(db, now=time.time())
+            # The first row is not visible yet: nothing is passed over.
+            assert event_feed.feed(db, node="n1", lease=60, now=time.time()).claimed == []
+        assert len(_feed(db)) == 2
+        order = [
+            json.loads(r["body"])["data"]["queue_id"]
+            for r in db.all("SELECT body FROM webhook_events ORDER BY id")
+        ]
+        assert sorted(order) == ["FIRST", "SECOND"]
+        assert _feed(db) == []
+    outbox.invalidate()
+
+
+def test_an_idle_feed_moves_to_the_end_of_the_log(db: Database) -> None:
+    org = resolve_organization(db=db).id
+    _domain(db, "example.test", org)
+    with db.transaction():
+        write_events(db, [_log("example.test")] * 3)
+    later = time.time() + event_feed.IDLE_SKIP + 1
+    wait_until(lambda: event_feed.waiting(db, now=later), "an idle move is due")
+    assert _feed(db, now=later) == []  # read to the end: moved there, nothing made
+    assert not event_feed.waiting(db, now=later + event_feed.IDLE_SKIP + 1)
+    # An endpoint subscribed only to other types does not make the log into events.
+    webhooks.create_webhook(
+        db=db, org=org, url="https://hooks.example.net/in", events=["domain.verified"]
+    )
+    with db.transaction():
+        write_events(db, [_log("example.test")])
+    assert not event_feed.waiting(db, now=later + 1)  # no move due yet, nothing to make
+    assert _feed(db, now=later + 2 * event_feed.IDLE_SKIP) == [] and _rows(db) == (0, 0)
+
+
+def test_upgrading_a_store_sends_nothing_of_the_log_written_before(tmp_path: Path) -> None:
+    """0014 starts the feed at the log's end: an endpoint that already existed is not sent
+    the whole log when smtpy is upgraded."""
+    from alembic import command
+
+    from smtpy.store.migrate import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'smtpy.db'}"
+    with Database(url) as db:
+        org = resolve_organization(db=db).id
+        _domain(db, "example.test", org)
+        webhooks.create_webhook(db=db, org=org, url="https://hooks.example.net/in")
+    command.downgrade(alembic_config(url), "0013")  # type: ignore[arg-type]
+    with sqlite3.connect(tmp_path / "smtpy.db") as old:  # written by the smtpy before
+        old.executemany(
+            "INSERT INTO message_log (at, event, domain) VALUES (?, 'received', 'example.test')",
+            [(time.time(),)] * 2,
+        )
+    command.upgrade(alembic_config(url), "head")  # type: ignore[arg-type]
+    outbox.invalidate()
+    with Database(url) as db:
+        assert _feed(db) == []
+        with db.transaction():
+            write_events(db, [_log("example.test")])
+        assert len(_feed(db)) == 1 and _rows(db) == (1, 1)
+    outbox.invalidate()
 
 
 # -- end to end through smtpy serve ----------------------------------------------------------

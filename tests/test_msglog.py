@@ -117,6 +117,14 @@ def test_write_and_prune_in_batches(db: Database) -> None:
     ]
 
 
+def test_pruning_keeps_the_newest_row_so_sqlite_never_gives_an_id_again(db: Database) -> None:
+    write_events(db, [LogEvent(at=float(n), event="received") for n in range(3)])
+    newest = db.scalar("SELECT max(id) FROM message_log")
+    assert prune(db, before=100.0) == 2  # all are old; the newest stays
+    write_events(db, [LogEvent(at=200.0, event="received")])
+    assert db.scalar("SELECT max(id) FROM message_log") == newest + 1
+
+
 def test_upkeep_writes_buffered_rows_beats_and_prunes(store_url: str) -> None:
     now = time.time()
 

@@ -25,7 +25,7 @@ from smtpy.billing import plans as billing
 from smtpy.billing.plans import Catalog
 from smtpy.errors import Conflict, InvalidInput, NotFound
 from smtpy.events import outbox
-from smtpy.events.deliveries import PRUNE_BATCH, DeliveryStatus, load
+from smtpy.events.deliveries import PRUNE_BATCH, DeliveryStatus, load_leased
 from smtpy.events.deliveries import delete as delete_deliveries
 from smtpy.events.deliveries import record as record_answer
 from smtpy.events.sender import Target, forbidden, parse_url
@@ -36,6 +36,7 @@ from smtpy.store.pages import Page, check_limit, keyset, page_of
 
 ROTATION_OVERLAP = 24 * 3600.0  # seconds the previous secret goes on signing
 MAX_WEBHOOKS = 50  # endpoints per organization, whatever the plan
+TEST_OWNER = "test"  # the lease of a test event, sent by the caller, not by a serving process
 
 
 class WebhookPublic(BaseModel):
@@ -453,18 +454,10 @@ def send_test(
                 }
             ],
             [{"event": event_id, "hook": hook.id, "now": now}],
-        )
-        delivery_id = int(
-            db.scalar("SELECT id FROM webhook_deliveries WHERE event_id = :e", {"e": event_id})
-        )
-        # Held here, not due: no serving process sends it as well.
-        db.execute(
-            "UPDATE webhook_deliveries SET lease_owner = 'test', next_attempt_at = :later"
-            " WHERE id = :id",
-            {"later": now + 3600, "id": delivery_id},
+            lease=outbox.Lease(TEST_OWNER, now + 3600),  # held here: no serving process sends it
         )
         record(db, org=org, action="webhook.test", target=f"webhook {hook.url} ({hook.id})")
-    claimed = load(db, [delivery_id])[0]
+        claimed = load_leased(db, [event_id], owner=TEST_OWNER)[0]
 
     async def post() -> Any:
         sender = Sender(allow_private=allow_private, timeout=timeout, ca_file=ca_file)
@@ -475,7 +468,7 @@ def send_test(
 
     answer = asyncio.run(post())
     record_answer(db, claimed, answer, node=None, schedule=(0,))
-    return get_delivery(db=db, org=org, webhook_id=hook.id, delivery_id=delivery_id)
+    return get_delivery(db=db, org=org, webhook_id=hook.id, delivery_id=claimed.id)
 
 
 # -- when the daemon disables an endpoint ---------------------------------------------------

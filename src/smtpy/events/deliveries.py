@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from smtpy.store.db import Database, in_list
+from smtpy.store.db import Database, Row, in_list
 
 SCHEDULE: tuple[int, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
 JITTER = 0.1  # each delay is moved by up to this share either way
@@ -154,18 +154,37 @@ def claim_due(db: Database, *, node: str, limit: int, lease: float, now: float) 
         return load(db, [int(r["id"]) for r in rows])
 
 
+_LOAD = (
+    "SELECT d.id, d.event_id, d.webhook_id, d.attempts, e.organization_id, e.type, e.body,"
+    " w.url, w.secret, w.previous_secret, w.previous_secret_until"
+    " FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id"
+    " JOIN webhooks w ON w.id = d.webhook_id WHERE "
+)
+
+
 def load(db: Database, ids: Sequence[int]) -> list[Claimed]:
     """The deliveries `ids` with their event and endpoint."""
     if not ids:
         return []
     names, params = in_list("i", ids)
-    rows = db.all(
-        "SELECT d.id, d.event_id, d.webhook_id, d.attempts, e.organization_id, e.type, e.body,"  # noqa: S608
-        " w.url, w.secret, w.previous_secret, w.previous_secret_until"
-        " FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id"
-        " JOIN webhooks w ON w.id = d.webhook_id WHERE d.id IN (" + names + ") ORDER BY d.id",
-        params,
+    return _claimed(db.all(_LOAD + "d.id IN (" + names + ") ORDER BY d.id", params))
+
+
+def load_leased(db: Database, event_ids: Sequence[str], *, owner: str) -> list[Claimed]:
+    """The deliveries of `event_ids` leased to `owner` (written so by the feed)."""
+    if not event_ids:
+        return []
+    names, params = in_list("e", event_ids)
+    params["owner"] = owner
+    return _claimed(
+        db.all(
+            _LOAD + "d.event_id IN (" + names + ") AND d.lease_owner = :owner ORDER BY d.id",
+            params,
+        )
     )
+
+
+def _claimed(rows: Sequence[Row]) -> list[Claimed]:
     return [
         Claimed(
             id=int(r["id"]),

@@ -2,10 +2,10 @@
 
 An event is stored once (`webhook_events`, its body as it will be sent) with
 one delivery row per endpoint subscribed to its type (`webhook_deliveries`),
-in the caller's transaction: the group commit of a received message, the
-transaction that records a delivery's result, a core service's change. If
-that transaction is undone, so is the event; once it commits, the event is
-durable and `smtpy serve` delivers it.
+in the caller's transaction: a core service's change, or the feed's
+transaction that reads them from the message log (`smtpy.queue.event_feed`, for
+the `message.*` events). If that transaction is undone, so is the event;
+once it commits, the event is durable and `smtpy serve` delivers it.
 
 Which organizations want which types is read from the store at most every
 `TTL` seconds per store and kept in memory (`subscriptions`): with no webhook
@@ -37,11 +37,15 @@ class Subscriptions:
     loaded_at: float = 0.0
     hooks: dict[int, dict[str, tuple[str, ...]]] = field(default_factory=dict)
     domains: dict[str, int] = field(default_factory=dict)  # A-label → organization
+    since: dict[str, float] = field(default_factory=dict)  # endpoint → when it was created
 
-    def targets(self, org: int, type_: str) -> tuple[str, ...]:
-        """The endpoints of `org` subscribed to `type_`."""
+    def targets(self, org: int, type_: str, *, at: float | None = None) -> tuple[str, ...]:
+        """The endpoints of `org` subscribed to `type_` (that existed at `at`, if given)."""
         by_type = self.hooks.get(org)
-        return () if by_type is None else by_type.get(type_, ())
+        found = () if by_type is None else by_type.get(type_, ())
+        if at is None or not found:
+            return found
+        return tuple(hook for hook in found if self.since.get(hook, 0.0) <= at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +65,9 @@ _lock = threading.Lock()
 def load(db: Database) -> Subscriptions:
     """Read the enabled endpoints and the domains of their organizations."""
     hooks: dict[int, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for row in db.all("SELECT id, organization_id, events FROM webhooks WHERE enabled"):
+    since: dict[str, float] = {}
+    for row in db.all("SELECT id, organization_id, events, created_at FROM webhooks WHERE enabled"):
+        since[str(row["id"])] = float(row["created_at"])
         wanted = json.loads(row["events"])
         for type_ in wanted:
             if type_ in EVENT_TYPES:
@@ -81,6 +87,7 @@ def load(db: Database) -> Subscriptions:
             for org, by_type in hooks.items()
         },
         domains=domains,
+        since=since,
     )
 
 
@@ -110,17 +117,33 @@ def new_event_id(at: float | None = None) -> str:
     return f"evt_{ms:011x}{secrets.token_hex(8)}"
 
 
-def write(db: Database, events: Sequence[Pending], subs: Subscriptions | None = None) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Deliveries written already leased: to `owner` (who sends them now) until `until`."""
+
+    owner: str
+    until: float
+
+
+def write(
+    db: Database,
+    events: Sequence[Pending],
+    subs: Subscriptions | None = None,
+    *,
+    since_created: bool = False,
+    lease: Lease | None = None,
+) -> list[str]:
     """Store `events` and a delivery per subscribed endpoint (in the caller's transaction).
 
-    Events no endpoint wants are not stored. Returns the ids of those stored.
+    Events no endpoint wants are not stored. With `since_created`, an endpoint gets only
+    the events that happened after it was created. Returns the ids of those stored.
     """
     subs = subscriptions(db) if subs is None else subs
     event_rows: list[dict[str, object]] = []
     delivery_rows: list[dict[str, object]] = []
     now = time.time()
     for pending in events:
-        targets = subs.targets(pending.org, pending.type)
+        targets = subs.targets(pending.org, pending.type, at=pending.at if since_created else None)
         if not targets:
             continue
         event_id = new_event_id(pending.at)
@@ -135,7 +158,7 @@ def write(db: Database, events: Sequence[Pending], subs: Subscriptions | None = 
             }
         )
         delivery_rows.extend({"event": event_id, "hook": hook, "now": now} for hook in targets)
-    insert(db, event_rows, delivery_rows)
+    insert(db, event_rows, delivery_rows, lease=lease)
     return [str(row["id"]) for row in event_rows]
 
 
@@ -143,10 +166,17 @@ def insert(
     db: Database,
     event_rows: Sequence[dict[str, object]],
     delivery_rows: Sequence[dict[str, object]],
+    *,
+    lease: Lease | None = None,
 ) -> None:
-    """Insert events and their deliveries, due now."""
+    """Insert events and their deliveries (`event`, `hook`, `now`): due now, or leased."""
     if not event_rows:
         return
+    owner = None if lease is None else lease.owner
+    delivery_rows = [
+        {**row, "owner": owner, "due": row["now"] if lease is None else lease.until}
+        for row in delivery_rows
+    ]
     db.executemany(
         "INSERT INTO webhook_events (id, organization_id, type, created_at, body)"
         " VALUES (:id, :org, :type, :at, :body)",
@@ -154,7 +184,8 @@ def insert(
     )
     db.executemany(
         "INSERT INTO webhook_deliveries (event_id, webhook_id, status, attempts, next_attempt_at,"
-        " created_at, updated_at) VALUES (:event, :hook, 'pending', 0, :now, :now, :now)",
+        " lease_owner, created_at, updated_at)"
+        " VALUES (:event, :hook, 'pending', 0, :due, :owner, :now, :now)",
         delivery_rows,
     )
 

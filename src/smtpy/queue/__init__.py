@@ -1,1 +1,2 @@
-"""The durable queue: its queries, the writer thread, the delivery scheduler and the message log."""
+"""The durable queue: its queries, the writer thread, the delivery scheduler, the message log
+and the feed that makes the log's rows into webhook events."""

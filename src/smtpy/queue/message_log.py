@@ -19,6 +19,9 @@ Writing them costs no transaction of its own on the hot path:
   hands to the writer's next group commit at most every second, or sooner once
   it holds `FLUSH_ROWS` rows.
 
+The webhook events of these rows (`message.*`) are made from them afterwards, out of
+those commits (`smtpy.queue.event_feed`).
+
 The pure functions here build rows from what the pipeline already knows; only
 `write_events` and `prune` touch the store.
 """
@@ -64,10 +67,10 @@ class LogEvent:
     delay: float | None = None  # seconds from reception to this outcome
 
 
-_COLUMNS = tuple(LogEvent.__dataclass_fields__)
+LOG_FIELDS = tuple(LogEvent.__dataclass_fields__)  # the columns a row is written with
 _INSERT = (  # the column names are the dataclass's fields
-    f"INSERT INTO message_log ({', '.join(_COLUMNS)})"  # noqa: S608
-    f" VALUES ({', '.join(':' + c for c in _COLUMNS)})"
+    f"INSERT INTO message_log ({', '.join(LOG_FIELDS)})"  # noqa: S608
+    f" VALUES ({', '.join(':' + c for c in LOG_FIELDS)})"
 )
 
 
@@ -220,42 +223,20 @@ def _fallback_event(r: AttemptResult, step: Step, at: float) -> LogEvent:
 
 
 def write_events(db: Database, events: Sequence[LogEvent]) -> None:
-    """Insert rows (inside the caller's transaction, or on their own in autocommit), and
-    the webhook events they make for organizations that subscribed (`tell`)."""
+    """Insert rows (inside the caller's transaction, or on their own in autocommit)."""
     if events:
-        db.executemany(_INSERT, [{c: getattr(e, c) for c in _COLUMNS} for e in events])
-        tell(db, events)
-
-
-_DATA_FIELDS = tuple(c for c in _COLUMNS if c not in ("at", "event"))
-
-
-def tell(db: Database, events: Sequence[LogEvent]) -> None:
-    """Put the events of these rows in the outbox, in the same transaction, for the
-    organizations whose endpoints subscribed to them; with none, nothing is written."""
-    from smtpy.events import outbox
-    from smtpy.events.types import FROM_LOG, MessageData
-
-    subs = outbox.subscriptions(db)
-    if not subs.domains:
-        return
-    pending = []
-    for e in events:
-        type_ = FROM_LOG.get(e.event)
-        org = subs.domains.get(e.domain) if e.domain is not None else None
-        if type_ is None or org is None or not subs.targets(org, type_):
-            continue
-        data = MessageData(**{c: getattr(e, c) for c in _DATA_FIELDS})
-        pending.append(outbox.Pending(org, type_, data, e.at))
-    if pending:
-        outbox.write(db, pending, subs)
+        db.executemany(_INSERT, [{c: getattr(e, c) for c in LOG_FIELDS} for e in events])
 
 
 def prune(db: Database, *, before: float, batch: int = PRUNE_BATCH) -> int:
-    """Delete up to `batch` rows older than `before` in one short transaction; the count."""
+    """Delete up to `batch` rows older than `before` in one short transaction; the count.
+
+    The newest row stays, however old: SQLite gives a new row the highest id plus one,
+    and the webhook feed's cursor must never see an id again (`event_feed`)."""
     return db.execute(
         "DELETE FROM message_log WHERE id IN"
-        " (SELECT id FROM message_log WHERE at < :before ORDER BY at LIMIT :batch)",
+        " (SELECT id FROM message_log WHERE at < :before"
+        " AND id < (SELECT max(id) FROM message_log) ORDER BY at LIMIT :batch)",
         {"before": before, "batch": batch},
     )
 

@@ -1,10 +1,12 @@
 """The webhook worker of `smtpy serve`: drains the outbox next to the delivery scheduler.
 
-It claims due deliveries (`smtpy.events.deliveries.claim_due`, leased like the
-mail queue, so each goes to one process of one node), signs each as Standard
+It makes the message log's new rows into events (`smtpy.queue.event_feed`, whose
+deliveries come leased to it) and claims the deliveries due otherwise (retries,
+and the events of core services: `smtpy.events.deliveries.claim_due`, leased like
+the mail queue, so each goes to one process of one node), signs each as Standard
 Webhooks at the moment it is sent, posts it (`smtpy.events.sender`), and
 records the answers through the writer's group commit. A cheap read through
-the reader thread comes first, so an empty outbox costs no write.
+the reader thread comes first, so an empty outbox and a read log cost no write.
 
 The store is the resource the mail shares, so the worker writes little: a
 claim takes a batch, and answers are recorded together, once a batch of them
@@ -39,6 +41,7 @@ from smtpy.events.deliveries import (
     release,
 )
 from smtpy.events.sender import Sender, send_delivery
+from smtpy.queue import event_feed
 from smtpy.queue.writer import StoreThread
 from smtpy.store.db import Database
 
@@ -131,21 +134,36 @@ class WebhookWorker:
                 claimed = await self._claim(free)
             except Exception as exc:
                 logger.error("webhook_claim_failed", error=str(exc))
+                self._saturated = False
             for delivery in claimed:
                 self._launch(delivery)
-            self._saturated = len(claimed) == free
             if self._saturated:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
 
     async def _claim(self, free: int) -> list[Claimed]:
+        """The log's new events (leased as they are made), then the deliveries due, up to
+        `free`; `_saturated` says whether more may be waiting."""
         now = self._clock()
-        if not await self.reader.call(partial(has_due, now=now)):
-            return []
-        return await self.store.write(
-            partial(claim_due, node=self.settings.node, limit=free, lease=self._lease, now=now)
-        )
+        claimed: list[Claimed] = []
+        more = False
+        if await self.reader.call(partial(event_feed.waiting, now=now)):
+            fed = await self.store.write(
+                partial(
+                    event_feed.feed, node=self.settings.node, lease=self._lease, now=now, limit=free
+                )
+            )
+            claimed, more = fed.claimed, fed.more
+        room = free - len(claimed)
+        if room > 0 and await self.reader.call(partial(has_due, now=now)):
+            due = await self.store.write(
+                partial(claim_due, node=self.settings.node, limit=room, lease=self._lease, now=now)
+            )
+            claimed += due
+            more = more or len(due) == room
+        self._saturated = more or len(claimed) >= free
+        return claimed
 
     def _launch(self, delivery: Claimed) -> None:
         self._inflight.add(delivery.id)

@@ -36,7 +36,7 @@ from smtpy.errors import (
 
 # The newest migration. A test checks it against the migration scripts, so the
 # start-up check needs no Alembic import.
-SCHEMA_REVISION = "0013"
+SCHEMA_REVISION = "0014"
 
 Row = dict[str, Any]
 Params = Mapping[str, Any]

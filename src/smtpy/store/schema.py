@@ -210,6 +210,15 @@ class LogEvent(SQLModel, table=True):
         Index("ix_message_log_domain", "domain", "at", "event", "reason", "delay"),
         Index("ix_message_log_alias", "alias", "at"),
         Index("ix_message_log_queue_id", "queue_id"),
+        # The webhook feed's order on PostgreSQL (`smtpy.queue.event_feed`); SQLite leaves
+        # `txid` empty and reads by id, so its rows are not in this index.
+        Index(
+            "ix_message_log_feed",
+            "txid",
+            "id",
+            sqlite_where=text("txid IS NOT NULL"),
+            postgresql_where=text("txid IS NOT NULL"),
+        ),
     )
 
     # 64-bit on PostgreSQL: a busy provider writes billions of events over the years.
@@ -231,6 +240,9 @@ class LogEvent(SQLModel, table=True):
     reply: str | None = Field(default=None, max_length=1000)
     remote_host: str | None = Field(default=None, max_length=300)
     delay: float | None = None
+    # PostgreSQL: the transaction that wrote the row (a column default, 0014), so that the
+    # webhook feed reads rows in commit order across nodes; SQLite: empty.
+    txid: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 
 class LogHourly(SQLModel, table=True):
@@ -499,6 +511,21 @@ class UsageMonth(SQLModel, table=True):
     messages: int = Field(sa_column=Column(BigInteger, nullable=False))
     notified_80: bool = False
     notified_100: bool = False
+    updated_at: float
+
+
+class WebhookFeed(SQLModel, table=True):
+    """How far the message log has been made into webhook events: one row (`id` 1).
+
+    `log_id` is the last row read; on PostgreSQL the cursor is (`txid`, `log_id`), the
+    order of commits (`smtpy.queue.event_feed`). `updated_at`: when it last moved.
+    """
+
+    __tablename__ = "webhook_feed"
+
+    id: int = Field(primary_key=True)
+    log_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    txid: int = Field(sa_column=Column(BigInteger, nullable=False))
     updated_at: float
 
 
