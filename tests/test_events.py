@@ -245,6 +245,30 @@ def test_the_feed_waits_for_a_transaction_that_commits_out_of_order(store_url: s
     outbox.invalidate()
 
 
+def test_a_transaction_left_open_is_named_when_it_holds_the_feed_back(store_url: str) -> None:
+    if not store_url.startswith("postgresql"):
+        pytest.skip("only PostgreSQL's feed waits for older transactions")
+    with Database(store_url) as db, Database(store_url) as other:
+        org = resolve_organization(db=db).id
+        _domain(db, "example.test", org)
+        webhooks.create_webhook(db=db, org=org, url="https://hooks.example.net/in")
+        with other.transaction():
+            other.scalar("SELECT pg_current_xact_id()")  # a write transaction, left open
+            pid = other.scalar("SELECT pg_backend_pid()")
+            with db.transaction():
+                write_events(db, [_log("example.test")])
+            two_minutes_on = time.time() + 120
+            holdup = event_feed.held_back(db, now=two_minutes_on)
+            assert holdup is not None and holdup.waiting >= 119
+            assert holdup.running is not None and holdup.pid is not None
+            if holdup.pid != pid:  # another test's transaction, older still, holds it too
+                assert holdup.database != db.scalar("SELECT current_database()")
+            assert event_feed.held_back(db, now=two_minutes_on, after=600) is None
+        assert len(_feed(db)) == 1
+        assert event_feed.held_back(db, now=two_minutes_on) is None
+    outbox.invalidate()
+
+
 def test_an_idle_feed_moves_to_the_end_of_the_log(db: Database) -> None:
     org = resolve_organization(db=db).id
     _domain(db, "example.test", org)

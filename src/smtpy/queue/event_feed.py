@@ -15,8 +15,9 @@ the log's ids, so it is the id. On PostgreSQL several nodes commit rows out of i
 order, so each row carries the transaction that wrote it (`txid`, the column's
 default) and the feed reads only rows of transactions older than every one still
 running (`pg_snapshot_xmin`), in (`txid`, id) order: a row that is not visible yet
-cannot be passed over. A write transaction left open holds the feed back until it
-ends.
+cannot be passed over. A write transaction left open, in any database of the
+cluster, holds the feed back until it ends; `held_back` names it, and the worker
+logs it once a minute.
 
 An endpoint gets the events of what happened after it was created. While no
 endpoint wants a `message.*` event, nothing is read; the cursor is moved to the
@@ -36,6 +37,7 @@ from smtpy.store.db import Database, Row
 
 BATCH = 256  # log rows read per transaction at most
 IDLE_SKIP = 60.0  # seconds between moves of an idle cursor to the log's end
+HELD_WARNING = 60.0  # seconds a committed row may wait for older transactions unreported
 _LAST = 2**62  # an id past every row: (txid, _LAST) is the end of a transaction's rows
 
 _LOG_TYPES = frozenset(FROM_LOG.values())
@@ -136,6 +138,45 @@ def waiting(db: Database, *, now: float) -> bool:
     if not wanted(outbox.subscriptions(db)):
         return _idle_move(db, cursor, now) is not None
     return bool(_after(db, cursor, 1))
+
+
+@dataclass(frozen=True, slots=True)
+class Holdup:
+    """Rows committed past the cursor that wait for an older write transaction to end."""
+
+    waiting: float  # seconds the first of them has waited since it was logged
+    pid: int | None  # the oldest write transaction still running in the cluster, if shown
+    database: str | None
+    running: float | None  # seconds since that transaction began
+
+
+def held_back(db: Database, *, now: float, after: float = HELD_WARNING) -> Holdup | None:
+    """On PostgreSQL, a row committed past the cursor that has waited `after` seconds or
+    more for an older write transaction, with the oldest one still running (what holds
+    the feed back, in any database of the cluster); None otherwise, and on SQLite."""
+    if db.dialect != "postgresql":
+        return None
+    cursor = read_cursor(db)
+    if cursor is None:
+        return None
+    first = db.scalar(
+        "SELECT at FROM message_log WHERE txid IS NOT NULL AND (txid, id) > (:txid, :id)"  # noqa: S608 - a constant expression
+        f" AND txid >= {_PG_VISIBLE} ORDER BY txid, id LIMIT 1",
+        {"txid": cursor.txid, "id": cursor.log_id},
+    )
+    if first is None or now - float(first) < after:
+        return None
+    oldest = db.one(
+        "SELECT pid, datname, extract(epoch FROM now() - xact_start) AS running"
+        " FROM pg_stat_activity WHERE backend_xid IS NOT NULL"
+        " ORDER BY age(backend_xid) DESC LIMIT 1"
+    )
+    return Holdup(
+        waiting=now - float(first),
+        pid=None if oldest is None else int(oldest["pid"]),
+        database=None if oldest is None else oldest["datname"],
+        running=None if oldest is None or oldest["running"] is None else float(oldest["running"]),
+    )
 
 
 def feed(db: Database, *, node: str, lease: float, now: float, limit: int = BATCH) -> Fed:

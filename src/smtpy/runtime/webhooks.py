@@ -101,6 +101,7 @@ class WebhookWorker:
         self._have_answers = asyncio.Event()
         self._batch_full = asyncio.Event()
         self.delivered = 0  # for tests and benchmarks
+        self._held_checked = 0.0  # when the feed was last checked for a transaction holding it
 
     def wake(self) -> None:
         self._wake.set()
@@ -155,6 +156,9 @@ class WebhookWorker:
                 )
             )
             claimed, more = fed.claimed, fed.more
+        elif now - self._held_checked >= event_feed.HELD_WARNING:
+            self._held_checked = now
+            await self._report_holdup(now)
         room = free - len(claimed)
         if room > 0 and await self.reader.call(partial(has_due, now=now)):
             due = await self.store.write(
@@ -164,6 +168,20 @@ class WebhookWorker:
             more = more or len(due) == room
         self._saturated = more or len(claimed) >= free
         return claimed
+
+    async def _report_holdup(self, now: float) -> None:
+        """Warn when events wait for a write transaction left open (PostgreSQL)."""
+        holdup = await self.reader.call(partial(event_feed.held_back, now=now))
+        if holdup is not None:
+            logger.warning(
+                "webhook_events_held_back",
+                waiting_s=round(holdup.waiting),
+                by_pid=holdup.pid,
+                database=holdup.database,
+                transaction_s=None if holdup.running is None else round(holdup.running),
+                hint="message events wait for every older write transaction in the cluster"
+                " to end; end that one, or cancel it (pg_cancel_backend)",
+            )
 
     def _launch(self, delivery: Claimed) -> None:
         self._inflight.add(delivery.id)
