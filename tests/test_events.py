@@ -201,6 +201,23 @@ def test_an_endpoint_gets_the_events_of_what_happened_after_it_was_created(
     assert [b["data"]["queue_id"] for b in bodies] == ["Q1"]
 
 
+def test_a_row_that_makes_no_valid_event_holds_back_none_after_it(db: Database) -> None:
+    if db.dialect != "sqlite":
+        pytest.skip("only SQLite keeps a value of another type in a column")
+    org = resolve_organization(db=db).id
+    _domain(db, "example.test", org)
+    webhooks.create_webhook(db=db, org=org, url="https://hooks.example.net/in")
+    db.execute(
+        "INSERT INTO message_log (at, event, domain, size)"
+        " VALUES (:at, 'received', 'example.test', 'lots')",
+        {"at": time.time()},
+    )
+    with db.transaction():
+        write_events(db, [_log("example.test")])
+    assert len(_feed(db)) == 1
+    assert json.loads(db.scalar("SELECT body FROM webhook_events"))["data"]["size"] == 123
+
+
 def test_processes_feeding_in_turn_make_each_row_into_events_once(db: Database) -> None:
     org = resolve_organization(db=db).id
     _domain(db, "example.test", org)

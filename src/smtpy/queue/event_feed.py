@@ -2,13 +2,14 @@
 
 The `message.*` events say what the message log records (`smtpy.queue.message_log`),
 in the commits a message's SMTP reply and delivery result wait for. Writing each
-event and its deliveries in those commits as well made every webhook slow the mail
-(bench/bench_webhooks.py), so they are made afterwards: the webhook worker of
-`smtpy serve` reads the log past a cursor kept in the store (`webhook_feed`), and in
-one transaction writes the events the endpoints want, their deliveries already
-leased to itself (it sends them at once, with no claim of their own), and the
-cursor's new place. A log row becomes its events once, whichever process or node
-reads it; if that transaction is undone, the rows are read again.
+event and its deliveries in those commits as well made them a third larger
+(bench/bench_webhooks.py) and let a failure to make an event refuse the mail, so
+they are made afterwards: the webhook worker of `smtpy serve` reads the log past a
+cursor kept in the store (`webhook_feed`), and in one transaction writes the events
+the endpoints want, their deliveries already leased to itself (it sends them at
+once, with no claim of their own), and the cursor's new place. A log row becomes
+its events once, whichever process or node reads it; if that transaction is
+undone, the rows are read again.
 
 The cursor follows the order of commits. On SQLite one writer at a time assigns
 the log's ids, so it is the id. On PostgreSQL several nodes commit rows out of id
@@ -29,11 +30,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
+from smtpy import log
 from smtpy.events import outbox
 from smtpy.events.deliveries import Claimed, load_leased
 from smtpy.events.types import FROM_LOG, MessageData
 from smtpy.queue.message_log import LOG_FIELDS, LogEvent
 from smtpy.store.db import Database, Row
+
+logger = log.get(__name__)
 
 BATCH = 256  # log rows read per transaction at most
 IDLE_SKIP = 60.0  # seconds between moves of an idle cursor to the log's end
@@ -64,14 +70,21 @@ class Fed:
 
 
 def events_of(rows: Sequence[LogEvent], subs: outbox.Subscriptions) -> list[outbox.Pending]:
-    """The events these log rows make for the organizations that subscribed (pure)."""
+    """The events these log rows make for the organizations that subscribed.
+
+    A row whose data makes no valid event is left out and logged: one bad row must
+    not hold back every event after it."""
     pending = []
     for row in rows:
         type_ = FROM_LOG.get(row.event)
         org = subs.domains.get(row.domain) if row.domain is not None else None
         if type_ is None or org is None or not subs.targets(org, type_, at=row.at):
             continue
-        data = MessageData(**{c: getattr(row, c) for c in _DATA_FIELDS})
+        try:
+            data = MessageData(**{c: getattr(row, c) for c in _DATA_FIELDS})
+        except ValidationError as exc:
+            logger.error("webhook_event_unmade", type=type_, queue_id=row.queue_id, error=str(exc))
+            continue
         pending.append(outbox.Pending(org, type_, data, row.at))
     return pending
 
