@@ -187,6 +187,17 @@ def signed_in(browser: Browser, dashboard: Dashboard) -> Iterator[Page]:
     assert csp_violations(page) == []
 
 
+def assert_fits(page: Page) -> None:
+    """The page, once loaded with its stylesheets, does not scroll sideways (a phone's
+    screen); a page reached by a click is measured only once it has loaded."""
+    page.wait_for_load_state("load")
+    overflow = page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    width = page.evaluate("document.documentElement.clientWidth")
+    assert overflow <= 1, f"{page.url} scrolls sideways by {overflow} px at {width} px"
+
+
 def assert_accessible(page: Page) -> None:
     """No serious or critical axe-core violation on the page as it is now."""
     from axe_playwright_python.sync_playwright import Axe

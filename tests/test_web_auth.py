@@ -16,6 +16,7 @@ from playwright.sync_api import Page, expect
 from browser import (  # noqa: F401
     Dashboard,
     assert_accessible,
+    assert_fits,
     browser,
     csp_violations,
     dashboard,
@@ -168,8 +169,7 @@ def test_signed_out_pages_fit_a_phone_and_pass_axe(
         for path in SIGNED_OUT_PAGES:
             page.goto(site.url(path))
             expect(page.locator("h1")).to_be_visible()
-            width = page.evaluate("document.documentElement.scrollWidth")
-            assert width <= 390, f"{path} is {width} px wide at 390 px"
+            assert_fits(page)
             assert_accessible(page)
         page.context.close()
         assert csp_violations(page) == []

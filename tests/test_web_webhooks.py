@@ -18,6 +18,7 @@ from browser import (  # noqa: F401
     Browser,
     Dashboard,
     assert_accessible,
+    assert_fits,
     browser,
     csp_violations,
     new_page,
@@ -223,7 +224,7 @@ def test_a_member_sees_webhooks_read_only_on_a_phone_in_both_themes(
         page.goto(site.url("/webhooks"))
         expect(page.locator("#endpoints tbody tr")).to_have_count(1)
         expect(page.get_by_role("button", name="Add the endpoint")).to_have_count(0)
-        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert_fits(page)
         assert_accessible(page)
 
         page.get_by_role("link", name="https://127.0.0.1:9/hook").click()
@@ -231,7 +232,7 @@ def test_a_member_sees_webhooks_read_only_on_a_phone_in_both_themes(
         expect(page.locator("#deliveries")).to_contain_text("failed")
         main = page.locator("main")
         expect(main.get_by_role("button")).to_have_count(0)  # no test, disable, retry...
-        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert_fits(page)
         assert_accessible(page)
 
         # And the server refuses the change anyway.
