@@ -105,6 +105,14 @@ def _log(domain: str, event: str = "received") -> LogEvent:
     )
 
 
+def _subscribed(db: Database) -> None:
+    """example.test served for the default organization, with an endpoint that wants
+    every event type."""
+    org = resolve_organization(db=db).id
+    _domain(db, "example.test", org)
+    webhooks.create_webhook(db=db, org=org, url="https://hooks.example.net/in")
+
+
 def _feed(db: Database, *, node: str = "n1", now: float | None = None) -> list[str]:
     """Passes of the feed, as `smtpy serve` makes them, until it has read the whole log;
     the ids of the events it made, leased to `node`.
@@ -204,9 +212,7 @@ def test_an_endpoint_gets_the_events_of_what_happened_after_it_was_created(
 def test_a_row_that_makes_no_valid_event_holds_back_none_after_it(db: Database) -> None:
     if db.dialect != "sqlite":
         pytest.skip("only SQLite keeps a value of another type in a column")
-    org = resolve_organization(db=db).id
-    _domain(db, "example.test", org)
-    webhooks.create_webhook(db=db, org=org, url="https://hooks.example.net/in")
+    _subscribed(db)
     db.execute(
         "INSERT INTO message_log (at, event, domain, size)"
         " VALUES (:at, 'received', 'example.test', 'lots')",
@@ -219,9 +225,7 @@ def test_a_row_that_makes_no_valid_event_holds_back_none_after_it(db: Database) 
 
 
 def test_processes_feeding_in_turn_make_each_row_into_events_once(db: Database) -> None:
-    org = resolve_organization(db=db).id
-    _domain(db, "example.test", org)
-    webhooks.create_webhook(db=db, org=org, url="https://hooks.example.net/in")
+    _subscribed(db)
     made: list[str] = []
     for n in range(3):
         with db.transaction():
@@ -242,9 +246,7 @@ def test_the_feed_waits_for_a_transaction_that_commits_out_of_order(store_url: s
     if not store_url.startswith("postgresql"):
         pytest.skip("only PostgreSQL commits log rows out of id order")
     with Database(store_url) as db, Database(store_url) as other:
-        org = resolve_organization(db=db).id
-        _domain(db, "example.test", org)
-        webhooks.create_webhook(db=db, org=org, url="https://hooks.example.net/in")
+        _subscribed(db)
         with other.transaction():
             write_events(other, [replace(_log("example.test"), queue_id="FIRST")])  # id n
             with db.transaction():
@@ -266,9 +268,7 @@ def test_a_transaction_left_open_is_named_when_it_holds_the_feed_back(store_url:
     if not store_url.startswith("postgresql"):
         pytest.skip("only PostgreSQL's feed waits for older transactions")
     with Database(store_url) as db, Database(store_url) as other:
-        org = resolve_organization(db=db).id
-        _domain(db, "example.test", org)
-        webhooks.create_webhook(db=db, org=org, url="https://hooks.example.net/in")
+        _subscribed(db)
         with other.transaction():
             other.scalar("SELECT pg_current_xact_id()")  # a write transaction, left open
             pid = other.scalar("SELECT pg_backend_pid()")
@@ -314,9 +314,7 @@ def test_upgrading_a_store_sends_nothing_of_the_log_written_before(tmp_path: Pat
 
     url = f"sqlite:///{tmp_path / 'smtpy.db'}"
     with Database(url) as db:
-        org = resolve_organization(db=db).id
-        _domain(db, "example.test", org)
-        webhooks.create_webhook(db=db, org=org, url="https://hooks.example.net/in")
+        _subscribed(db)
     command.downgrade(alembic_config(url), "0013")  # type: ignore[arg-type]
     with sqlite3.connect(tmp_path / "smtpy.db") as old:  # written by the smtpy before
         old.executemany(

@@ -50,6 +50,7 @@ _LOG_TYPES = frozenset(FROM_LOG.values())
 _DATA_FIELDS = tuple(c for c in LOG_FIELDS if c not in ("at", "event"))
 _READ = ", ".join(("id", "txid", *LOG_FIELDS))
 _PG_VISIBLE = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+_PG_PAST_CURSOR = "txid IS NOT NULL AND (txid, id) > (:txid, :id)"  # in the feed's index
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +109,8 @@ def _after(db: Database, cursor: Cursor, limit: int) -> list[Row]:
             params,
         )
     return db.all(
-        f"SELECT {_READ} FROM message_log WHERE txid IS NOT NULL"  # noqa: S608 - column names only
-        f" AND (txid, id) > (:txid, :id) AND txid < {_PG_VISIBLE}"
+        f"SELECT {_READ} FROM message_log WHERE {_PG_PAST_CURSOR}"  # noqa: S608 - constants only
+        f" AND txid < {_PG_VISIBLE}"
         " ORDER BY txid, id LIMIT :limit",
         params,
     )
@@ -173,7 +174,7 @@ def held_back(db: Database, *, now: float, after: float = HELD_WARNING) -> Holdu
     if cursor is None:
         return None
     first = db.scalar(
-        "SELECT at FROM message_log WHERE txid IS NOT NULL AND (txid, id) > (:txid, :id)"  # noqa: S608 - a constant expression
+        f"SELECT at FROM message_log WHERE {_PG_PAST_CURSOR}"  # noqa: S608 - constants only
         f" AND txid >= {_PG_VISIBLE} ORDER BY txid, id LIMIT 1",
         {"txid": cursor.txid, "id": cursor.log_id},
     )
